@@ -1,0 +1,1 @@
+"""Read-only trader-side OB engine over DOLPHIN_OBF_FEATURES."""

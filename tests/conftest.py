@@ -1,0 +1,73 @@
+"""Shared fixtures. Tests that need no member never start one (all member
+fixtures are lazy). See tests/cluster.py for how the cluster is chosen."""
+
+from __future__ import annotations
+
+import atexit
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import HzCluster, server_version, start_cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+_started: list[HzCluster] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.nodeid or "tests\\integration\\" in item.nodeid:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def hz_cluster() -> Iterator[HzCluster]:
+    """The session's shared cluster (external, container or local JVM)."""
+    cluster = start_cluster("session")
+    _started.append(cluster)
+    atexit.register(cluster.stop)  # also on an aborted run
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def hz_client(hz_cluster: HzCluster):
+    """A session-wide connected client (IntType.LONG)."""
+    client = hz_cluster.client()
+    if hz_cluster.version is None:
+        hz_cluster.version = server_version(client)
+    yield client
+    client.shutdown()
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[HzCluster]:
+    """A fresh member of its own, for tests that restart or kill the member."""
+    cluster = start_cluster("private")
+    if not cluster.owned:
+        pytest.skip("member restart tests need a member this run owns (not an external cluster)")
+    atexit.register(cluster.stop)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def map_suffix() -> str:
+    """A unique suffix so each test uses its own maps on the shared member."""
+    return "_T" + uuid.uuid4().hex[:10].upper()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    for cluster in _started:
+        terminalreporter.write_line(
+            f"Hazelcast member tested against: version={cluster.version or 'unknown'} "
+            f"kind={cluster.kind} members={','.join(cluster.members)}"
+        )
