@@ -1,0 +1,320 @@
+"""FeatureEngine: per-bar features for every present asset, one numba kernel call per bar.
+
+Pure computation (no I/O): the live worker and the offline replay drive the same engine, so
+live and backtest features are the same numbers. Per-asset state lives in fixed-size numpy
+ring buffers indexed by an asset slot; slots are assigned on first appearance (in symbol
+order within a bar) and capacity doubles as assets appear, so memory is bounded by
+assets x lookback. Present assets are always processed in sorted symbol order, which makes
+every cross-asset sum independent of the caller's mapping order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from obf_features_worker import kernels as K
+from obf_features_worker.params import FeatureParams
+from obf_features_worker.record import SCHEMA_VERSION, BarRecord
+from obf_features_worker.snapshot import MAX_LEVELS, SYMBOL_RE, Snapshot
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_ROW_ORDER = (K.COL_DEPTH, K.COL_IMBALANCE, K.COL_DEPTH_ASYMMETRY, K.COL_DEPTH_QUALITY, K.COL_FILL_PROBABILITY,
+              K.COL_SPREAD_PROXY, K.COL_IMBALANCE_MA, K.COL_IMBALANCE_PERSISTENCE, K.COL_WITHDRAWAL_VELOCITY,
+              K.COL_BID_USD, K.COL_ASK_USD)
+assert _ROW_ORDER == tuple(range(K.N_ASSET_COLS)), "step() unpacks kernel rows in this column order"
+STATE_KIND = "obf_feature_engine"
+
+
+class StateMismatch(ValueError):
+    """An exported engine state cannot be restored (other version or params, or malformed)."""
+
+
+class FeatureEngine:
+    """Stateful feature computation over bars; see docs/features.md for the definitions."""
+
+    def __init__(self, params: FeatureParams | None = None, *, initial_capacity: int = 64) -> None:
+        self.params = params if params is not None else FeatureParams()
+        if not isinstance(self.params, FeatureParams):
+            raise TypeError(f"params must be FeatureParams, got {type(self.params).__name__}")
+        cap = max(1, int(initial_capacity))
+        p = self.params
+        self._slots: dict[str, int] = {}
+        self._symbols: list[str] = []
+        self._ref_depth = np.zeros(cap, dtype=np.float64)
+        self._n_obs = np.zeros(cap, dtype=np.int64)
+        self._imb_hist = np.zeros((cap, p.imbalance_lookback), dtype=np.float64)
+        self._depth_hist = np.zeros((cap, p.depth_lookback), dtype=np.float64)
+        self._market_hist = np.zeros(p.depth_lookback, dtype=np.float64)
+        self._market_n = np.zeros(1, dtype=np.int64)
+        self._prev_velocity = np.zeros(1, dtype=np.float64)
+        self._market_out = np.zeros(K.N_MARKET_COLS, dtype=np.float64)
+        self._empty_streak = 0
+        self.degraded = False
+        self.last_bar_idx: int | None = None
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        """Every asset seen so far, in slot order."""
+        return tuple(self._symbols)
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated in the state arrays (>= len(assets))."""
+        return int(self._n_obs.shape[0])
+
+    def step(self, bar_idx: int, bar_ts: float, snapshots: Mapping[str, Snapshot]) -> BarRecord:
+        """Compute the record of bar ``bar_idx`` closing at ``bar_ts`` (unix s).
+
+        Every snapshot passed counts as present (the caller filters by age). ``bar_idx`` must
+        increase from step to step. A bar with no snapshot leaves every history unchanged.
+        """
+        if isinstance(bar_idx, (bool, np.bool_)) or not isinstance(bar_idx, (int, np.integer)):
+            raise TypeError(f"bar_idx must be an int, got {bar_idx!r}")
+        bar_idx = int(bar_idx)
+        bar_ts = float(bar_ts)
+        if not math.isfinite(bar_ts):
+            raise ValueError(f"bar_ts must be finite, got {bar_ts!r}")
+        if self.last_bar_idx is not None and bar_idx <= self.last_bar_idx:
+            raise ValueError(f"bar_idx {bar_idx} does not follow the last bar {self.last_bar_idx}")
+
+        symbols = sorted(snapshots)
+        n = len(symbols)
+        if n == 0:
+            self.last_bar_idx = bar_idx
+            self._note_empty_bar(bar_idx)
+            return self._record(bar_idx, bar_ts, {}, None, None)
+
+        snaps = [snapshots[s] for s in symbols]
+        if [s.symbol for s in snaps] != symbols:
+            bad = next(k for k, s in zip(symbols, snaps) if s.symbol != k)
+            raise ValueError(f"snapshot for {snapshots[bad].symbol!r} passed under key {bad!r}")
+        bids = [s.bid_notional for s in snaps]
+        asks = [s.ask_notional for s in snaps]
+        n_levels = np.array([len(b) for b in bids], dtype=np.int64)
+        if [len(a) for a in asks] != n_levels.tolist() or n_levels.min() < 1 or n_levels.max() > MAX_LEVELS:
+            raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
+
+        for sym in symbols:
+            if sym not in self._slots:
+                self._add_asset(sym)
+        slots = np.fromiter((self._slots[s] for s in symbols), dtype=np.int64, count=n)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(n_levels, out=offsets[1:])
+        bid = np.concatenate(bids).astype(np.float64, copy=False)
+        ask = np.concatenate(asks).astype(np.float64, copy=False)
+        asset_out = np.empty((n, K.N_ASSET_COLS), dtype=np.float64)
+        p = self.params
+        K.step_bar(
+            slots, offsets, bid, ask,
+            p.band_span_bps, p.ref_notional_usd, p.ema_alpha, p.ma_window,
+            p.cascade_threshold, p.stress_share, p.cascade_share,
+            self._ref_depth, self._n_obs, self._imb_hist, self._depth_hist,
+            self._market_hist, self._market_n, self._prev_velocity,
+            asset_out, self._market_out,
+        )
+        self.last_bar_idx = bar_idx
+        if self.degraded:
+            log.info("feature input recovered bar_idx=%d n_present=%d empty_bars=%d",
+                     bar_idx, n, self._empty_streak)
+        self.degraded = False
+        self._empty_streak = 0
+
+        assets: dict[str, Any] = {}
+        # Unpacking the row (column order of kernels.COL_*) is much cheaper than indexing it.
+        for sym, snap, (depth, imbalance, asymmetry, quality, fill, spread, ma, persistence, velocity, _, _) in zip(
+            symbols, snaps, asset_out.tolist()
+        ):
+            ts = float(snap.ts)
+            seq = snap.seq
+            assets[sym] = {
+                "ts": ts,
+                "age_ms": (bar_ts - ts) * 1000.0,
+                "seq": None if seq is None else int(seq),
+                "placement": {
+                    "depth_1pct_usd": depth,
+                    "depth_quality": quality,
+                    "fill_probability": fill,
+                    "spread_proxy_bps": spread,
+                },
+                "signal": {
+                    "imbalance": imbalance,
+                    "imbalance_ma5": ma,
+                    "imbalance_persistence": persistence,
+                    "depth_asymmetry": asymmetry,
+                    "withdrawal_velocity": velocity,
+                },
+            }
+        mk = self._market_out.tolist()
+        market = {
+            "median_imbalance": mk[K.MKT_MEDIAN_IMBALANCE],
+            "agreement_pct": mk[K.MKT_AGREEMENT_PCT],
+            "depth_pressure": mk[K.MKT_DEPTH_PRESSURE],
+        }
+        macro = {
+            "cascade_count": int(mk[K.MKT_CASCADE_COUNT]),
+            "cascade_regime": K.REGIME_NAMES[int(mk[K.MKT_CASCADE_REGIME])],
+            "depth_velocity": mk[K.MKT_DEPTH_VELOCITY],
+            "acceleration": mk[K.MKT_ACCELERATION],
+        }
+        return self._record(bar_idx, bar_ts, assets, market, macro)
+
+    def _record(self, bar_idx: int, bar_ts: float, assets: dict[str, Any],
+                market: dict[str, Any] | None, macro: dict[str, Any] | None) -> BarRecord:
+        return {  # type: ignore[return-value]
+            "schema": SCHEMA_VERSION,
+            "bar_idx": bar_idx,
+            "bar_ts": bar_ts,
+            "n_assets": len(self._symbols),
+            "n_present": len(assets),
+            "assets": assets,
+            "market": market,
+            "macro": macro,
+            "degraded": self.degraded,
+        }
+
+    def _note_empty_bar(self, bar_idx: int) -> None:
+        self._empty_streak += 1
+        if not self.degraded and self._empty_streak >= self.params.degraded_after_bars:
+            self.degraded = True
+            log.warning("feature input degraded bar_idx=%d empty_bars=%d n_assets=%d",
+                        bar_idx, self._empty_streak, len(self._symbols))
+
+    def _add_asset(self, symbol: str) -> None:
+        if SYMBOL_RE.fullmatch(symbol) is None:
+            raise ValueError(f"invalid symbol {symbol!r}")
+        slot = len(self._symbols)
+        if slot >= self.capacity:
+            self._grow(2 * self.capacity)
+        self._slots[symbol] = slot
+        self._symbols.append(symbol)
+
+    def _grow(self, cap: int) -> None:
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+            out[: a.shape[0]] = a
+            return out
+
+        self._ref_depth = grown(self._ref_depth)
+        self._n_obs = grown(self._n_obs)
+        self._imb_hist = grown(self._imb_hist)
+        self._depth_hist = grown(self._depth_hist)
+
+    # -- state export / import -------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """The full engine state as plain JSON-serialisable data (floats round-trip exactly)."""
+        n = len(self._symbols)
+        return {
+            "kind": STATE_KIND,
+            "version": STATE_VERSION,
+            "params": self.params.to_dict(),
+            "assets": list(self._symbols),
+            "n_obs": self._n_obs[:n].tolist(),
+            "ref_depth": self._ref_depth[:n].tolist(),
+            "imbalance_history": self._imb_hist[:n].tolist(),
+            "depth_history": self._depth_hist[:n].tolist(),
+            "market": {
+                "n_obs": int(self._market_n[0]),
+                "depth_index_history": self._market_hist.tolist(),
+                "prev_depth_velocity": float(self._prev_velocity[0]),
+            },
+            "empty_streak": self._empty_streak,
+            "degraded": self.degraded,
+            "last_bar_idx": self.last_bar_idx,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], params: FeatureParams) -> FeatureEngine:
+        """Rebuild an engine from ``export_state()``; StateMismatch if it does not fit ``params``."""
+        if not isinstance(state, Mapping):
+            raise StateMismatch(f"state must be a mapping, got {type(state).__name__}")
+        if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
+            raise StateMismatch(
+                f"state kind/version {state.get('kind')!r}/{state.get('version')!r}, "
+                f"expected {STATE_KIND!r}/{STATE_VERSION}"
+            )
+        if state.get("params") != params.to_dict():
+            raise StateMismatch(f"state params {state.get('params')!r} differ from {params.to_dict()!r}")
+        try:
+            return cls._restore(state, params)
+        except StateMismatch:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise StateMismatch(f"malformed engine state: {exc}") from None
+
+    @classmethod
+    def _restore(cls, state: Mapping[str, Any], params: FeatureParams) -> FeatureEngine:
+        symbols = state["assets"]
+        if type(symbols) is not list or len(set(symbols)) != len(symbols):
+            raise StateMismatch("state assets must be a list of distinct symbols")
+        n = len(symbols)
+        engine = cls(params, initial_capacity=max(64, n))
+        for sym in symbols:
+            if type(sym) is not str:
+                raise StateMismatch(f"state asset {sym!r} is not a string")
+            engine._add_asset(sym)
+
+        n_obs = _int_array(state["n_obs"], (n,), "n_obs")
+        ref_depth = _float_array(state["ref_depth"], (n,), "ref_depth")
+        imb = _float_array(state["imbalance_history"], (n, params.imbalance_lookback), "imbalance_history")
+        depth = _float_array(state["depth_history"], (n, params.depth_lookback), "depth_history")
+        market = state["market"]
+        market_n = _int_array([market["n_obs"]], (1,), "market.n_obs")
+        market_hist = _float_array(market["depth_index_history"], (params.depth_lookback,),
+                                   "market.depth_index_history")
+        prev_velocity = _float_array([market["prev_depth_velocity"]], (1,), "market.prev_depth_velocity")
+        empty_streak = state["empty_streak"]
+        degraded = state["degraded"]
+        last_bar_idx = state["last_bar_idx"]
+        if type(empty_streak) is not int or empty_streak < 0:
+            raise StateMismatch(f"empty_streak must be an int >= 0, got {empty_streak!r}")
+        if type(degraded) is not bool:
+            raise StateMismatch(f"degraded must be a bool, got {degraded!r}")
+        if last_bar_idx is not None and type(last_bar_idx) is not int:
+            raise StateMismatch(f"last_bar_idx must be an int or null, got {last_bar_idx!r}")
+
+        engine._n_obs[:n] = n_obs
+        engine._ref_depth[:n] = ref_depth
+        engine._imb_hist[:n] = imb
+        engine._depth_hist[:n] = depth
+        engine._market_n[:] = market_n
+        engine._market_hist[:] = market_hist
+        engine._prev_velocity[:] = prev_velocity
+        engine._empty_streak = empty_streak
+        engine.degraded = degraded
+        engine.last_bar_idx = last_bar_idx
+        return engine
+
+
+def _float_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise StateMismatch(f"state {name} must be numbers")
+    arr = np.asarray(values)
+    if arr.size == 0 and arr.shape[:1] == shape[:1]:  # no assets yet: [] for any row width
+        return np.zeros(shape, dtype=np.float64)
+    if arr.shape != shape or arr.dtype.kind not in "if":
+        raise StateMismatch(f"state {name} has shape {arr.shape} / dtype {arr.dtype}, expected {shape} numbers")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise StateMismatch(f"state {name} holds non-finite values")
+    return arr
+
+
+def _int_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise StateMismatch(f"state {name} must be integers")
+    arr = np.asarray(values)
+    if arr.size == 0 and arr.shape == shape:
+        return np.zeros(shape, dtype=np.int64)
+    if arr.shape != shape or arr.dtype.kind != "i":
+        raise StateMismatch(f"state {name} has shape {arr.shape} / dtype {arr.dtype}, expected {shape} ints")
+    if (arr < 0).any():
+        raise StateMismatch(f"state {name} holds negative counts")
+    return arr.astype(np.int64)

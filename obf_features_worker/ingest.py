@@ -1,0 +1,222 @@
+"""SnapshotBook: the latest valid snapshot per asset, fed by map entry events.
+
+``offer()`` is what the Hazelcast listener callback calls: it never raises. Bad input is
+counted by reason (``RejectStats``) and a rejected snapshot never replaces the last good one.
+Per asset, a snapshot must carry a ``_push_seq`` greater than the last accepted one (without a
+seq: a timestamp not older than the last accepted one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from obf_features_worker.snapshot import (
+    RejectReason,
+    Snapshot,
+    SnapshotRejected,
+    parse_payload,
+    symbol_from_key,
+)
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal"  # counter name for an unexpected exception inside offer()
+REJECT_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval
+_SAMPLE_TEXT_LIMIT = 160
+
+
+class RejectStats:
+    """Thread-safe reject counters per reason plus the last few samples, with rate-limited logging."""
+
+    def __init__(self, sample_size: int = 20, *, clock: Callable[[], float] = time.time,
+                 log_interval_s: float = REJECT_LOG_INTERVAL_S) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._samples: deque[dict[str, Any]] = deque(maxlen=max(0, int(sample_size)))
+        self._clock = clock
+        self._log_interval_s = log_interval_s
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def record(self, reason: RejectReason | str, key: object, detail: str) -> None:
+        """Count one reject; ``reason`` is a RejectReason or ``"internal"``."""
+        name = reason.value if isinstance(reason, RejectReason) else str(reason)
+        now = self._clock()
+        key_text = key if type(key) is str else repr(key)
+        key_text = key_text[:_SAMPLE_TEXT_LIMIT]
+        detail = detail[:_SAMPLE_TEXT_LIMIT]
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+            self._samples.append({"reason": name, "key": key_text, "detail": detail, "at": now})
+            last = self._last_log.get(name)
+            if last is not None and now - last < self._log_interval_s:
+                self._suppressed[name] = self._suppressed.get(name, 0) + 1
+                return
+            self._last_log[name] = now
+            suppressed = self._suppressed.pop(name, 0)
+        log_fn = log.error if name == INTERNAL_ERROR else log.warning
+        log_fn("snapshot rejected reason=%s key=%s detail=%s suppressed_since_last=%d",
+               name, key_text, detail, suppressed)
+
+    @property
+    def total(self) -> int:
+        """Rejects of every reason so far."""
+        with self._lock:
+            return sum(self._counts.values())
+
+    def counts(self) -> dict[str, int]:
+        """Rejects per reason name (only reasons seen so far)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"total": n, "by_reason": {reason: n}, "samples": [{reason, key, detail, at}, ...]}``."""
+        with self._lock:
+            return {
+                "total": sum(self._counts.values()),
+                "by_reason": dict(self._counts),
+                "samples": [dict(s) for s in self._samples],
+            }
+
+
+class SnapshotBook:
+    """Thread-safe store of the latest valid snapshot per asset.
+
+    assets: when given, events for other symbols are counted as ignored (not rejected).
+    max_future_skew_s: how far (s) a snapshot timestamp may be ahead of ``clock()``.
+    seq_reset_after_s: a snapshot whose ``_push_seq`` is not greater than the last accepted one
+    is still accepted (as an upstream restart, logged) when its timestamp is more than this many
+    seconds newer than the last accepted snapshot; ``None`` disables it.
+    """
+
+    def __init__(
+        self,
+        *,
+        assets: Collection[str] | None = None,
+        max_future_skew_s: float = 5.0,
+        max_payload_bytes: int = 65_536,
+        clock: Callable[[], float] = time.time,
+        sample_size: int = 20,
+        seq_reset_after_s: float | None = 30.0,
+    ) -> None:
+        if max_future_skew_s < 0:
+            raise ValueError(f"max_future_skew_s must be >= 0, got {max_future_skew_s!r}")
+        if max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
+        if seq_reset_after_s is not None and seq_reset_after_s < 0:
+            raise ValueError(f"seq_reset_after_s must be >= 0 or None, got {seq_reset_after_s!r}")
+        self._assets = frozenset(assets) if assets is not None else None
+        self._max_future_skew_s = float(max_future_skew_s)
+        self._max_payload_bytes = int(max_payload_bytes)
+        self._clock = clock
+        self._seq_reset_after_s = seq_reset_after_s
+        self._lock = threading.Lock()
+        self._latest: dict[str, Snapshot] = {}
+        self._received_at: dict[str, float] = {}
+        self._seqs: dict[str, int] = {}
+        self._received = 0
+        self._accepted = 0
+        self._ignored = 0
+        self._seq_resets = 0
+        self.rejects = RejectStats(sample_size, clock=clock)
+
+    def offer(self, key: object, value: object, *, received_at: float | None = None) -> bool:
+        """Validate and store one map entry; True if accepted. Never raises."""
+        try:
+            return self._offer(key, value, received_at)
+        except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
+            try:
+                self.rejects.record(INTERNAL_ERROR, key, f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                log.exception("snapshot reject accounting failed")
+            return False
+
+    def _offer(self, key: object, value: object, received_at: float | None) -> bool:
+        with self._lock:
+            self._received += 1
+        try:
+            symbol = symbol_from_key(key)
+            if self._assets is not None and symbol not in self._assets:
+                with self._lock:
+                    self._ignored += 1
+                return False
+            now = self._clock()
+            snap = parse_payload(symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
+                                 max_payload_bytes=self._max_payload_bytes)
+            with self._lock:
+                self._check_order(snap)
+                self._latest[symbol] = snap
+                self._received_at[symbol] = now if received_at is None else float(received_at)
+                if snap.seq is not None:
+                    self._seqs[symbol] = snap.seq
+                self._accepted += 1
+            return True
+        except SnapshotRejected as exc:
+            self.rejects.record(exc.reason, key, exc.detail)
+            return False
+
+    def _check_order(self, snap: Snapshot) -> None:
+        # Called with the lock held, so ordering holds across listener threads.
+        last = self._latest.get(snap.symbol)
+        last_seq = self._seqs.get(snap.symbol)
+        if snap.seq is not None and last_seq is not None and snap.seq <= last_seq:
+            restart_after = self._seq_reset_after_s
+            if restart_after is not None and last is not None and snap.ts > last.ts + restart_after:
+                self._seq_resets += 1
+                log.info("upstream push sequence reset symbol=%s last_seq=%d seq=%d gap_s=%.3f",
+                         snap.symbol, last_seq, snap.seq, snap.ts - last.ts)
+                return
+            raise SnapshotRejected(RejectReason.STALE_SEQ,
+                                   f"_push_seq {snap.seq} <= last accepted {last_seq}")
+        if snap.seq is None and last is not None and snap.ts < last.ts:
+            raise SnapshotRejected(RejectReason.STALE_SEQ,
+                                   f"timestamp {snap.ts:.6f} older than last accepted {last.ts:.6f}")
+
+    def latest(self) -> dict[str, Snapshot]:
+        """Shallow copy: symbol -> latest valid snapshot."""
+        with self._lock:
+            return dict(self._latest)
+
+    def get(self, symbol: str) -> Snapshot | None:
+        """The latest valid snapshot of ``symbol``, or None."""
+        with self._lock:
+            return self._latest.get(symbol)
+
+    def last_received_at(self, symbol: str) -> float | None:
+        """Unix s at which the latest valid snapshot of ``symbol`` was received, or None."""
+        with self._lock:
+            return self._received_at.get(symbol)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"received", "accepted", "ignored", "seq_resets", "rejected": {reason: n}, "samples": [...]}``."""
+        rejects = self.rejects.snapshot()
+        with self._lock:
+            return {
+                "received": self._received,
+                "accepted": self._accepted,
+                "ignored": self._ignored,
+                "seq_resets": self._seq_resets,
+                "rejected": rejects["by_reason"],
+                "samples": rejects["samples"],
+            }
+
+    def export_seqs(self) -> dict[str, int]:
+        """Last accepted ``_push_seq`` per symbol (for checkpoints)."""
+        with self._lock:
+            return dict(self._seqs)
+
+    def import_seqs(self, seqs: Mapping[str, int]) -> None:
+        """Restore last accepted seqs (e.g. from a checkpoint); a higher known seq is kept."""
+        clean: dict[str, int] = {}
+        for symbol, seq in seqs.items():
+            if type(symbol) is not str or type(seq) is not int or seq < 0:
+                raise ValueError(f"bad seq entry {symbol!r}: {seq!r}")
+            clean[symbol] = seq
+        with self._lock:
+            for symbol, seq in clean.items():
+                self._seqs[symbol] = max(seq, self._seqs.get(symbol, seq))

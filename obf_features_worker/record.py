@@ -1,0 +1,108 @@
+"""The per-bar feature record (what the worker writes and replay outputs) and its JSON codec.
+
+Records are plain dicts at runtime; the TypedDicts document and type-check the shape.
+Encoding is deterministic (sorted keys, shortest round-trip floats) and refuses NaN/inf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
+
+
+class PlacementRecord(TypedDict):
+    depth_1pct_usd: float  # USD, >= 0: total notional both sides within the band span
+    depth_quality: float  # ratio, >= 0: depth / EMA reference depth (1.0 = normal)
+    fill_probability: float  # [0, 1): depth_quality / (1 + depth_quality)
+    spread_proxy_bps: float  # bps, [0, 2 * band_span_bps]: cost to fill ref notional on both sides
+
+
+class SignalRecord(TypedDict):
+    imbalance: float  # [-1, 1]
+    imbalance_ma5: float  # [-1, 1]
+    imbalance_persistence: float  # [-1, 1]
+    depth_asymmetry: float  # [-1, 1]
+    withdrawal_velocity: float  # fraction of depth per bar, >= -1
+
+
+class AssetRecord(TypedDict):
+    ts: float  # unix s of the snapshot used
+    age_ms: float  # (bar_ts - ts) * 1000
+    seq: int | None  # the snapshot's _push_seq
+    placement: PlacementRecord
+    signal: SignalRecord
+
+
+class MarketRecord(TypedDict):
+    median_imbalance: float  # [-1, 1]
+    agreement_pct: float  # [0, 100]
+    depth_pressure: float  # [-1, 1]
+
+
+class MacroRecord(TypedDict):
+    cascade_count: int  # [0, n_present]
+    cascade_regime: CascadeRegime
+    depth_velocity: float  # market depth index change per bar
+    acceleration: float  # change of depth_velocity since the previous bar with assets
+
+
+class ProducerRecord(TypedDict):
+    """Added by the live worker (absent from replay output)."""
+
+    worker_id: str
+    computed_at: float  # unix s
+    stale_assets: list[str]  # expected assets without a recent enough snapshot in this bar
+    degraded: bool
+
+
+class BarRecord(TypedDict):
+    schema: int
+    bar_idx: int
+    bar_ts: float  # unix s, bar close
+    n_assets: int  # assets ever seen by the engine
+    n_present: int  # assets with a snapshot in this bar
+    assets: dict[str, AssetRecord]
+    market: MarketRecord | None
+    macro: MacroRecord | None
+    degraded: bool
+    producer: NotRequired[ProducerRecord]
+
+
+def dumps_record(rec: Mapping[str, Any]) -> bytes:
+    """Encode a record as compact JSON bytes with sorted keys; ValueError on NaN/inf anywhere."""
+    _check_finite(rec, "$")
+    return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
+
+
+def loads_record(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """Decode one record; ValueError if it is not a JSON object."""
+    obj = orjson.loads(data)
+    if type(obj) is not dict:
+        raise ValueError(f"record is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _check_finite(obj: Any, path: str) -> None:
+    # orjson would silently write NaN as null, so refuse before encoding.
+    t = type(obj)
+    if t is float:
+        if not math.isfinite(obj):
+            raise ValueError(f"non-finite float {obj!r} at {path}")
+    elif t is dict or isinstance(obj, Mapping):
+        for k, v in obj.items():
+            tv = type(v)
+            if tv is float:
+                if v - v != 0.0:  # NaN/inf; faster than math.isfinite on the hot path
+                    raise ValueError(f"non-finite float {v!r} at {path}.{k}")
+            elif tv is dict or tv is list or tv is tuple:
+                _check_finite(v, f"{path}.{k}")
+    elif t is list or t is tuple:
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{path}[{i}]")
