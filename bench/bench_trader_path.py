@@ -1,0 +1,222 @@
+"""Trader-side cost per bar: the read-only adapter vs the original in-process OB engine.
+
+Run: ``.venv/bin/python bench/bench_trader_path.py [--members host:port --cluster NAME] [--quick]``
+(without ``--members`` a local member is started on a free port and stopped at the end).
+
+Per bar, for N assets, both sides do what the trader's scan does: ``step_live(assets, bar_idx)``
+then ``get_placement`` + ``get_signal`` for every asset, ``get_market`` and ``get_macro``.
+
+* ``adapter``: ``HazelcastOBEngine``; the worker's records (real ``FeatureEngine`` output) are
+  already in ``DOLPHIN_OBF_FEATURES``, so ``step_live`` finds its bar cached (the normal case:
+  the worker writes at bar close, the listener decodes it on the reactor thread).
+* ``in-process``: the original design: per bar one blocking ``map.get`` per asset from
+  ``DOLPHIN_FEATURES`` + JSON parse + the per-asset feature loop in plain Python
+  (``tests.reference.ReferenceFeatures``), then the same getters over the computed dicts.
+* ``decode``: the adapter's one-time decode of that bar's record, paid on the listener thread,
+  not the trader's (shown for completeness).
+
+Times are per bar, median (p99) over the timed bars, against the same real member.
+``ratio`` = in-process median / adapter median. Nothing is asserted; numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from hazelcast.config import IntType
+from hazelcast.core import HazelcastJsonValue
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests.reference (the plain-Python feature definitions)
+
+import hazelcast  # noqa: E402
+
+from engine_adapter import AdapterConfig, HazelcastOBEngine  # noqa: E402
+from engine_adapter.features import (  # noqa: E402
+    OBMacroFeatures,
+    OBMarketFeatures,
+    OBPlacementFeatures,
+    OBSignalFeatures,
+    decode_bar,
+)
+from obf_features_worker.devmember import LocalMember, free_port  # noqa: E402
+from obf_features_worker.engine import FeatureEngine  # noqa: E402
+from obf_features_worker.record import dumps_record  # noqa: E402
+from obf_features_worker.snapshot import Snapshot, payload_json  # noqa: E402
+from tests.reference import ReferenceFeatures  # noqa: E402
+
+T0 = 1_723_161_000.0
+LEVELS = 20  # bands per side in the synthetic books
+
+
+class InProcessOBEngine:
+    """The original design: reads every asset's book and computes its features on the trader thread."""
+
+    def __init__(self, client: Any, input_map: str) -> None:
+        self._map = client.get_map(input_map).blocking()
+        self._ref = ReferenceFeatures()
+        self._bar: dict[str, Any] = {"assets": {}, "market": None, "macro": None}
+
+    def step_live(self, assets: list[str], bar_idx: int) -> None:
+        books = {}
+        for sym in assets:
+            value = self._map.get(f"asset_{sym}_ob")
+            if value is None:
+                continue
+            snap = orjson.loads(value.to_string() if isinstance(value, HazelcastJsonValue) else value)
+            books[sym] = (snap["bid_notional"], snap["ask_notional"])
+        self._bar = self._ref.bar(books)
+
+    def get_placement(self, asset: str, _key: Any = None) -> OBPlacementFeatures:
+        f = self._bar["assets"].get(asset)
+        return OBPlacementFeatures() if f is None else OBPlacementFeatures(
+            f["depth_1pct_usd"], f["depth_quality"], f["fill_probability"], f["spread_proxy_bps"])
+
+    def get_signal(self, asset: str, _key: Any = None) -> OBSignalFeatures:
+        f = self._bar["assets"].get(asset)
+        return OBSignalFeatures() if f is None else OBSignalFeatures(
+            f["imbalance"], f["imbalance_ma5"], f["imbalance_persistence"], f["depth_asymmetry"],
+            f["withdrawal_velocity"])
+
+    def get_market(self, _key: Any = None) -> OBMarketFeatures:
+        m = self._bar["market"]
+        return OBMarketFeatures() if m is None else OBMarketFeatures(**m)
+
+    def get_macro(self, _key: Any = None) -> OBMacroFeatures:
+        m = self._bar["macro"]
+        return OBMacroFeatures() if m is None else OBMacroFeatures(**m)
+
+
+def trader_bar(ob: Any, assets: list[str], bar_idx: int) -> None:
+    """What the trader's scan does per bar against its OB engine."""
+    ob.step_live(assets, bar_idx)
+    for a in assets:
+        ob.get_placement(a, bar_idx)
+        ob.get_signal(a, bar_idx)
+    ob.get_market(bar_idx)
+    ob.get_macro(bar_idx)
+
+
+@dataclass
+class Row:
+    n: int
+    adapter: list[float]
+    inproc: list[float]
+    decode: list[float]
+
+
+def timed(fn: Any, reps: list[Any]) -> list[float]:
+    out = []
+    for r in reps:
+        t = time.perf_counter()
+        fn(r)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_n(client: Any, cluster: str, members: list[str], n: int, n_bars: int, n_inproc: int,
+            rng: np.random.Generator) -> Row:
+    suffix = "_BENCH" + uuid.uuid4().hex[:8].upper()
+    input_name, bars_name = "DOLPHIN_FEATURES" + suffix, "DOLPHIN_OBF_FEATURES" + suffix
+    assets = [f"A{i:04d}USDT" for i in range(n)]
+    input_map = client.get_map(input_name).blocking()
+    bars_map = client.get_map(bars_name).blocking()
+    try:
+        # Upstream books (what the in-process design reads) and the worker's records for them.
+        engine = FeatureEngine()
+        payloads: dict[str, str] = {}
+        records: list[bytes] = []
+        for b in range(1, n_bars + 1):
+            snaps = {}
+            for sym in assets:
+                bid, ask = rng.gamma(2.0, 5_000.0, LEVELS), rng.gamma(2.0, 5_000.0, LEVELS)
+                snaps[sym] = Snapshot(sym, T0 + b - 0.1, bid, ask, seq=b)
+                if b == n_bars:
+                    payloads[f"asset_{sym}_ob"] = payload_json(T0 + b - 0.1, bid, ask, seq=b)
+            records.append(dumps_record(engine.step(b, T0 + b, snaps)))
+        input_map.put_all(payloads)
+        for b, data in enumerate(records, start=1):
+            bars_map.put(b, HazelcastJsonValue(data.decode()))
+
+        cfg = AdapterConfig(cluster_name=cluster, members=tuple(members), map_name=bars_name,
+                            cache_bars=n_bars, max_wait_ms=50)
+        with HazelcastOBEngine(cfg, client=client) as ob:
+            trader_bar(ob, assets, 1)  # warm-up
+            adapter = timed(lambda b: trader_bar(ob, assets, b), list(range(1, n_bars + 1)))
+            assert ob.stats().steps["exact"] == n_bars + 1, ob.stats()
+
+        inproc_ob = InProcessOBEngine(client, input_name)
+        trader_bar(inproc_ob, assets, 1)  # warm-up
+        inproc = timed(lambda b: trader_bar(inproc_ob, assets, b), list(range(1, n_inproc + 1)))
+        decode = timed(decode_bar, records)
+        return Row(n, adapter, inproc, decode)
+    finally:
+        input_map.destroy()
+        bars_map.destroy()
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def fmt_ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1e3:9.3f} ({pct(xs, 0.99) * 1e3:8.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", default="", help="host:port,... of an existing cluster (default: start one)")
+    ap.add_argument("--cluster", default="dev", help="cluster name with --members (default dev)")
+    ap.add_argument("--sizes", default="4,50,400", help="asset counts (default 4,50,400)")
+    ap.add_argument("--quick", action="store_true", help="fewer bars")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    member = None
+    if args.members:
+        members, cluster = [m.strip() for m in args.members.split(",") if m.strip()], args.cluster
+    else:
+        cluster = "obf-bench-" + uuid.uuid4().hex[:6]
+        member = LocalMember(port=free_port(), cluster_name=cluster,
+                             workdir=Path(tempfile.mkdtemp(prefix="obf-bench-hz-")))
+        member.start()
+        members = [member.address]
+    client = hazelcast.HazelcastClient(cluster_name=cluster, cluster_members=members,
+                                       default_int_type=IntType.LONG)
+    rng = np.random.default_rng(7)
+    rows = []
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            n_bars = 40 if args.quick else 200
+            n_inproc = max(3, min(n_bars, (400 if args.quick else 2000) // n))
+            rows.append(bench_n(client, cluster, members, n, n_bars, n_inproc, rng))
+    finally:
+        client.shutdown()
+        if member is not None:
+            member.stop()
+
+    print(f"trader-side cost per bar: step_live + get_placement/get_signal per asset + get_market + get_macro "
+          f"(member {','.join(members)}; ms, median (p99))")
+    print(f"{'assets':>6} | {'adapter ms/bar':>20} | {'in-process ms/bar':>20} | {'ratio':>8} | "
+          f"{'decode ms/bar (listener)':>24}")
+    for r in rows:
+        ratio = statistics.median(r.inproc) / statistics.median(r.adapter)
+        print(f"{r.n:>6} | {fmt_ms(r.adapter):>20} | {fmt_ms(r.inproc):>20} | {ratio:>7.1f}x | "
+              f"{fmt_ms(r.decode):>24}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

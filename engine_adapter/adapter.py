@@ -1,0 +1,380 @@
+"""HazelcastOBEngine: the trader's drop-in OB engine, read-only over DOLPHIN_OBF_FEATURES.
+
+Same calls as the in-process engine it replaces: ``step_live(assets, bar_idx)`` once per scan
+(before ``eng.step_bar(...)``), then ``get_placement`` / ``get_signal`` / ``get_market`` /
+``get_macro``. No feature math, no writes: the features are computed by the obf-features
+worker and arrive through an entry listener into a local ``BarCache``. Every ``get_*`` call is
+a local dictionary lookup (no network, no JSON) answered from that cache, with neutral
+defaults when no usable bar exists (see ``engine_adapter.cache`` for the resolution rules).
+
+Imports only the stdlib, hazelcast and orjson: the trader process never loads the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import hazelcast
+from hazelcast import HazelcastClient
+from hazelcast.config import IntType
+
+from engine_adapter.cache import DEFAULT, EXACT, FALLBACK, BarCache, CacheStats, Resolution, parse_key
+from engine_adapter.features import (
+    NEUTRAL_MACRO,
+    NEUTRAL_MARKET,
+    NEUTRAL_PLACEMENT,
+    NEUTRAL_SIGNAL,
+    AssetFeatures,
+    BarFeatures,
+    OBMacroFeatures,
+    OBMarketFeatures,
+    OBPlacementFeatures,
+    OBSignalFeatures,
+)
+from engine_adapter.grid import FeatureMapReader, GridStats
+
+log = logging.getLogger(__name__)
+
+_MEMBER_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?$")
+_MAP_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterConfig:
+    """Settings of the adapter; a bad value raises ValueError naming the field.
+
+    cluster_name / members: the Hazelcast cluster (env HZ_CLUSTER, HZ_MEMBERS = "h:p,h:p").
+    map_name: the worker's bar map (env OBF_FEATURES_MAP, default DOLPHIN_OBF_FEATURES).
+    cache_bars: bars kept locally, newest by bar_idx (>= 1, default 500).
+    seed_bars: newest bars read from the map at start and after a reconnect (1..cache_bars,
+        default: cache_bars).
+    stale_after_bars: a fallback bar may be at most this many bars older than the requested one
+        before lookups return neutral defaults (>= 0, default 2: one late and one missed bar).
+    max_wait_ms: how long ``step_live`` waits for the current bar's record (0 = never), ms.
+    connect_timeout_s: own client only: give up connecting (at start, or reconnecting after an
+        outage) after this many s; None (default) = keep trying forever. Once it gives up the
+        client is shut down and lookups answer from the cache, then neutral defaults.
+    reconnect_backoff_max_s: own client only: longest pause between reconnect attempts, s.
+    """
+
+    cluster_name: str = "dev"
+    members: tuple[str, ...] = ("127.0.0.1:5701",)
+    map_name: str = "DOLPHIN_OBF_FEATURES"
+    cache_bars: int = 500
+    seed_bars: int | None = None
+    stale_after_bars: int = 2
+    max_wait_ms: float = 50.0
+    connect_timeout_s: float | None = None
+    reconnect_backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if type(self.cluster_name) is not str or not self.cluster_name.strip():
+            raise ValueError(f"AdapterConfig.cluster_name must be a non-empty string, got {self.cluster_name!r}")
+        members = (self.members,) if isinstance(self.members, str) else tuple(self.members)
+        if not members:
+            raise ValueError("AdapterConfig.members must name at least one member (host:port)")
+        for m in members:
+            match = _MEMBER_RE.fullmatch(m) if type(m) is str else None
+            if match is None or (match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535):
+                raise ValueError(f"AdapterConfig.members: {m!r} is not host[:port] with port 1..65535")
+        object.__setattr__(self, "members", members)
+        if type(self.map_name) is not str or _MAP_NAME_RE.fullmatch(self.map_name) is None:
+            raise ValueError(f"AdapterConfig.map_name must match {_MAP_NAME_RE.pattern}, got {self.map_name!r}")
+        for name, value, low in (("cache_bars", self.cache_bars, 1), ("stale_after_bars", self.stale_after_bars, 0)):
+            if type(value) is not int or value < low:
+                raise ValueError(f"AdapterConfig.{name} must be an int >= {low}, got {value!r}")
+        seed = self.cache_bars if self.seed_bars is None else self.seed_bars
+        if type(seed) is not int or not 1 <= seed <= self.cache_bars:
+            raise ValueError(f"AdapterConfig.seed_bars must be an int in 1..cache_bars ({self.cache_bars}), "
+                             f"got {self.seed_bars!r}")
+        object.__setattr__(self, "seed_bars", seed)
+        for name, value, low, high in (("max_wait_ms", self.max_wait_ms, 0.0, 60_000.0),
+                                       ("connect_timeout_s", self.connect_timeout_s, 0.001, 1e9),
+                                       ("reconnect_backoff_max_s", self.reconnect_backoff_max_s, 0.01, 3600.0)):
+            if value is None and name == "connect_timeout_s":
+                continue
+            if type(value) not in (int, float) or not low <= value <= high:
+                raise ValueError(f"AdapterConfig.{name} must be a number in {low:g}..{high:g}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AdapterConfig:
+        """Settings from the environment (HZ_CLUSTER, HZ_MEMBERS, OBF_FEATURES_MAP,
+        OBF_ADAPTER_CACHE_BARS, OBF_ADAPTER_SEED_BARS, OBF_ADAPTER_STALE_AFTER_BARS,
+        OBF_ADAPTER_MAX_WAIT_MS); keyword overrides win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if env.get("HZ_CLUSTER", "").strip():
+            values["cluster_name"] = env["HZ_CLUSTER"].strip()
+        if env.get("HZ_MEMBERS", "").strip():
+            values["members"] = tuple(m.strip() for m in env["HZ_MEMBERS"].split(",") if m.strip())
+        if env.get("OBF_FEATURES_MAP", "").strip():
+            values["map_name"] = env["OBF_FEATURES_MAP"].strip()
+        for name, conv in (("cache_bars", int), ("seed_bars", int), ("stale_after_bars", int),
+                           ("max_wait_ms", float)):
+            var = f"OBF_ADAPTER_{name.upper()}"
+            raw = env.get(var, "").strip()
+            if raw:
+                try:
+                    values[name] = conv(raw)
+                except ValueError:
+                    raise ValueError(f"{var}={raw!r} is not a valid {conv.__name__}") from None
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterStats:
+    """What the trader can check to tell whether features are live.
+
+    current_bar_idx: the bar of the last ``step_live``. lag_bars: current_bar_idx minus the
+    newest cached bar (None before data). steps: ``step_live`` outcomes by resolution kind.
+    waits: step_live calls that had to wait; wait_hits: the bar arrived during the wait;
+    wait_timeouts: it did not within max_wait_ms. asset_defaults: get_placement/get_signal
+    answered neutral because the asset was absent from an otherwise usable bar.
+    cache.lookups: get_*/resolve outcomes by kind. grid: connection and decode counters.
+    """
+
+    current_bar_idx: int | None
+    lag_bars: int | None
+    steps: dict[str, int]
+    waits: int
+    wait_hits: int
+    wait_timeouts: int
+    wait_ms_max: float
+    asset_defaults: int
+    cache: CacheStats
+    grid: GridStats
+    closed: bool = field(default=False)
+
+
+class HazelcastOBEngine:
+    """Read-only OB engine: features of the bars the obf-features worker writes, by bar_idx.
+
+    Build it once: ``HazelcastOBEngine(AdapterConfig.from_env())`` (its own client, shut down by
+    ``close()``) or ``HazelcastOBEngine(config, client=existing_client)`` (the trader's client:
+    ``close()`` leaves it running). Thread-safe: any thread may call the getters.
+    """
+
+    def __init__(self, config: AdapterConfig | None = None, *, client: HazelcastClient | None = None) -> None:
+        self.config = config if config is not None else AdapterConfig.from_env()
+        cfg = self.config
+        self._owns_client = client is None
+        if client is None:
+            client = hazelcast.HazelcastClient(**client_settings(cfg))
+        self._client = client
+        self._cache = BarCache(cfg.cache_bars, cfg.stale_after_bars)
+        self._reader = FeatureMapReader(client, cfg.map_name, self._cache, cfg.seed_bars)  # type: ignore[arg-type]
+        self._max_wait_s = cfg.max_wait_ms / 1000.0
+        self._lock = threading.Lock()
+        self._current: int | None = None
+        self._steps = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
+        self._waits = 0
+        self._wait_hits = 0
+        self._wait_timeouts = 0
+        self._wait_ms_max = 0.0
+        self._asset_defaults = 0
+        self._closed = False
+        try:
+            self._reader.start()
+        except BaseException:
+            self._reader.close()
+            if self._owns_client:
+                client.shutdown()
+            raise
+        log.info("ob engine ready map=%s cluster=%s bars=%d own_client=%s",
+                 cfg.map_name, cfg.cluster_name, len(self._cache), self._owns_client)
+
+    @classmethod
+    def from_client(cls, client: HazelcastClient, config: AdapterConfig | None = None) -> HazelcastOBEngine:
+        """An adapter on the trader's existing client (``close()`` will not shut it down)."""
+        return cls(config, client=client)
+
+    # -- the trader's per-scan call ------------------------------------------------------------
+
+    def step_live(self, assets: Iterable[str] | None, bar_idx: int) -> Resolution:
+        """Mark ``bar_idx`` as the current bar; wait up to max_wait_ms for its record if not here yet.
+
+        Read-only; woken by the record's arrival (no polling). Returns how the bar resolves
+        (exact / fallback / default). ``assets``: the symbols the trader will ask about; the
+        ones absent from the resolved bar are counted in ``stats().asset_defaults``.
+        """
+        is_ts, idx = parse_key(bar_idx)
+        if is_ts:
+            raise ValueError(f"step_live takes a bar_idx (< 1e9), got {bar_idx!r}")
+        idx = int(idx)
+        waited_ms = None
+        if self._max_wait_s > 0 and idx not in self._cache:
+            t0 = time.perf_counter()
+            arrived = self._cache.wait_for(idx, self._max_wait_s)
+            waited_ms = (time.perf_counter() - t0) * 1000.0
+        res, bar = self._cache.resolve(idx, count=False)
+        missing = 0
+        if assets is not None:
+            present = bar.assets if bar is not None else {}
+            missing = sum(1 for a in assets if a not in present)
+        with self._lock:
+            self._current = idx
+            self._steps[res.kind] += 1
+            self._asset_defaults += missing
+            if waited_ms is not None:
+                self._waits += 1
+                if arrived:
+                    self._wait_hits += 1
+                else:
+                    self._wait_timeouts += 1
+                self._wait_ms_max = max(self._wait_ms_max, waited_ms)
+        if res.kind != EXACT:
+            log.debug("step_live bar_idx=%d kind=%s used=%s age_bars=%s", idx, res.kind, res.bar_idx, res.age_bars)
+        return res
+
+    # -- lookups (local only) -----------------------------------------------------------------
+
+    def resolve(self, timestamp_or_idx: Any = None) -> Resolution:
+        """Which bar answers ``timestamp_or_idx`` (None = the current bar) and how: exact/fallback/default."""
+        return self._cache.resolve(self._key(timestamp_or_idx))[0]
+
+    def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None:
+        """The whole decoded bar that answers ``timestamp_or_idx``, or None (default)."""
+        return self._cache.resolve(self._key(timestamp_or_idx))[1]
+
+    def get_asset(self, asset: str, timestamp_or_idx: Any = None) -> AssetFeatures | None:
+        """One asset's features (with snapshot ts/age/seq), or None if unavailable."""
+        bar = self._cache.resolve(self._key(timestamp_or_idx))[1]
+        return None if bar is None else bar.assets.get(asset)
+
+    def wait_for_bar(self, bar_idx: int, timeout_s: float) -> bool:
+        """Block until bar ``bar_idx`` is cached (True) or ``timeout_s`` passes (False); no network."""
+        return self._cache.wait_for(bar_idx, timeout_s)
+
+    def get_placement(self, asset: str, timestamp_or_idx: Any = None) -> OBPlacementFeatures:
+        """Placement features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
+        a = self._asset(asset, timestamp_or_idx)
+        return NEUTRAL_PLACEMENT if a is None else a.placement
+
+    def get_signal(self, asset: str, timestamp_or_idx: Any = None) -> OBSignalFeatures:
+        """Signal features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
+        a = self._asset(asset, timestamp_or_idx)
+        return NEUTRAL_SIGNAL if a is None else a.signal
+
+    def get_market(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> OBMarketFeatures:
+        """Cross-asset features: ``get_market(key)`` or ``get_market(asset, key)`` (asset ignored)."""
+        bar = self._cache.resolve(self._key(_market_key(asset_or_key, timestamp_or_idx)))[1]
+        if bar is None or bar.market is None:
+            return NEUTRAL_MARKET
+        return bar.market
+
+    def get_macro(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> OBMacroFeatures:
+        """Cascade regime features: ``get_macro(key)`` or ``get_macro(asset, key)`` (asset ignored)."""
+        bar = self._cache.resolve(self._key(_market_key(asset_or_key, timestamp_or_idx)))[1]
+        if bar is None or bar.macro is None:
+            return NEUTRAL_MACRO
+        return bar.macro
+
+    def _asset(self, asset: str, key: Any) -> AssetFeatures | None:
+        bar = self._cache.resolve(self._key(key))[1]
+        if bar is None:
+            return None
+        a = bar.assets.get(asset)
+        if a is None:
+            with self._lock:
+                self._asset_defaults += 1
+        return a
+
+    def _key(self, timestamp_or_idx: Any) -> Any:
+        if timestamp_or_idx is not None:
+            return timestamp_or_idx
+        current = self._current
+        if current is not None:
+            return current
+        newest = self._cache.newest()  # before the first step_live: the newest known bar
+        return 0 if newest is None else newest.bar_idx
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def current_bar_idx(self) -> int | None:
+        """The bar of the last ``step_live`` (None before the first)."""
+        return self._current
+
+    @property
+    def client(self) -> HazelcastClient:
+        return self._client
+
+    def refresh(self) -> None:
+        """Ask for a background re-read of the newest bars (non-blocking; normally automatic)."""
+        self._reader.request_reseed()
+
+    def stats(self) -> AdapterStats:
+        """Counters and freshness, see ``AdapterStats``."""
+        cache = self._cache.stats()
+        with self._lock:
+            current = self._current
+            return AdapterStats(
+                current_bar_idx=current,
+                lag_bars=None if current is None or cache.newest_idx is None else current - cache.newest_idx,
+                steps=dict(self._steps),
+                waits=self._waits,
+                wait_hits=self._wait_hits,
+                wait_timeouts=self._wait_timeouts,
+                wait_ms_max=self._wait_ms_max,
+                asset_defaults=self._asset_defaults,
+                cache=cache,
+                grid=self._reader.stats(),
+                closed=self._closed,
+            )
+
+    def close(self) -> None:
+        """Stop listening; shut the client down only if the adapter built it. Idempotent.
+
+        Lookups keep answering from the cache afterwards (nothing new arrives).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._reader.close()
+        if self._owns_client:
+            self._client.shutdown()
+        log.info("ob engine closed map=%s own_client=%s", self.config.map_name, self._owns_client)
+
+    def __enter__(self) -> HazelcastOBEngine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def client_settings(config: AdapterConfig) -> dict[str, Any]:
+    """``hazelcast.HazelcastClient`` keyword arguments for the adapter's own client.
+
+    Starts synchronously (the constructor returns connected and seeded), reconnects with a
+    backoff capped at ``reconnect_backoff_max_s``, forever unless ``connect_timeout_s`` is set.
+    """
+    return dict(
+        cluster_name=config.cluster_name,
+        cluster_members=list(config.members),
+        client_name="obf-engine-adapter",
+        default_int_type=IntType.LONG,
+        cluster_connect_timeout=-1 if config.connect_timeout_s is None else config.connect_timeout_s,
+        retry_initial_backoff=min(0.5, config.reconnect_backoff_max_s),
+        retry_max_backoff=config.reconnect_backoff_max_s,
+        retry_multiplier=1.5,
+        retry_jitter=0.2,
+    )
+
+
+def _market_key(asset_or_key: Any = None, timestamp_or_idx: Any = None) -> Any:
+    # Callers use both get_market(key) and get_market(asset, key); a str first argument is an asset.
+    if timestamp_or_idx is not None or isinstance(asset_or_key, str):
+        return timestamp_or_idx
+    return asset_or_key

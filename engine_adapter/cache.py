@@ -1,0 +1,293 @@
+"""BarCache: the adapter's bounded, thread-safe store of decoded bars and its resolution rules.
+
+Pure (no I/O): the grid listener thread inserts ``BarFeatures``, the trader thread resolves
+lookups. Every operation holds one short lock; lookups are a dict get (exact bar) or a bisect
+(fallback), so they cost microseconds.
+
+Resolution of a lookup key (``timestamp_or_idx``):
+
+* an integer-valued number below 1e9 is a ``bar_idx``; a number >= 1e9 is a unix timestamp
+  (seconds) and selects the newest bar with ``bar_ts <= timestamp``;
+* **exact**: the requested bar is cached;
+* **fallback**: the newest cached bar *not after* the requested one, at most
+  ``stale_after_bars`` bars older (a future bar is never used);
+* **default**: no such bar, or it is older than that: callers answer with neutral features.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import operator
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from engine_adapter.features import BarFeatures
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP_MIN = 1e9  # keys at or above this are unix seconds (2001-09-09), below are bar indices
+
+ResolutionKind = Literal["exact", "fallback", "default"]
+EXACT: ResolutionKind = "exact"
+FALLBACK: ResolutionKind = "fallback"
+DEFAULT: ResolutionKind = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Which bar answers a lookup.
+
+    kind: "exact" | "fallback" | "default". bar_idx / bar_ts: the bar whose features are used
+    (None for "default"). requested_idx: the bar asked for; for a timestamp, the bar it falls in
+    (estimated from the spacing of the neighbouring cached bars), None if no bar is at or before
+    it. age_bars: requested_idx - newest usable bar (0 when exact; set for a stale default too).
+    """
+
+    kind: ResolutionKind
+    bar_idx: int | None
+    requested_idx: int | None
+    age_bars: int | None
+    bar_ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A consistent snapshot of the cache's contents and counters."""
+
+    bars: int
+    capacity: int
+    oldest_idx: int | None
+    newest_idx: int | None
+    newest_bar_ts: float | None
+    last_insert_at: float | None  # unix s (wall clock) of the last bar inserted
+    lookups: dict[str, int]  # resolution kind -> count
+    inserted: dict[str, int]  # source ("listener", "seed", "reseed", ...) -> bars newly inserted
+    replaced: int  # a cached bar overwritten by a newer write of the same bar_idx
+    evicted: int  # dropped to keep at most `capacity` bars
+    ignored: dict[str, int] = field(default_factory=dict)  # reason -> bars not inserted
+
+
+def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
+    """Classify a lookup key: ``(False, bar_idx)`` or ``(True, unix_seconds)``.
+
+    Accepts ints (numpy ints too), floats and datetimes (as their POSIX timestamp). Raises
+    TypeError for other types (bool included) and ValueError for negative, non-finite or
+    non-integer values below 1e9.
+    """
+    key = timestamp_or_idx
+    t = type(key)
+    if t is int:
+        if key < 0:
+            raise ValueError(f"bar_idx must be >= 0, got {key}")
+        return (False, key) if key < TIMESTAMP_MIN else (True, float(key))
+    if t is float or isinstance(key, float):
+        if not math.isfinite(key):
+            raise ValueError(f"timestamp_or_idx must be finite, got {key!r}")
+        if key >= TIMESTAMP_MIN:
+            return True, float(key)
+        if key < 0 or not key.is_integer():
+            raise ValueError(f"{key!r} is neither a unix timestamp (>= 1e9) nor an integral bar_idx >= 0")
+        return False, int(key)
+    if isinstance(key, bool):
+        raise TypeError("timestamp_or_idx must be a number, not a bool")
+    if isinstance(key, datetime):
+        return True, key.timestamp()
+    try:
+        as_int = operator.index(key)  # numpy integers and friends
+    except TypeError:
+        raise TypeError(f"timestamp_or_idx must be an int, float or datetime, got {type(key).__name__}") from None
+    return parse_key(int(as_int))
+
+
+class BarCache:
+    """The newest ``capacity`` bars by bar_idx, plus lookup counters and arrival notification."""
+
+    def __init__(self, capacity: int, stale_after_bars: int) -> None:
+        if type(capacity) is not int or capacity < 1:
+            raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        if type(stale_after_bars) is not int or stale_after_bars < 0:
+            raise ValueError(f"stale_after_bars must be an int >= 0, got {stale_after_bars!r}")
+        self.capacity = capacity
+        self.stale_after_bars = stale_after_bars
+        self._cond = threading.Condition(threading.Lock())
+        self._bars: dict[int, BarFeatures] = {}
+        self._order: list[int] = []  # cached bar_idx, ascending
+        self._ts: list[float] = []  # bar_ts aligned with _order (non-decreasing)
+        self._lookups = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
+        self._inserted: Counter[str] = Counter()
+        self._ignored: Counter[str] = Counter()
+        self._replaced = 0
+        self._evicted = 0
+        self._last_insert_at: float | None = None
+
+    # -- writers (listener / seed threads) -------------------------------------------------
+
+    def insert(self, bar: BarFeatures, source: str = "listener", *, replace: bool = True) -> bool:
+        """Insert or (if ``replace``) overwrite one bar; True if the cache changed. Never raises."""
+        with self._cond:
+            changed = self._insert_locked(bar, source, replace)
+            if changed:
+                self._cond.notify_all()
+        return changed
+
+    def insert_many(self, bars: list[BarFeatures], source: str) -> int:
+        """Insert the bars not cached yet (seeding never overwrites a listener update); count inserted."""
+        n = 0
+        with self._cond:
+            for bar in bars:
+                n += self._insert_locked(bar, source, False)
+            if n:
+                self._cond.notify_all()
+        return n
+
+    def _insert_locked(self, bar: BarFeatures, source: str, replace: bool) -> bool:
+        idx = bar.bar_idx
+        order = self._order
+        if idx in self._bars:
+            if not replace:
+                self._ignored["duplicate"] += 1
+                return False
+            pos = bisect.bisect_left(order, idx)
+            if not self._ts_fits(pos, pos + 1, bar.bar_ts):
+                return False
+            self._bars[idx] = bar
+            self._ts[pos] = bar.bar_ts
+            self._replaced += 1
+            self._last_insert_at = time.time()
+            return True
+        if len(order) >= self.capacity and idx < order[0]:
+            self._ignored["too_old"] += 1
+            return False
+        pos = bisect.bisect_left(order, idx)
+        if not self._ts_fits(pos, pos, bar.bar_ts):
+            return False
+        order.insert(pos, idx)
+        self._ts.insert(pos, bar.bar_ts)
+        self._bars[idx] = bar
+        self._inserted[source] += 1
+        self._last_insert_at = time.time()
+        while len(order) > self.capacity:
+            del self._bars[order.pop(0)]
+            self._ts.pop(0)
+            self._evicted += 1
+        return True
+
+    def _ts_fits(self, before: int, after: int, bar_ts: float) -> bool:
+        # Timestamp lookups bisect on bar_ts, so it must not decrease with bar_idx.
+        ts = self._ts
+        if (before > 0 and ts[before - 1] > bar_ts) or (after < len(ts) and ts[after] < bar_ts):
+            self._ignored["bar_ts_order"] += 1
+            return False
+        return True
+
+    def count_ignored(self, reason: str) -> None:
+        """Count a record that never became a bar (e.g. it failed to decode)."""
+        with self._cond:
+            self._ignored[reason] += 1
+
+    # -- readers (trader thread) -----------------------------------------------------------
+
+    def get(self, bar_idx: int) -> BarFeatures | None:
+        """The cached bar ``bar_idx`` or None (no counters touched)."""
+        with self._cond:
+            return self._bars.get(bar_idx)
+
+    def __contains__(self, bar_idx: object) -> bool:
+        with self._cond:
+            return bar_idx in self._bars
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._order)
+
+    def cached_indices(self) -> list[int]:
+        """Every cached bar_idx, ascending."""
+        with self._cond:
+            return list(self._order)
+
+    def newest(self) -> BarFeatures | None:
+        with self._cond:
+            return self._bars[self._order[-1]] if self._order else None
+
+    def resolve(self, timestamp_or_idx: object, *, count: bool = True) -> tuple[Resolution, BarFeatures | None]:
+        """Apply the resolution rules to a lookup key (see module doc); ``count`` it in ``lookups``."""
+        is_ts, key = parse_key(timestamp_or_idx)
+        with self._cond:
+            if is_ts:
+                res, bar = self._resolve_ts(key)
+            else:
+                res, bar = self._resolve_idx(key)  # type: ignore[arg-type]
+            if count:
+                self._lookups[res.kind] += 1
+        return res, bar
+
+    def _resolve_idx(self, idx: int) -> tuple[Resolution, BarFeatures | None]:
+        bar = self._bars.get(idx)
+        if bar is not None:
+            return Resolution(EXACT, idx, idx, 0, bar.bar_ts), bar
+        pos = bisect.bisect_right(self._order, idx) - 1
+        if pos < 0:
+            return Resolution(DEFAULT, None, idx, None), None
+        return self._fallback(idx, pos)
+
+    def _resolve_ts(self, ts: float) -> tuple[Resolution, BarFeatures | None]:
+        order, tss = self._order, self._ts
+        pos = bisect.bisect_right(tss, ts) - 1
+        if pos < 0:
+            return Resolution(DEFAULT, None, None, None), None
+        idx = order[pos]
+        requested = idx
+        # The timestamp may lie beyond bar idx's successor's close: estimate which bar it falls
+        # in from the local bar spacing, so a stopped worker makes timestamps go stale too.
+        if pos + 1 < len(order):
+            spacing = (tss[pos + 1] - tss[pos]) / (order[pos + 1] - idx)
+            if spacing > 0:
+                requested = min(idx + int((ts - tss[pos]) // spacing), order[pos + 1] - 1)
+        elif pos > 0:
+            spacing = (tss[pos] - tss[pos - 1]) / (idx - order[pos - 1])
+            if spacing > 0:
+                requested = idx + int((ts - tss[pos]) // spacing)
+        if requested == idx:
+            bar = self._bars[idx]
+            return Resolution(EXACT, idx, idx, 0, bar.bar_ts), bar
+        return self._fallback(requested, pos)
+
+    def _fallback(self, requested: int, pos: int) -> tuple[Resolution, BarFeatures | None]:
+        idx = self._order[pos]
+        age = requested - idx
+        if age > self.stale_after_bars:
+            return Resolution(DEFAULT, None, requested, age), None
+        bar = self._bars[idx]
+        return Resolution(FALLBACK, idx, requested, age, bar.bar_ts), bar
+
+    def wait_for(self, bar_idx: int, timeout_s: float) -> bool:
+        """Block until bar ``bar_idx`` is cached (woken by its arrival) or ``timeout_s`` passes."""
+        with self._cond:
+            if bar_idx in self._bars:
+                return True
+            if timeout_s <= 0:
+                return False
+            return self._cond.wait_for(lambda: bar_idx in self._bars, timeout_s)
+
+    def stats(self) -> CacheStats:
+        with self._cond:
+            newest = self._order[-1] if self._order else None
+            return CacheStats(
+                bars=len(self._order),
+                capacity=self.capacity,
+                oldest_idx=self._order[0] if self._order else None,
+                newest_idx=newest,
+                newest_bar_ts=self._ts[-1] if self._ts else None,
+                last_insert_at=self._last_insert_at,
+                lookups=dict(self._lookups),
+                inserted=dict(self._inserted),
+                replaced=self._replaced,
+                evicted=self._evicted,
+                ignored=dict(self._ignored),
+            )

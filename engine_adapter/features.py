@@ -1,0 +1,276 @@
+"""The trader-facing feature types and the one-time decode of a bar record into them.
+
+The four ``OB*Features`` dataclasses are what ``get_placement`` / ``get_signal`` /
+``get_market`` / ``get_macro`` return. Their field defaults are the NEUTRAL values the
+adapter answers with when it has no usable bar (worker down, bar stale, asset absent).
+
+Why each default is neutral (it must not push a trading decision either way):
+
+* Relative measures sit at their "normal" point, where a consumer applies no adjustment:
+  ``depth_quality`` 1.0 (depth equals its own reference depth), ``fill_probability`` 0.5
+  (= 1.0 / (1 + 1.0), the value the definition gives at normal depth; a coin flip).
+* Signed measures in [-1, 1] sit at 0 (no direction): ``imbalance``, ``imbalance_ma5``,
+  ``imbalance_persistence``, ``depth_asymmetry``, ``median_imbalance``, ``depth_pressure``.
+* Rates of change sit at 0 (nothing is moving): ``withdrawal_velocity``,
+  ``depth_velocity``, ``acceleration``; so no cascade either: ``cascade_count`` 0,
+  ``cascade_regime`` "CALM" (the regime that imposes no risk veto).
+* ``agreement_pct`` 50.0: half the market agrees, i.e. no consensus; a real directional
+  median never yields less agreement than about half, so 50 never reads as a consensus.
+* Absolute levels have no neutral value, so they read "not measured": ``depth_1pct_usd``
+  0.0 and ``spread_proxy_bps`` 0.0. Decide on the relative fields above, or check
+  ``HazelcastOBEngine.resolve(...).kind`` before trusting absolute levels.
+
+Records are decoded once, on arrival, by ``decode_bar``; the returned objects are immutable
+and shared by every reader thread. This module imports only the stdlib and orjson.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+import orjson
+
+SCHEMA_VERSION = 1  # the record schema this adapter reads (obf_features_worker.record)
+
+CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
+CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})
+
+
+@dataclass(frozen=True, slots=True)
+class OBPlacementFeatures:
+    """Where and how to place an order in one asset's book.
+
+    depth_1pct_usd: USD, >= 0, bid + ask notional within the band span (neutral 0.0 = not measured).
+    depth_quality: ratio >= 0, depth / its reference depth (neutral 1.0 = normal).
+    fill_probability: [0, 1), depth_quality / (1 + depth_quality) (neutral 0.5).
+    spread_proxy_bps: bps >= 0, cost to fill the reference notional on both sides (neutral 0.0).
+    """
+
+    depth_1pct_usd: float = 0.0
+    depth_quality: float = 1.0
+    fill_probability: float = 0.5
+    spread_proxy_bps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OBSignalFeatures:
+    """Directional order-book signals of one asset.
+
+    imbalance, imbalance_ma5, imbalance_persistence, depth_asymmetry: [-1, 1] (neutral 0.0).
+    withdrawal_velocity: fraction of depth per bar, >= -1 (neutral 0.0 = depth not moving).
+    """
+
+    imbalance: float = 0.0
+    imbalance_ma5: float = 0.0
+    imbalance_persistence: float = 0.0
+    depth_asymmetry: float = 0.0
+    withdrawal_velocity: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OBMarketFeatures:
+    """Cross-asset view of one bar.
+
+    median_imbalance: [-1, 1] (neutral 0.0). agreement_pct: [0, 100], share of assets whose
+    imbalance sign equals the median's (neutral 50.0 = no consensus). depth_pressure: [-1, 1]
+    (neutral 0.0).
+    """
+
+    median_imbalance: float = 0.0
+    agreement_pct: float = 50.0
+    depth_pressure: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OBMacroFeatures:
+    """Liquidity-withdrawal regime of the whole market in one bar.
+
+    cascade_count: assets withdrawing depth faster than the threshold, >= 0 (neutral 0).
+    cascade_regime: "CALM" | "STRESS" | "CASCADE" (neutral "CALM": no risk veto).
+    depth_velocity: market depth index change per bar (neutral 0.0).
+    acceleration: change of depth_velocity since the previous bar (neutral 0.0).
+    """
+
+    cascade_count: int = 0
+    cascade_regime: CascadeRegime = "CALM"
+    depth_velocity: float = 0.0
+    acceleration: float = 0.0
+
+
+NEUTRAL_PLACEMENT = OBPlacementFeatures()
+NEUTRAL_SIGNAL = OBSignalFeatures()
+NEUTRAL_MARKET = OBMarketFeatures()
+NEUTRAL_MACRO = OBMacroFeatures()
+
+
+@dataclass(frozen=True, slots=True)
+class AssetFeatures:
+    """One asset's features in one bar. ts: unix s of the snapshot used; age_ms: bar_ts - ts in ms."""
+
+    ts: float
+    age_ms: float
+    seq: int | None
+    placement: OBPlacementFeatures
+    signal: OBSignalFeatures
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BarFeatures:
+    """A decoded bar record: every asset present in bar ``bar_idx`` plus the market/macro view.
+
+    bar_ts: unix s (bar close). ``market`` / ``macro`` are None when no asset was present.
+    ``assets`` is read-only. ``degraded``: the worker flagged its input as degraded.
+    """
+
+    bar_idx: int
+    bar_ts: float
+    n_assets: int
+    n_present: int
+    assets: Mapping[str, AssetFeatures]
+    market: OBMarketFeatures | None
+    macro: OBMacroFeatures | None
+    degraded: bool
+    worker_id: str | None = None
+    computed_at: float | None = None  # unix s, when the worker computed the bar
+
+
+class RecordRejected(ValueError):
+    """A bar record the adapter cannot use; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def decode_bar(data: bytes | bytearray | memoryview | str) -> BarFeatures:
+    """Decode one JSON bar record into ``BarFeatures``; RecordRejected on anything unusable."""
+    try:
+        rec = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordRejected("not_json", str(exc)) from None
+    return bar_from_record(rec)
+
+
+def bar_from_record(rec: Any) -> BarFeatures:
+    """Build ``BarFeatures`` from a decoded record dict (docs/contract.md); RecordRejected if malformed."""
+    if type(rec) is not dict:
+        raise RecordRejected("not_object", f"record is a {type(rec).__name__}")
+    schema = rec.get("schema")
+    if schema != SCHEMA_VERSION or type(schema) is not int:
+        raise RecordRejected("schema", f"schema {schema!r}, this adapter reads {SCHEMA_VERSION}")
+    bar_idx = rec.get("bar_idx")
+    if type(bar_idx) is not int or bar_idx < 0:
+        raise RecordRejected("bar_idx", f"bar_idx {bar_idx!r} is not an int >= 0")
+    bar_ts = rec.get("bar_ts")
+    if type(bar_ts) not in (int, float) or not math.isfinite(bar_ts) or bar_ts <= 0:
+        raise RecordRejected("bar_ts", f"bar_ts {bar_ts!r} is not a positive unix time")
+    raw_assets = rec.get("assets")
+    if type(raw_assets) is not dict:
+        raise RecordRejected("assets", "assets is not an object")
+    try:
+        assets = {sym: _asset(sym, a) for sym, a in raw_assets.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordRejected("assets", str(exc)) from None
+    try:
+        market = _market(rec.get("market"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordRejected("market", str(exc)) from None
+    try:
+        macro = _macro(rec.get("macro"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordRejected("macro", str(exc)) from None
+
+    producer = rec.get("producer")
+    producer = producer if type(producer) is dict else {}
+    worker_id = producer.get("worker_id")
+    computed_at = producer.get("computed_at")
+    n_assets = rec.get("n_assets")
+    n_present = rec.get("n_present")
+    return BarFeatures(
+        bar_idx=bar_idx,
+        bar_ts=float(bar_ts),
+        n_assets=n_assets if type(n_assets) is int else len(assets),
+        n_present=n_present if type(n_present) is int else len(assets),
+        assets=MappingProxyType(assets),
+        market=market,
+        macro=macro,
+        degraded=bool(rec.get("degraded")) or bool(producer.get("degraded")),
+        worker_id=worker_id if type(worker_id) is str else None,
+        computed_at=float(computed_at) if type(computed_at) in (int, float) else None,
+    )
+
+
+def _num(obj: Mapping[str, Any], name: str) -> float:
+    v = obj[name]
+    # bool is an int subclass: refuse it explicitly, it is never a feature value.
+    if type(v) is not float and type(v) is not int:
+        raise TypeError(f"{name} is {v!r}, not a number")
+    v = float(v)
+    if v - v != 0.0:  # NaN or inf (cannot come from JSON, but from a hand-built dict)
+        raise ValueError(f"{name} is not finite")
+    return v
+
+
+def _asset(symbol: Any, a: Any) -> AssetFeatures:
+    if type(symbol) is not str or type(a) is not dict:
+        raise TypeError(f"asset {symbol!r} is not an object keyed by symbol")
+    p = a["placement"]
+    s = a["signal"]
+    if type(p) is not dict or type(s) is not dict:
+        raise TypeError(f"asset {symbol}: placement/signal must be objects")
+    seq = a.get("seq")
+    return AssetFeatures(
+        ts=_num(a, "ts"),
+        age_ms=_num(a, "age_ms"),
+        seq=seq if type(seq) is int else None,
+        placement=OBPlacementFeatures(
+            depth_1pct_usd=_num(p, "depth_1pct_usd"),
+            depth_quality=_num(p, "depth_quality"),
+            fill_probability=_num(p, "fill_probability"),
+            spread_proxy_bps=_num(p, "spread_proxy_bps"),
+        ),
+        signal=OBSignalFeatures(
+            imbalance=_num(s, "imbalance"),
+            imbalance_ma5=_num(s, "imbalance_ma5"),
+            imbalance_persistence=_num(s, "imbalance_persistence"),
+            depth_asymmetry=_num(s, "depth_asymmetry"),
+            withdrawal_velocity=_num(s, "withdrawal_velocity"),
+        ),
+    )
+
+
+def _market(m: Any) -> OBMarketFeatures | None:
+    if m is None:
+        return None
+    if type(m) is not dict:
+        raise TypeError("market is not an object or null")
+    return OBMarketFeatures(
+        median_imbalance=_num(m, "median_imbalance"),
+        agreement_pct=_num(m, "agreement_pct"),
+        depth_pressure=_num(m, "depth_pressure"),
+    )
+
+
+def _macro(m: Any) -> OBMacroFeatures | None:
+    if m is None:
+        return None
+    if type(m) is not dict:
+        raise TypeError("macro is not an object or null")
+    count = m["cascade_count"]
+    if type(count) is float and count.is_integer():
+        count = int(count)
+    if type(count) is not int or count < 0:
+        raise TypeError(f"cascade_count {count!r} is not an int >= 0")
+    regime = m["cascade_regime"]
+    if regime not in CASCADE_REGIMES:
+        raise ValueError(f"cascade_regime {regime!r} is not one of {sorted(CASCADE_REGIMES)}")
+    return OBMacroFeatures(
+        cascade_count=count,
+        cascade_regime=regime,
+        depth_velocity=_num(m, "depth_velocity"),
+        acceleration=_num(m, "acceleration"),
+    )

@@ -1,0 +1,313 @@
+"""engine_adapter.cache: key classification, exact/fallback/default rules, eviction, waiting, threads."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine_adapter.cache import BarCache, parse_key
+from engine_adapter.features import BarFeatures, bar_from_record
+
+T0 = 1_723_161_000.0  # unix s
+SPACING = 5.0  # s between consecutive bars in these tests
+
+
+def bar(idx: int, ts: float | None = None, imbalance: float = 0.0) -> BarFeatures:
+    """A one-asset bar; ``imbalance`` tags it so a test can tell two versions apart."""
+    return bar_from_record({
+        "schema": 1, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
+        "n_assets": 1, "n_present": 1,
+        "assets": {"BTCUSDT": {
+            "ts": T0, "age_ms": 0.0, "seq": idx,
+            "placement": {"depth_1pct_usd": 1.0, "depth_quality": 1.0, "fill_probability": 0.5,
+                          "spread_proxy_bps": 1.0},
+            "signal": {"imbalance": imbalance, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
+                       "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}}},
+        "market": None, "macro": None, "degraded": False,
+    })
+
+
+def cache_with(*indices: int, capacity: int = 100, stale_after_bars: int = 2) -> BarCache:
+    c = BarCache(capacity, stale_after_bars)
+    for i in indices:
+        assert c.insert(bar(i))
+    return c
+
+
+# -- key classification --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    (0, (False, 0)),
+    (17, (False, 17)),
+    (17.0, (False, 17)),
+    (999_999_999, (False, 999_999_999)),
+    (np.int64(12), (False, 12)),
+    (np.float64(12.0), (False, 12)),
+    (1_000_000_000, (True, 1e9)),
+    (1e9, (True, 1e9)),
+    (1_723_161_000.25, (True, 1_723_161_000.25)),
+    (datetime(2024, 8, 9, tzinfo=UTC), (True, 1723161600.0)),  # 2024-08-09T00:00Z, by date arithmetic
+])
+def test_parse_key(key: object, expected: tuple[bool, float]) -> None:
+    got = parse_key(key)
+    assert got == expected
+    assert type(got[1]) is (float if expected[0] else int)
+
+
+@pytest.mark.parametrize(("key", "error"), [
+    (-1, ValueError), (12.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (-3.0, ValueError), (True, TypeError), ("12", TypeError), (None, TypeError), ([1], TypeError),
+])
+def test_parse_key_rejects(key: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_key(key)
+
+
+# -- bar_idx resolution --------------------------------------------------------------------------
+
+
+def test_exact_bar() -> None:
+    c = cache_with(10, 11, 12)
+    res, b = c.resolve(11)
+    assert (res.kind, res.bar_idx, res.requested_idx, res.age_bars) == ("exact", 11, 11, 0)
+    assert b is not None and b.bar_idx == 11 and res.bar_ts == T0 + 11 * SPACING
+
+
+def test_fallback_to_latest_earlier_bar() -> None:
+    c = cache_with(10, 12, stale_after_bars=2)
+    res, b = c.resolve(11)
+    assert (res.kind, res.bar_idx, res.age_bars) == ("fallback", 10, 1)
+    res, b = c.resolve(14)
+    assert (res.kind, res.bar_idx, res.age_bars) == ("fallback", 12, 2)
+    assert b is not None and b.bar_idx == 12
+
+
+def test_never_a_future_bar() -> None:
+    c = cache_with(10, 12)
+    res, b = c.resolve(9)  # only later bars exist
+    assert res.kind == "default" and res.bar_idx is None and b is None
+
+
+def test_default_when_empty() -> None:
+    res, b = BarCache(10, 2).resolve(5)
+    assert (res.kind, res.bar_idx, res.requested_idx, res.age_bars, b) == ("default", None, 5, None, None)
+
+
+def test_default_when_stale_reports_the_age() -> None:
+    c = cache_with(10, stale_after_bars=2)
+    assert c.resolve(12)[0].kind == "fallback"
+    res, b = c.resolve(13)
+    assert (res.kind, res.bar_idx, res.age_bars, b) == ("default", None, 3, None)
+
+
+def test_stale_after_zero_allows_only_exact() -> None:
+    c = cache_with(10, stale_after_bars=0)
+    assert c.resolve(10)[0].kind == "exact"
+    assert c.resolve(11)[0].kind == "default"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 60), max_size=20), st.integers(0, 70), st.integers(0, 5))
+def test_resolution_matches_the_rules(cached: set[int], query: int, stale: int) -> None:
+    c = cache_with(*sorted(cached), stale_after_bars=stale)
+    res, b = c.resolve(query)
+    earlier = [i for i in cached if i <= query]
+    if query in cached:
+        assert res.kind == "exact" and res.bar_idx == query
+    elif earlier and query - max(earlier) <= stale:
+        assert res.kind == "fallback" and res.bar_idx == max(earlier)
+    else:
+        assert res.kind == "default" and b is None
+    if b is not None:
+        assert b.bar_idx == res.bar_idx <= query
+
+
+# -- timestamp resolution ------------------------------------------------------------------------
+
+
+def ts_of(idx: int) -> float:
+    return T0 + idx * SPACING
+
+
+def test_timestamp_at_a_bar_close_is_that_bar() -> None:
+    c = cache_with(10, 11, 12)
+    res, _ = c.resolve(ts_of(11))
+    assert (res.kind, res.bar_idx) == ("exact", 11)
+
+
+def test_timestamp_between_closes_is_the_earlier_bar() -> None:
+    c = cache_with(10, 11, 12)
+    res, _ = c.resolve(ts_of(11) + SPACING / 2)
+    assert (res.kind, res.bar_idx) == ("exact", 11)
+
+
+def test_timestamp_before_every_bar_is_default() -> None:
+    c = cache_with(10, 11)
+    res, b = c.resolve(ts_of(10) - 0.001)
+    assert (res.kind, res.requested_idx, b) == ("default", None, None)
+
+
+def test_timestamp_in_a_missing_bar_falls_back() -> None:
+    c = cache_with(10, 14)  # bars 11..13 missing; their closes are at ts_of(11..13)
+    res, _ = c.resolve(ts_of(12) + 1.0)
+    assert (res.kind, res.bar_idx, res.requested_idx, res.age_bars) == ("fallback", 10, 12, 2)
+    res, _ = c.resolve(ts_of(13) + 1.0)
+    assert (res.kind, res.requested_idx, res.age_bars) == ("default", 13, 3)
+
+
+def test_timestamp_after_the_newest_bar_goes_stale() -> None:
+    c = cache_with(10, 11, stale_after_bars=2)
+    assert c.resolve(ts_of(11) + 1.0)[0].kind == "exact"
+    res, _ = c.resolve(ts_of(13) + 1.0)  # bar 13 should have closed: the newest known is 2 bars old
+    assert (res.kind, res.bar_idx, res.requested_idx) == ("fallback", 11, 13)
+    res, _ = c.resolve(ts_of(14))
+    assert (res.kind, res.requested_idx, res.age_bars) == ("default", 14, 3)
+
+
+def test_single_bar_timestamp_is_exact() -> None:
+    c = cache_with(10)
+    assert c.resolve(ts_of(10) + 100 * SPACING)[0].kind == "exact"  # no spacing known yet
+
+
+# -- insertion, eviction, counters ---------------------------------------------------------------
+
+
+def test_eviction_keeps_the_newest_n_bars() -> None:
+    c = BarCache(5, 2)
+    for i in range(1, 9):
+        c.insert(bar(i))
+    assert c.cached_indices() == [4, 5, 6, 7, 8]
+    st_ = c.stats()
+    assert (st_.bars, st_.evicted, st_.oldest_idx, st_.newest_idx) == (5, 3, 4, 8)
+    assert c.resolve(3)[0].kind == "default"  # evicted and nothing earlier
+
+
+def test_a_bar_older_than_a_full_cache_is_ignored() -> None:
+    c = BarCache(3, 2)
+    for i in (10, 11, 12):
+        c.insert(bar(i))
+    assert not c.insert(bar(9))
+    assert c.cached_indices() == [10, 11, 12]
+    assert c.stats().ignored == {"too_old": 1}
+
+
+def test_out_of_order_arrivals_are_kept_sorted() -> None:
+    c = BarCache(10, 2)
+    for i in (5, 3, 9, 4, 7):
+        c.insert(bar(i))
+    assert c.cached_indices() == [3, 4, 5, 7, 9]
+    assert c.resolve(8)[0].bar_idx == 7
+
+
+def test_listener_update_replaces_but_seed_never_overwrites() -> None:
+    c = BarCache(10, 2)
+    c.insert(bar(5, imbalance=0.1))
+    assert c.insert(bar(5, imbalance=0.2))
+    assert c.get(5).assets["BTCUSDT"].signal.imbalance == 0.2
+    assert c.insert_many([bar(5, imbalance=0.3), bar(6)], "seed") == 1
+    assert c.get(5).assets["BTCUSDT"].signal.imbalance == 0.2
+    s = c.stats()
+    assert s.inserted == {"listener": 1, "seed": 1} and s.replaced == 1 and s.ignored == {"duplicate": 1}
+
+
+def test_a_bar_breaking_timestamp_order_is_ignored() -> None:
+    c = BarCache(10, 2)
+    c.insert(bar(5))
+    c.insert(bar(7))
+    assert not c.insert(bar(6, ts=ts_of(8)))
+    assert not c.insert(bar(7, ts=ts_of(4)))
+    assert c.cached_indices() == [5, 7] and c.stats().ignored == {"bar_ts_order": 2}
+
+
+def test_lookup_counters_by_kind() -> None:
+    c = cache_with(10, 11)
+    for key in (10, 11, 12, 20, 5):
+        c.resolve(key)
+    c.resolve(11, count=False)
+    assert c.stats().lookups == {"exact": 2, "fallback": 1, "default": 2}
+
+
+def test_bad_capacity_fails_fast() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        BarCache(0, 2)
+    with pytest.raises(ValueError, match="stale_after_bars"):
+        BarCache(10, -1)
+
+
+# -- waiting for a bar ---------------------------------------------------------------------------
+
+
+def _wait_until_blocked(c: BarCache, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not c._cond._waiters:  # noqa: SLF001 - the waiter is parked on the condition
+        assert time.monotonic() < end, "waiter never blocked"
+        time.sleep(0.001)
+
+
+def test_wait_for_is_woken_by_the_arrival() -> None:
+    c = cache_with(1)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(c.wait_for(2, timeout_s=60.0)))
+    t.start()
+    _wait_until_blocked(c)
+    c.insert(bar(3))  # another bar does not satisfy the wait
+    assert t.is_alive()
+    c.insert(bar(2))
+    t.join(30.0)
+    assert result == [True]  # True means woken by the bar, not by the 60 s timeout
+
+
+def test_wait_for_times_out_cleanly() -> None:
+    c = cache_with(1)
+    assert c.wait_for(2, timeout_s=0.02) is False
+    assert c.wait_for(2, timeout_s=0) is False
+    assert c.wait_for(1, timeout_s=0) is True
+
+
+# -- threads ---------------------------------------------------------------------------------------
+
+
+def test_concurrent_inserts_and_reads_stay_consistent() -> None:
+    n_bars, cap = 3000, 50
+    c = BarCache(cap, stale_after_bars=3)
+    bars = [bar(i, imbalance=(i % 7) / 10) for i in range(n_bars)]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            q = rng.randrange(n_bars + 5)
+            key = q if rng.random() < 0.5 else ts_of(q) + rng.random() * SPACING
+            res, b = c.resolve(key)
+            if b is not None:
+                if b.bar_idx != res.bar_idx or b.bar_idx > q:
+                    errors.append(f"query={key} resolved={res} bar={b.bar_idx}")
+                if b.assets["BTCUSDT"].signal.imbalance != (b.bar_idx % 7) / 10:
+                    errors.append(f"bar {b.bar_idx} has another bar's data")
+
+    readers = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in readers:
+        t.start()
+    # Two writers, interleaved indices, like events from different partitions.
+    writers = [threading.Thread(target=lambda k=k: [c.insert(b) for b in bars[k::2]]) for k in (0, 1)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    stop.set()
+    for t in readers:
+        t.join(60)
+    assert errors == []
+    s = c.stats()
+    assert s.bars == cap and c.cached_indices() == list(range(n_bars - cap, n_bars))
+    assert sum(s.inserted.values()) + s.ignored.get("too_old", 0) == n_bars
+    assert sum(s.inserted.values()) - s.evicted == cap

@@ -1,0 +1,207 @@
+"""engine_adapter.features: neutral defaults, one-time decode of bar records, rejection reasons."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from engine_adapter.features import (
+    NEUTRAL_MACRO,
+    NEUTRAL_MARKET,
+    NEUTRAL_PLACEMENT,
+    NEUTRAL_SIGNAL,
+    OBMacroFeatures,
+    OBMarketFeatures,
+    OBPlacementFeatures,
+    OBSignalFeatures,
+    RecordRejected,
+    bar_from_record,
+    decode_bar,
+)
+from obf_features_worker.engine import FeatureEngine
+from obf_features_worker.record import dumps_record
+from obf_features_worker.snapshot import Snapshot
+
+T0 = 1_723_161_000.0
+
+# A record written by hand (not produced by any code under test), numbers chosen to be exact in binary.
+HAND_RECORD = """{
+ "schema": 1, "bar_idx": 42, "bar_ts": 1723161210.5, "n_assets": 3, "n_present": 2,
+ "assets": {
+  "BTCUSDT": {"ts": 1723161210.25, "age_ms": 250.0, "seq": 7,
+   "placement": {"depth_1pct_usd": 1500000.0, "depth_quality": 1.25, "fill_probability": 0.5555555555555556,
+                 "spread_proxy_bps": 3.5},
+   "signal": {"imbalance": 0.25, "imbalance_ma5": 0.125, "imbalance_persistence": 0.75,
+              "depth_asymmetry": -0.5, "withdrawal_velocity": -0.0625}},
+  "ETHUSDT": {"ts": 1723161209, "age_ms": 1500, "seq": null,
+   "placement": {"depth_1pct_usd": 2000, "depth_quality": 1, "fill_probability": 0.5, "spread_proxy_bps": 0},
+   "signal": {"imbalance": -0.5, "imbalance_ma5": -0.25, "imbalance_persistence": -1,
+              "depth_asymmetry": 0, "withdrawal_velocity": 0}}
+ },
+ "market": {"median_imbalance": -0.125, "agreement_pct": 50.0, "depth_pressure": 0.375},
+ "macro": {"cascade_count": 1, "cascade_regime": "STRESS", "depth_velocity": -0.25, "acceleration": 0.5},
+ "degraded": false,
+ "producer": {"worker_id": "w-1", "computed_at": 1723161210.75, "stale_assets": ["SOLUSDT"], "degraded": false}
+}"""
+
+
+# -- neutral defaults ----------------------------------------------------------------------------
+
+
+def test_neutral_defaults_are_the_documented_values() -> None:
+    assert OBPlacementFeatures() == OBPlacementFeatures(
+        depth_1pct_usd=0.0, depth_quality=1.0, fill_probability=0.5, spread_proxy_bps=0.0)
+    assert OBSignalFeatures() == OBSignalFeatures(0.0, 0.0, 0.0, 0.0, 0.0)
+    assert OBMarketFeatures() == OBMarketFeatures(median_imbalance=0.0, agreement_pct=50.0, depth_pressure=0.0)
+    assert OBMacroFeatures() == OBMacroFeatures(cascade_count=0, cascade_regime="CALM",
+                                                depth_velocity=0.0, acceleration=0.0)
+    assert (NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL, NEUTRAL_MARKET, NEUTRAL_MACRO) == (
+        OBPlacementFeatures(), OBSignalFeatures(), OBMarketFeatures(), OBMacroFeatures())
+
+
+def test_neutral_fill_probability_is_what_the_definition_gives_at_normal_depth() -> None:
+    # docs: fill_probability = depth_quality / (1 + depth_quality); normal depth is quality 1.
+    q = NEUTRAL_PLACEMENT.depth_quality
+    assert NEUTRAL_PLACEMENT.fill_probability == q / (1 + q)
+
+
+def test_neutral_signed_features_have_no_direction() -> None:
+    for value in (*dataclasses.astuple(NEUTRAL_SIGNAL), NEUTRAL_MARKET.median_imbalance,
+                  NEUTRAL_MARKET.depth_pressure, NEUTRAL_MACRO.depth_velocity, NEUTRAL_MACRO.acceleration):
+        assert value == 0.0
+
+
+def test_feature_types_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NEUTRAL_PLACEMENT.depth_quality = 2.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NEUTRAL_MACRO.cascade_regime = "CASCADE"  # type: ignore[misc]
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def test_decode_hand_written_record() -> None:
+    bar = decode_bar(HAND_RECORD)
+    assert (bar.bar_idx, bar.bar_ts, bar.n_assets, bar.n_present) == (42, 1723161210.5, 3, 2)
+    assert bar.worker_id == "w-1" and bar.computed_at == 1723161210.75 and bar.degraded is False
+    btc = bar.assets["BTCUSDT"]
+    assert (btc.ts, btc.age_ms, btc.seq) == (1723161210.25, 250.0, 7)
+    assert btc.placement == OBPlacementFeatures(1500000.0, 1.25, 0.5555555555555556, 3.5)
+    assert btc.signal == OBSignalFeatures(0.25, 0.125, 0.75, -0.5, -0.0625)
+    eth = bar.assets["ETHUSDT"]
+    assert eth.seq is None
+    assert eth.placement == OBPlacementFeatures(2000.0, 1.0, 0.5, 0.0)
+    assert eth.signal == OBSignalFeatures(-0.5, -0.25, -1.0, 0.0, 0.0)
+    assert bar.market == OBMarketFeatures(-0.125, 50.0, 0.375)
+    assert bar.macro == OBMacroFeatures(1, "STRESS", -0.25, 0.5)
+
+
+def test_integral_json_numbers_become_floats() -> None:
+    eth = decode_bar(HAND_RECORD).assets["ETHUSDT"]
+    for value in (*dataclasses.astuple(eth.placement), *dataclasses.astuple(eth.signal), eth.ts, eth.age_ms):
+        assert type(value) is float
+
+
+def test_decoded_assets_are_read_only() -> None:
+    bar = decode_bar(HAND_RECORD)
+    with pytest.raises(TypeError):
+        bar.assets["XRPUSDT"] = bar.assets["BTCUSDT"]  # type: ignore[index]
+
+
+def test_empty_bar_has_no_market_and_degraded_from_producer() -> None:
+    rec = {"schema": 1, "bar_idx": 3, "bar_ts": T0, "n_assets": 2, "n_present": 0, "assets": {},
+           "market": None, "macro": None, "degraded": False,
+           "producer": {"worker_id": "w", "computed_at": T0, "degraded": True}}
+    bar = bar_from_record(rec)
+    assert bar.assets == {} and bar.market is None and bar.macro is None
+    assert bar.degraded is True
+
+
+def test_decode_a_genuine_engine_record() -> None:
+    engine = FeatureEngine()
+    rng = np.random.default_rng(5)
+    rec = None
+    for k in range(1, 4):
+        snaps = {
+            sym: Snapshot(sym, T0 + k - 0.2, rng.uniform(1e3, 1e5, 8), rng.uniform(1e3, 1e5, 8), seq=k)
+            for sym in ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+        }
+        rec = engine.step(k, T0 + k, snaps)
+    assert rec is not None
+    bar = decode_bar(dumps_record(rec))
+    assert bar.bar_idx == rec["bar_idx"] and bar.bar_ts == rec["bar_ts"]
+    assert set(bar.assets) == set(rec["assets"])
+    for sym, a in rec["assets"].items():
+        got = bar.assets[sym]
+        assert dataclasses.asdict(got.placement) == a["placement"]
+        assert dataclasses.asdict(got.signal) == a["signal"]
+        assert (got.ts, got.age_ms, got.seq) == (a["ts"], a["age_ms"], a["seq"])
+    assert dataclasses.asdict(bar.market) == rec["market"]
+    assert dataclasses.asdict(bar.macro) == rec["macro"]
+
+
+# -- rejections ----------------------------------------------------------------------------------
+
+
+def _mutated(path: tuple[str, ...], value: object) -> bytes:
+    rec = orjson.loads(HAND_RECORD)
+    target = rec
+    for p in path[:-1]:
+        target = target[p]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return orjson.dumps(rec)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"{not json", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (_mutated(("schema",), 2), "schema"),
+    (_mutated(("schema",), True), "schema"),
+    (_mutated(("bar_idx",), -1), "bar_idx"),
+    (_mutated(("bar_idx",), "42"), "bar_idx"),
+    (_mutated(("bar_idx",), 42.0), "bar_idx"),
+    (_mutated(("bar_ts",), _DELETE), "bar_ts"),
+    (_mutated(("bar_ts",), 0), "bar_ts"),
+    (_mutated(("assets",), []), "assets"),
+    (_mutated(("assets", "BTCUSDT", "placement"), _DELETE), "assets"),
+    (_mutated(("assets", "BTCUSDT", "signal", "imbalance"), "0.25"), "assets"),
+    (_mutated(("assets", "BTCUSDT", "signal", "imbalance"), True), "assets"),
+    (_mutated(("assets", "BTCUSDT", "placement", "depth_quality"), None), "assets"),
+    (_mutated(("market",), [1, 2, 3]), "market"),
+    (_mutated(("market", "agreement_pct"), _DELETE), "market"),
+    (_mutated(("macro", "cascade_regime"), "PANIC"), "macro"),
+    (_mutated(("macro", "cascade_regime"), ["CALM"]), "macro"),
+    (_mutated(("macro", "cascade_count"), -1), "macro"),
+    (_mutated(("macro", "cascade_count"), 1.5), "macro"),
+])
+def test_unusable_records_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(RecordRejected) as info:
+        decode_bar(data)
+    assert info.value.reason == reason
+
+
+def test_non_finite_values_in_a_hand_built_dict_are_rejected() -> None:
+    rec = orjson.loads(HAND_RECORD)
+    rec["assets"]["BTCUSDT"]["placement"]["depth_quality"] = math.inf
+    with pytest.raises(RecordRejected) as info:
+        bar_from_record(rec)
+    assert info.value.reason == "assets"
+
+
+def test_unknown_producer_fields_are_tolerated() -> None:
+    rec = orjson.loads(HAND_RECORD)
+    rec["producer"] = {"something_new": 1}
+    rec["extra_top_level"] = {"x": 1}
+    bar = bar_from_record(rec)
+    assert bar.worker_id is None and bar.computed_at is None and bar.bar_idx == 42
