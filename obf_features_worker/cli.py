@@ -15,6 +15,14 @@ from collections.abc import Sequence
 # Modules providing an `obf-features` sub-command, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "obf_features_worker.devmember",
+    "obf_features_worker.binance",
+    "obf_features_worker.replay",
+    "obf_features_worker.plot",
+    "obf_features_worker.sqlviews",
+    "obf_features_worker.status",
+    "obf_features_worker.watch",
+    "obf_features_worker.feed",
+    "obf_features_worker.demo",
 )
 
 

@@ -1,0 +1,304 @@
+"""All Hazelcast I/O of the worker (``Grid``: client, listeners, reads, writes) and of its
+feeder (``Publisher``: upstream-format payloads into the input map).
+
+Threading: listener callbacks run on the client's reactor thread; they only hand the event to
+the callback given (which must not block) and count what escapes it, because an exception
+escaping a callback makes the client drop its connection. Every blocking call below is made
+from the worker's bar loop thread and waits at most ``op_timeout_s``.
+
+Connection: the client is started asynchronously and reconnects forever by default
+(``cluster_connect_timeout=-1``) with ``ReconnectMode.ASYNC``, so while the cluster is away
+calls fail at once with ``ClientOfflineError`` instead of blocking the bar loop; the worker
+keeps a backlog. The client re-registers listeners on every new connection by itself
+(``hazelcast.listener.ListenerService._connection_added``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import hazelcast
+from hazelcast import predicate as P
+from hazelcast.config import IntType, ReconnectMode
+from hazelcast.core import HazelcastJsonValue
+from hazelcast.future import Future
+from hazelcast.lifecycle import LifecycleState
+
+from obf_features_worker.config import WorkerConfig
+from obf_features_worker.logs import RateLimiter
+from obf_features_worker.snapshot import asset_key
+
+log = logging.getLogger(__name__)
+
+ASSET_KEY_PATTERN = r"^asset_[A-Z0-9]{2,30}_ob$"
+
+
+class GridError(RuntimeError):
+    """A grid call failed or timed out (``what`` names the call)."""
+
+    def __init__(self, what: str, cause: BaseException | str) -> None:
+        detail = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{what} failed: {detail}")
+        self.what = what
+
+
+class GridClosed(GridError):
+    """The client shut down by itself (e.g. the connect timeout ran out)."""
+
+
+def asset_key_regex(assets: Iterable[str] | None) -> str:
+    """Server-side key filter: every ``asset_<SYMBOL>_ob`` key, or exactly those of ``assets``."""
+    if assets is None:
+        return ASSET_KEY_PATTERN
+    keys = sorted(asset_key(s) for s in assets)  # validates the symbols
+    return "^(" + "|".join(keys) + ")$"
+
+
+def client_settings(cluster_name: str, members: Iterable[str], client_name: str, *,
+                    connect_timeout_s: float | None = None, reconnect_backoff_max_s: float = 5.0) -> dict[str, Any]:
+    """Keyword arguments for ``hazelcast.HazelcastClient`` with the reconnect behaviour made explicit:
+    start without blocking, never block calls while disconnected (they fail at once), retry the
+    connection with backoff up to ``reconnect_backoff_max_s`` forever (``connect_timeout_s`` None)."""
+    return dict(
+        cluster_name=cluster_name,
+        cluster_members=list(members),
+        client_name=client_name,
+        default_int_type=IntType.LONG,
+        async_start=True,
+        reconnect_mode=ReconnectMode.ASYNC,
+        cluster_connect_timeout=-1 if connect_timeout_s is None else connect_timeout_s,
+        retry_initial_backoff=min(0.5, reconnect_backoff_max_s),
+        retry_max_backoff=reconnect_backoff_max_s,
+        retry_multiplier=1.5,
+        retry_jitter=0.2,
+    )
+
+
+class _Connection:
+    """A client with connection-state tracking and bounded waits; base of Grid and Publisher."""
+
+    def __init__(self, settings: dict[str, Any], *, op_timeout_s: float,
+                 client_factory: Callable[..., Any] = hazelcast.HazelcastClient) -> None:
+        self._settings = settings
+        self.op_timeout_s = op_timeout_s
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._connected = threading.Event()
+        self._closed = threading.Event()
+        self._ever_connected = False
+        self._lock = threading.Lock()
+        self._maps: dict[str, Any] = {}
+        self.disconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """True once the client has shut down (by us or because it gave up)."""
+        return self._closed.is_set()
+
+    def connect(self, stop: threading.Event) -> bool:
+        """Start the client and wait until it is connected (True) or ``stop`` is set (False).
+
+        Raises GridClosed if the client gives up (its connect timeout ran out).
+        """
+        s = self._settings
+        timeout = s["cluster_connect_timeout"]
+        log.info("connecting cluster=%s members=%s connect_timeout_s=%s", s["cluster_name"],
+                 ",".join(s["cluster_members"]), "never" if timeout == -1 else timeout)
+        self._client = self._client_factory(**s, lifecycle_listeners=[self._on_lifecycle])
+        while not stop.is_set():
+            if self._connected.wait(0.2):
+                self._open_maps()
+                return True
+            if self._closed.is_set():
+                raise GridClosed("connect", "client shut down before connecting (connect timeout ran out)")
+        return False
+
+    def _map_names(self) -> Iterable[str]:
+        return ()
+
+    def _open_maps(self) -> None:
+        # get_map() blocks on a create-proxy call the first time; do it once while connected so
+        # the loops only ever use cached proxies.
+        for name in self._map_names():
+            self._map(name)
+
+    def _on_lifecycle(self, state: str) -> None:
+        # Reactor / connection thread: flags and a log line only.
+        try:
+            name = self._settings["cluster_name"]
+            if state == LifecycleState.CONNECTED:
+                first = not self._ever_connected
+                self._ever_connected = True
+                self._connected.set()
+                if first:
+                    log.info("connected cluster=%s", name)
+                else:
+                    log.warning("reconnected cluster=%s disconnects=%d", name, self.disconnects)
+            elif state == LifecycleState.DISCONNECTED:
+                self._connected.clear()
+                if not self._closed.is_set():  # not our own shutdown
+                    self.disconnects += 1
+                    log.warning("disconnected from cluster=%s, reconnecting", name)
+            elif state in (LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
+                self._connected.clear()
+                self._closed.set()
+        except Exception:  # noqa: BLE001 - never into the client's threads
+            pass
+
+    def shutdown(self) -> None:
+        """Disconnect (idempotent)."""
+        client = self._client
+        if client is not None:
+            try:
+                client.shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                log.warning("client shutdown error=%r", exc)
+        self._closed.set()
+
+    def _map(self, name: str) -> Any:
+        proxy = self._maps.get(name)
+        if proxy is not None:
+            return proxy
+        if self._client is None:
+            raise GridError(f"map {name}", "not connected (connect() not called)")
+        try:
+            proxy = self._client.get_map(name)
+        except Exception as exc:  # noqa: BLE001 - offline etc.
+            raise GridError(f"open map {name}", exc) from exc
+        self._maps[name] = proxy
+        return proxy
+
+    def _wait(self, fut: Future, what: str, timeout: float | None = None) -> Any:
+        """The future's result within ``timeout`` (default op_timeout_s), else GridError."""
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        limit = self.op_timeout_s if timeout is None else timeout
+        if not done.wait(limit):
+            raise GridError(what, f"no answer within {limit:g} s")
+        try:
+            return fut.result()
+        except Exception as exc:  # noqa: BLE001 - every client error is a failed call here
+            raise GridError(what, exc) from exc
+
+
+class Grid(_Connection):
+    """The worker's view of the cluster. Create, ``connect()``, use, ``shutdown()``."""
+
+    def __init__(self, config: WorkerConfig, *,
+                 client_factory: Callable[..., Any] = hazelcast.HazelcastClient) -> None:
+        super().__init__(
+            client_settings(config.cluster_name, config.members, f"obf-features-worker:{config.worker_id}",
+                            connect_timeout_s=config.connect_timeout_s,
+                            reconnect_backoff_max_s=config.reconnect_backoff_max_s),
+            op_timeout_s=config.op_timeout_s, client_factory=client_factory,
+        )
+        self.config = config
+        self.listener_errors = 0
+        self._limiter = RateLimiter(10.0)
+        self._asset_regex = asset_key_regex(config.assets)
+
+    def _map_names(self) -> Iterable[str]:
+        c = self.config
+        return {c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map}
+
+    # --- listeners -------------------------------------------------------------------
+
+    def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None:
+        """Entry added/updated events of ``asset_*_ob`` keys (filtered on the member) ->
+        ``on_entry(key, value, received_at)`` on the reactor thread."""
+        handler = self._guard("asset listener", lambda e: on_entry(e.key, e.value, time.time()))
+        m = self._map(self.config.input_map)
+        fut = m.add_entry_listener(include_value=True, predicate=P.regex("__key", self._asset_regex),
+                                   added_func=handler, updated_func=handler)
+        self._wait(fut, "add asset listener")
+        log.info("listening map=%s key_regex=%s", self.config.input_map, self._asset_regex)
+
+    def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:
+        """Every put of the scan key -> ``on_update(value, received_at)`` on the reactor thread."""
+        handler = self._guard("scan listener", lambda e: on_update(e.value, time.time()))
+        m = self._map(self.config.scan_map)
+        fut = m.add_entry_listener(include_value=True, key=self.config.scan_key,
+                                   added_func=handler, updated_func=handler)
+        self._wait(fut, "add scan listener")
+        log.info("scan clock listening map=%s key=%s field=%s", self.config.scan_map, self.config.scan_key,
+                 self.config.scan_field)
+
+    def _guard(self, name: str, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        def handler(event: Any) -> None:
+            try:
+                fn(event)
+            except Exception as exc:  # noqa: BLE001 - an escaping exception drops the connection
+                with self._lock:
+                    self.listener_errors += 1
+                suppressed = self._limiter.allow(name)
+                if suppressed is not None:
+                    log.error("%s callback failed error=%r suppressed_since_last=%d", name, exc, suppressed)
+
+        return handler
+
+    # --- reads -----------------------------------------------------------------------
+
+    def read_assets(self) -> dict[Any, Any]:
+        """Every current ``asset_*_ob`` entry (same server-side filter as the listener)."""
+        fut = self._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
+        return dict(self._wait(fut, "read assets"))
+
+    def get_assets(self, keys: Iterable[str]) -> dict[Any, Any]:
+        """Current values of ``keys`` (one call); absent keys are missing from the result."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        return dict(self._wait(self._map(self.config.input_map).get_all(keys), "re-read assets"))
+
+    # --- writes ----------------------------------------------------------------------
+
+    def write_bar(self, bar_idx: int, record_json: str) -> None:
+        """One call: ``features_map[bar_idx] = record`` (HazelcastJsonValue, LONG key)."""
+        fut = self._map(self.config.features_map).set(int(bar_idx), HazelcastJsonValue(record_json))
+        self._wait(fut, f"write bar {bar_idx}")
+
+    def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
+        """One call: remove every bar key ``<= low_exclusive`` or ``> high_inclusive``."""
+        pred = P.or_(P.less_or_equal("__key", int(low_exclusive)), P.greater("__key", int(high_inclusive)))
+        self._wait(self._map(self.config.features_map).remove_all(pred), "retention")
+
+    def put_latest(self, entries: Mapping[str, str]) -> None:
+        """One call: ``latest_map[symbol] = flat JSON`` for every entry."""
+        if entries:
+            values = {k: HazelcastJsonValue(v) for k, v in entries.items()}
+            self._wait(self._map(self.config.latest_map).put_all(values), "write latest")
+
+    def put_health(self, doc_json: str) -> None:
+        """``health_map[worker_id] = doc`` with TTL ``config.health_ttl_s``."""
+        fut = self._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
+                                                     ttl=self.config.health_ttl_s)
+        self._wait(fut, "write health")
+
+
+class Publisher(_Connection):
+    """The feeder's grid I/O: upstream-format payloads (JSON strings) into the input map."""
+
+    def __init__(self, cluster_name: str, members: Iterable[str], map_name: str, *, op_timeout_s: float = 5.0,
+                 reconnect_backoff_max_s: float = 5.0, connect_timeout_s: float | None = None) -> None:
+        super().__init__(
+            client_settings(cluster_name, members, "obf-features-feed", connect_timeout_s=connect_timeout_s,
+                            reconnect_backoff_max_s=reconnect_backoff_max_s),
+            op_timeout_s=op_timeout_s,
+        )
+        self.map_name = map_name
+
+    def _map_names(self) -> Iterable[str]:
+        return (self.map_name,)
+
+    def put_payloads(self, entries: Mapping[str, str]) -> None:
+        """One call: ``map[key] = payload`` for every entry; payloads stay JSON *strings*."""
+        if entries:
+            self._wait(self._map(self.map_name).put_all(dict(entries)), "publish")

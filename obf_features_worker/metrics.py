@@ -1,0 +1,182 @@
+"""Optional Prometheus endpoint of the worker (``--metrics-port``).
+
+``WorkerMetrics`` holds the worker's metrics in its own registry and serves them over
+HTTP (``start(port)``). The worker calls it once per bar, off the listener hot path:
+
+    metrics = WorkerMetrics(worker_id=cfg.worker_id); metrics.start(cfg.metrics_port)
+    metrics.observe_bar(compute_seconds=..., event_to_write_seconds=..., degraded=...)
+    metrics.update_from_health(health_doc)      # event totals, rejects by reason, state
+
+Event counters are exported from the totals the ingest path already keeps (so the
+listener callback does no metrics work); bar timings are histograms observed per bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+WORKER_STATES = ("starting", "running", "degraded", "stopping")
+
+# Seconds. Bar compute is sub-millisecond to tens of ms; event-to-write spans one bar (~1 s).
+COMPUTE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class _TotalsCollector(Collector):
+    """Exports cumulative totals set from the worker's own counters (monotonic per process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.accepted = 0
+        self.ignored = 0
+        self.listener_errors = 0
+        self.write_failures = 0
+        self.rejected: dict[str, int] = {}
+        self.state: str | None = None
+        self.n_assets: int | None = None
+        self.n_present: int | None = None
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            for key, value in values.items():
+                setattr(self, key, value)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            yield CounterMetricFamily("obf_events_received", "Snapshot events received by the listener",
+                                      value=self.received)
+            yield CounterMetricFamily("obf_events_accepted", "Snapshot events accepted (valid and newest)",
+                                      value=self.accepted)
+            yield CounterMetricFamily("obf_events_ignored", "Snapshot events ignored (e.g. older _push_seq)",
+                                      value=self.ignored)
+            rejected = CounterMetricFamily("obf_events_rejected", "Snapshot events rejected, by reason",
+                                           labels=["reason"])
+            for reason, n in sorted(self.rejected.items()):
+                rejected.add_metric([reason], n)
+            yield rejected
+            yield CounterMetricFamily("obf_listener_errors", "Exceptions caught in the entry listener",
+                                      value=self.listener_errors)
+            yield CounterMetricFamily("obf_write_failures", "Bar writes that failed",
+                                      value=self.write_failures)
+            state = GaugeMetricFamily("obf_worker_state", "1 for the worker's current state", labels=["state"])
+            for name in WORKER_STATES:
+                state.add_metric([name], 1.0 if self.state == name else 0.0)
+            yield state
+            assets = GaugeMetricFamily("obf_assets", "Assets known to the engine / present in the last bar",
+                                       labels=["kind"])
+            if self.n_assets is not None:
+                assets.add_metric(["known"], self.n_assets)
+            if self.n_present is not None:
+                assets.add_metric(["present"], self.n_present)
+            yield assets
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics (own registry, so several can coexist in one process)."""
+
+    def __init__(self, worker_id: str = "", registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._totals = _TotalsCollector()
+        self.registry.register(self._totals)
+        self._info = Info("obf_worker", "Worker identity", registry=self.registry)
+        self._info.info({"worker_id": worker_id})
+        self._bars = Counter("obf_bars_written", "Bar records written", registry=self.registry)
+        self._compute = Histogram("obf_bar_compute_seconds", "Feature computation time per bar (s)",
+                                  buckets=COMPUTE_BUCKETS, registry=self.registry)
+        self._event_to_write = Histogram(
+            "obf_event_to_write_seconds",
+            "Snapshot receipt to its bar record written (s), one observation per asset per bar",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._bar_to_write = Histogram("obf_bar_to_write_seconds", "Bar close to bar record written (s)",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._degraded = Gauge("obf_degraded", "1 if the last bar written was degraded", registry=self.registry)
+        self._last_bar_idx = Gauge("obf_last_bar_idx", "bar_idx of the last bar written", registry=self.registry)
+        self._last_bar_ts = Gauge("obf_last_bar_timestamp_seconds", "bar_ts (unix s) of the last bar written",
+                                  registry=self.registry)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # --- serving -------------------------------------------------------------
+
+    def start(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns the bound port (0 = any free)."""
+        if not 0 <= port <= 65535:
+            raise ValueError(f"metrics port must be in [0, 65535], got {port}")
+        if self._server is not None:
+            raise RuntimeError("metrics endpoint already started")
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        bound = int(self._server.server_port)
+        log.info("metrics endpoint started addr=%s port=%d", addr, bound)
+        return bound
+
+    def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._server = self._thread = None
+
+    # --- what the worker reports ----------------------------------------------
+
+    def observe_bar(self, *, compute_seconds: float, event_to_write_seconds: Iterable[float] = (),
+                    bar_to_write_seconds: float | None = None, degraded: bool = False,
+                    bar_idx: int | None = None, bar_ts: float | None = None) -> None:
+        """One bar record written: its compute time (s), per-asset event-to-write latencies (s), flags."""
+        self._bars.inc()
+        self._compute.observe(max(0.0, float(compute_seconds)))
+        for latency in event_to_write_seconds:
+            self._event_to_write.observe(max(0.0, float(latency)))
+        if bar_to_write_seconds is not None:
+            self._bar_to_write.observe(max(0.0, float(bar_to_write_seconds)))
+        self._degraded.set(1.0 if degraded else 0.0)
+        if bar_idx is not None:
+            self._last_bar_idx.set(bar_idx)
+        if bar_ts is not None:
+            self._last_bar_ts.set(bar_ts)
+
+    def set_event_totals(self, *, received: int, accepted: int, ignored: int = 0,
+                         rejected: Mapping[str, int] | None = None, listener_errors: int = 0) -> None:
+        """The ingest path's cumulative event counts (since process start)."""
+        self._totals.update(received=int(received), accepted=int(accepted), ignored=int(ignored),
+                            rejected={str(k): int(v) for k, v in (rejected or {}).items()},
+                            listener_errors=int(listener_errors))
+
+    def update_from_health(self, doc: Mapping[str, Any]) -> None:
+        """Event totals, rejects by reason, write failures, state and asset counts from a health doc.
+
+        Missing or malformed fields are skipped: metrics must never break the worker.
+        """
+        try:
+            events = doc.get("events") or {}
+            rejected = events.get("rejected") or {}
+            self.set_event_totals(
+                received=events.get("received", 0), accepted=events.get("accepted", 0),
+                ignored=events.get("ignored", 0), rejected=rejected,
+                listener_errors=events.get("listener_errors", 0),
+            )
+            values: dict[str, Any] = {"write_failures": int(doc.get("write_failures", 0) or 0)}
+            if doc.get("state") is not None:
+                values["state"] = str(doc["state"])
+            for key in ("n_assets", "n_present"):
+                if doc.get(key) is not None:
+                    values[key] = int(doc[key])
+            self._totals.update(**values)
+            if doc.get("last_bar_idx") is not None:
+                self._last_bar_idx.set(int(doc["last_bar_idx"]))
+            if doc.get("last_bar_ts") is not None:
+                self._last_bar_ts.set(float(doc["last_bar_ts"]))
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.warning("metrics update from health doc skipped error=%s", exc)

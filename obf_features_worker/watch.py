@@ -1,0 +1,350 @@
+"""``obf-features watch``: a live terminal table of the features, refreshed on every bar.
+
+Driven by an entry listener on the features map (no polling): the listener callback only
+puts the bar's JSON text on a queue; this module's render loop decodes and draws. Assets
+are rows, key features columns; regime, agreement and the bar's provenance are the header
+line. On a terminal it uses ``rich`` Live (plain text rendering, fine over SSH); when stdout
+is not a TTY it prints plain lines per bar. ``--once`` prints one frame and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from obf_features_worker import inspect_grid
+from obf_features_worker.record import loads_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    path: tuple[str, ...]  # inside the asset record
+    fmt: Callable[[float], str]
+    signed: bool = False  # colour by sign
+
+
+def _usd(v: float) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("imb", ("signal", "imbalance"), lambda v: f"{v:+.3f}", True),
+    Column("imb_ma5", ("signal", "imbalance_ma5"), lambda v: f"{v:+.3f}", True),
+    Column("persist", ("signal", "imbalance_persistence"), lambda v: f"{v:+.2f}", True),
+    Column("d_asym", ("signal", "depth_asymmetry"), lambda v: f"{v:+.3f}", True),
+    Column("withdr", ("signal", "withdrawal_velocity"), lambda v: f"{v:+.3f}", True),
+    Column("depth_usd", ("placement", "depth_1pct_usd"), _usd),
+    Column("d_qual", ("placement", "depth_quality"), lambda v: f"{v:.2f}"),
+    Column("fill_p", ("placement", "fill_probability"), lambda v: f"{v:.2f}"),
+    Column("spr_bps", ("placement", "spread_proxy_bps"), lambda v: f"{v:.2f}"),
+    Column("age_ms", ("age_ms",), lambda v: f"{v:.0f}"),
+)
+SORT_KEYS = ("symbol",) + tuple(c.header for c in COLUMNS)
+REGIME_STYLE = {"CALM": "green", "STRESS": "bold yellow", "CASCADE": "bold red"}
+
+
+def _value(asset: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    node: Any = asset
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    if isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
+        return float(node)
+    return None
+
+
+def _fmt_num(v: Any, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def header_lines(record: Mapping[str, Any], now: float | None = None) -> list[str]:
+    """Two lines: (1) bar, UTC time, regime, agreement, cascades, presence;
+    (2) the other market/macro numbers, producer, bar age at ``now`` (unix s), degraded/stale flags."""
+    market = record.get("market") or {}
+    macro = record.get("macro") or {}
+    producer = record.get("producer") or {}
+    bar_ts = record.get("bar_ts")
+    has_ts = isinstance(bar_ts, (int, float)) and not isinstance(bar_ts, bool)
+    when = datetime.fromtimestamp(bar_ts, UTC).strftime("%H:%M:%SZ") if has_ts else "?"
+    first = [
+        f"bar {record.get('bar_idx', '?')}",
+        when,
+        f"regime {macro.get('cascade_regime') or '-'}",
+        f"agreement {_fmt_num(market.get('agreement_pct'), '.1f')}%",
+        f"cascades {macro.get('cascade_count', '-')}",
+        f"present {record.get('n_present', '?')}/{record.get('n_assets', '?')}",
+    ]
+    second = [
+        f"median_imb {_fmt_num(market.get('median_imbalance'), '+.3f')}",
+        f"pressure {_fmt_num(market.get('depth_pressure'), '+.3f')}",
+        f"depth_vel {_fmt_num(macro.get('depth_velocity'), '+.4f')}",
+    ]
+    if producer.get("worker_id"):
+        second.append(f"worker {producer['worker_id']}")
+    if now is not None and has_ts:
+        second.append(f"bar age {max(0.0, now - bar_ts):.1f}s")
+    if record.get("degraded") or producer.get("degraded"):
+        second.append("DEGRADED")
+    stale = producer.get("stale_assets") or []
+    if stale:
+        second.append(f"stale {len(stale)}: {','.join(map(str, stale[:8]))}{',...' if len(stale) > 8 else ''}")
+    return ["  ".join(first), "  ".join(second)]
+
+
+def asset_rows(record: Mapping[str, Any], sort: str = "symbol") -> list[tuple[str, list[float | None]]]:
+    """(symbol, column values) for every present asset, sorted by ``sort`` (a SORT_KEYS entry).
+
+    Numeric sorts put the largest first and missing values last.
+    """
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    rows = [(sym, [_value(a, c.path) for c in COLUMNS])
+            for sym, a in (record.get("assets") or {}).items() if isinstance(a, Mapping)]
+    if sort == "symbol":
+        rows.sort(key=lambda r: r[0])
+    else:
+        i = SORT_KEYS.index(sort) - 1
+        rows.sort(key=lambda r: (r[1][i] is None, -(r[1][i] or 0.0), r[0]))
+    return rows
+
+
+def frame(record: Mapping[str, Any], *, now: float | None = None, sort: str = "symbol",
+          max_rows: int | None = None) -> Group:
+    """The rich renderable for one bar: header line + asset table (stale assets dimmed at the end)."""
+    macro = record.get("macro") or {}
+    regime = macro.get("cascade_regime")
+    head = Text("\n".join(header_lines(record, now)))
+    if regime in REGIME_STYLE:
+        head.highlight_words([f"regime {regime}"], REGIME_STYLE[regime])
+    head.highlight_words(["DEGRADED"], "bold red")
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("symbol", no_wrap=True)
+    for c in COLUMNS:
+        table.add_column(c.header, justify="right", no_wrap=True)
+    rows = asset_rows(record, sort)
+    stale = [str(s) for s in ((record.get("producer") or {}).get("stale_assets") or [])]
+    limit = len(rows) + len(stale) if max_rows is None else max(1, max_rows)
+    shown = 0
+    for sym, values in rows[:limit]:
+        cells = []
+        for c, v in zip(COLUMNS, values, strict=True):
+            if v is None:
+                cells.append(Text("-", style="dim"))
+            elif c.signed and v != 0:
+                cells.append(Text(c.fmt(v), style="green" if v > 0 else "red"))
+            elif c.header == "d_qual" and v < 0.5:
+                cells.append(Text(c.fmt(v), style="bold red"))
+            else:
+                cells.append(Text(c.fmt(v)))
+        table.add_row(sym, *cells)
+        shown += 1
+    for sym in stale[: max(0, limit - shown)]:
+        table.add_row(Text(sym, style="dim"), Text("stale", style="dim yellow"), *([""] * (len(COLUMNS) - 1)))
+        shown += 1
+    parts: list[Any] = [head, table]
+    hidden = len(rows) + len(stale) - shown
+    if hidden > 0:
+        parts.append(Text(f"... {hidden} more assets (--max-rows, --sort)", style="dim"))
+    return Group(*parts)
+
+
+def plain_lines(record: Mapping[str, Any], *, now: float | None = None, sort: str = "symbol",
+                max_rows: int | None = None) -> list[str]:
+    """The frame as plain text lines (for pipes, logs and non-TTY terminals)."""
+    lines = header_lines(record, now)
+    rows = asset_rows(record, sort)
+    for sym, values in rows[: len(rows) if max_rows is None else max(1, max_rows)]:
+        cells = " ".join(f"{c.header}={'-' if v is None else c.fmt(v)}" for c, v in zip(COLUMNS, values, strict=True))
+        lines.append(f"  {sym} {cells}")
+    return lines
+
+
+def render_text(record: Mapping[str, Any], *, width: int = 160, now: float | None = None, sort: str = "symbol",
+                max_rows: int | None = None) -> str:
+    """The rich frame rendered to plain text at ``width`` columns (no colour codes)."""
+    console = Console(width=width, file=_NullFile(), color_system=None, force_terminal=False, record=True)
+    console.print(frame(record, now=now, sort=sort, max_rows=max_rows))
+    return console.export_text()
+
+
+class _NullFile:
+    def write(self, _s: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+class BarInbox:
+    """What the listener hands over: a bounded queue of (bar_idx, JSON text); newest bar wins.
+
+    ``offer`` is called on the client's reactor thread: it never blocks (a full queue drops
+    the oldest entry, counted) and never raises.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self._q: queue.Queue[tuple[int, str]] = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, bar_idx: int, text: str) -> None:
+        while True:
+            try:
+                self._q.put_nowait((bar_idx, text))
+                return
+            except queue.Full:
+                try:
+                    self._q.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def newest(self, timeout: float) -> tuple[int, dict[str, Any]] | None:
+        """Wait up to ``timeout`` s for bars; return the newest decodable one (older ones are skipped)."""
+        try:
+            items = [self._q.get(timeout=timeout)]
+        except queue.Empty:
+            return None
+        while True:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        for bar_idx, text in sorted(items, key=lambda it: it[0], reverse=True):
+            try:
+                return bar_idx, loads_record(text)
+            except ValueError as exc:
+                log.warning("undecodable bar skipped bar_idx=%s error=%s", bar_idx, exc)
+        return None
+
+
+# --- `obf-features watch` -----------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "watch", help="live terminal table of the features, refreshed on every bar (Ctrl-C to exit)",
+        description=__doc__.split("\n\n")[1],
+    )
+    p.add_argument("--once", action="store_true",
+                   help="print one frame (the newest bar, or the next one if the map is empty) and exit")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --once: how long to wait for a first bar (default 30)")
+    p.add_argument("--sort", choices=SORT_KEYS, default="symbol", help="row order (numeric: largest first)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="asset rows shown (default: what fits the terminal; all when not a TTY)")
+    p.add_argument("--plain", action="store_true", help="plain lines per bar even on a terminal")
+    inspect_grid.add_cluster_options(p, maps=("features",), connect_timeout=30.0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 on Ctrl-C/SIGTERM or after --once, 1 if --once saw no bar, 2 on bad settings, 3 if unreachable."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        target = inspect_grid.target_from_args(args)
+    except ValueError as exc:
+        print(f"bad cluster settings: {exc}")
+        return 2
+    try:
+        client = inspect_grid.connect(target)
+    except inspect_grid.ClusterUnreachable as exc:
+        print(str(exc))
+        return 3
+    features_map = inspect_grid.map_name(args, "features")
+    inbox = BarInbox()
+    listener = inspect_grid.BarListener(client, features_map, inbox.offer)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    try:
+        # A supervisor or the demo stops us with SIGTERM: leave like Ctrl-C.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (e.g. called from a test thread)
+        previous_term = None
+    try:
+        listener.start()  # before the seed read, so no bar falls between the two
+        reader = inspect_grid.InspectionReader(client)
+        seed = reader.newest_bar(features_map)
+        if args.once:
+            return _once(args, features_map, inbox, seed)
+        _live(args, features_map, inbox, seed, reader)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        listener.stop()
+        client.shutdown()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _once(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None) -> int:
+    record = seed
+    if record is None:
+        got = inbox.newest(timeout=args.timeout)
+        record = got[1] if got else None
+    if record is None:
+        print(f"no bar in {features_map} within {args.timeout:g}s")
+        return 1
+    if sys.stdout.isatty() and not args.plain:
+        Console().print(frame(record, now=time.time(), sort=args.sort, max_rows=args.max_rows))
+    else:
+        print("\n".join(plain_lines(record, now=time.time(), sort=args.sort, max_rows=args.max_rows)))
+    return 0
+
+
+def _live(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None,
+          reader: Any) -> None:
+    current = seed
+    if not sys.stdout.isatty() or args.plain:
+        if current is not None:
+            print("\n".join(plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)), flush=True)
+        while reader.is_alive():
+            got = inbox.newest(timeout=1.0)
+            if got and (current is None or got[0] > int(current.get("bar_idx", -1))):
+                current = got[1]
+                print("\n".join(plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)), flush=True)
+        print("cluster connection closed")
+        return
+
+    from rich.live import Live
+
+    console = Console()
+
+    def draw() -> Any:
+        if current is None:
+            return Text(f"waiting for the first bar in {features_map} ... (Ctrl-C to exit)")
+        rows = args.max_rows if args.max_rows is not None else max(3, console.size.height - 5)
+        return frame(current, now=time.time(), sort=args.sort, max_rows=rows)
+
+    # auto_refresh off: we redraw on each bar and once a second (the header's age keeps
+    # ticking, so a stalled worker is visible); transient=False leaves the last frame on exit.
+    with Live(draw(), console=console, auto_refresh=False, screen=False) as live:
+        while reader.is_alive():
+            got = inbox.newest(timeout=1.0)
+            if got and (current is None or got[0] >= int(current.get("bar_idx", -1))):
+                current = got[1]
+            live.update(draw(), refresh=True)
+    print("cluster connection closed")

@@ -1,0 +1,92 @@
+"""status: the verdict rules over health docs, the newest bar and the latest docs (no grid)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from obf_features_worker.status import Verdict, evaluate, render, stale_after_s, unreachable_report
+from tests.inspection_records import engine_records, health_doc, with_producer
+
+NOW = 1_800_000_000.0
+
+
+def test_stale_after_is_the_health_ttl_rule():
+    assert stale_after_s(1.0) == 15.0
+    assert stale_after_s(10.0) == 30.0
+    assert stale_after_s(None) == 15.0
+
+
+def test_healthy_running_leader_is_ok():
+    r = evaluate([health_doc("w1", NOW)], None, {}, NOW)
+    assert r.verdict is Verdict.OK and r.workers[0].healthy
+    assert r.workers[0].lag_s == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("doc, problem", [
+    (dict(state="degraded"), "state degraded"),
+    (dict(state="starting", last_bar_ts=None, last_bar_idx=None), "no bar written yet"),
+    (dict(role="standby"), "standby"),
+    (dict(last_bar_ts=NOW - 16.0), "last bar 16s ago"),
+    (dict(bar_seconds=10.0, last_bar_ts=NOW - 31.0), "last bar 31s ago"),
+    (dict(updated_at=NOW - 20.0), "health 20s old"),
+])
+def test_unhealthy_workers_give_warning(doc, problem):
+    d = {**health_doc("w1", NOW), **doc}
+    r = evaluate([d], None, {}, NOW)
+    assert r.verdict is Verdict.WARNING
+    assert any(problem in p for p in r.workers[0].problems), r.workers[0].problems
+
+
+def test_lag_within_three_bars_of_a_slow_clock_is_fine():
+    r = evaluate([health_doc("w1", NOW, bar_seconds=10.0, last_bar_ts=NOW - 29.0)], None, {}, NOW)
+    assert r.verdict is Verdict.OK
+
+
+def test_one_healthy_leader_among_others_is_ok():
+    docs = [health_doc("a", NOW, state="degraded"), health_doc("b", NOW), health_doc("c", NOW, role="standby")]
+    r = evaluate(docs, None, {}, NOW)
+    assert r.verdict is Verdict.OK and [w.healthy for w in r.workers] == [False, True, False]
+
+
+def test_no_worker_is_critical_and_unreachable_is_unknown():
+    assert evaluate([], None, {}, NOW).verdict is Verdict.CRITICAL
+    r = unreachable_report("dev", ["h:1"], "boom", NOW)
+    assert r.verdict is Verdict.UNKNOWN and int(r.verdict) == 3 and not r.reachable
+
+
+def test_clock_skew_future_timestamps_count_as_fresh():
+    r = evaluate([health_doc("w1", NOW, updated_at=NOW + 3.0, last_bar_ts=NOW + 2.0)], None, {}, NOW)
+    assert r.verdict is Verdict.OK and r.workers[0].health_age_s == 0.0
+
+
+def test_rejects_and_assets_from_bar_and_latest_docs():
+    recs = engine_records(3, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], start_idx=int(NOW) - 3, absent={2: {"SOLUSDT"}})
+    newest = with_producer(recs[-1], "w1", stale=["SOLUSDT"])
+    latest = {sym: {"symbol": sym, "bar_idx": int(r["bar_idx"]), "bar_ts": r["bar_ts"],
+                    "age_ms": r["assets"][sym]["age_ms"]}
+              for r in recs for sym in r["assets"]}  # later bars overwrite: the latest per symbol
+    doc = health_doc("w1", NOW, rejected={"bad_json": 3, "stale": 1}, stale_assets=["SOLUSDT"])
+    r = evaluate([doc], newest, latest, NOW)
+    assert r.workers[0].rejected == {"bad_json": 3, "stale": 1}
+    assert r.newest_bar is not None and r.newest_bar.bar_idx == newest["bar_idx"]
+    by = {a.symbol: a for a in r.assets}
+    assert set(by) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+    assert by["SOLUSDT"].stale and not by["SOLUSDT"].in_newest_bar
+    assert by["SOLUSDT"].bar_idx == recs[1]["bar_idx"]  # its latest bar is the one before
+    assert by["SOLUSDT"].bar_age_s == pytest.approx(NOW - recs[1]["bar_ts"])
+    assert not by["BTCUSDT"].stale and by["BTCUSDT"].bar_idx == newest["bar_idx"]
+    assert r.verdict is Verdict.OK and any("1 stale asset" in x for x in r.reasons)
+
+
+def test_json_and_render_do_not_fail_on_partial_docs():
+    r = evaluate([{"worker_id": "x", "events": "garbage", "state": None}], {"bar_idx": 1}, {}, NOW)
+    assert r.verdict is Verdict.WARNING
+    d = json.loads(json.dumps(r.to_json()))
+    assert d["verdict"] == "WARNING" and d["exit_code"] == 1
+    from rich.console import Console
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(r))
+    assert "WARNING" in console.export_text()

@@ -1,0 +1,204 @@
+"""The worker's bar logic in-process against a fake grid: presence by age, stale re-read, write
+backlog in order while the grid fails, retention, the write gate, health state, LATEST docs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import pytest
+
+from obf_features_worker.bars import BarTick, ScanClock
+from obf_features_worker.config import WorkerConfig
+from obf_features_worker.engine import FeatureEngine
+from obf_features_worker.grid import GridError
+from obf_features_worker.params import FeatureParams
+from obf_features_worker.snapshot import parse_snapshot
+from obf_features_worker.worker import Worker
+
+
+class FakeGrid:
+    def __init__(self) -> None:
+        self.inputs: dict[str, str] = {}
+        self.bars: dict[int, dict[str, Any]] = {}
+        self.write_calls: list[int] = []
+        self.retention: list[tuple[int, int]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.health: list[dict[str, Any]] = []
+        self.get_calls: list[list[str]] = []
+        self.failing = False
+        self.connected = True
+        self.closed = False
+        self.listener_errors = 0
+
+    def _check(self, what: str) -> None:
+        if self.failing:
+            raise GridError(what, "ClientOfflineError: No connection found to cluster")
+
+    def get_assets(self, keys):
+        self._check("re-read")
+        keys = list(keys)
+        self.get_calls.append(keys)
+        return {k: self.inputs[k] for k in keys if k in self.inputs}
+
+    def write_bar(self, bar_idx: int, payload: str) -> None:
+        self._check("write")
+        self.write_calls.append(bar_idx)
+        self.bars[bar_idx] = json.loads(payload)
+
+    def remove_bars_outside(self, low: int, high: int) -> None:
+        self._check("retention")
+        self.retention.append((low, high))
+        self.bars = {k: v for k, v in self.bars.items() if low < k <= high}
+
+    def put_latest(self, entries):
+        self._check("latest")
+        self.latest.update({k: json.loads(v) for k, v in entries.items()})
+
+    def put_health(self, doc: str) -> None:
+        self._check("health")
+        self.health.append(json.loads(doc))
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+def payload(ts: float, seq: int, bid: float = 100.0, ask: float = 50.0) -> str:
+    return json.dumps({"timestamp": ts, "bid_notional": [bid, bid], "ask_notional": [ask, ask], "_push_seq": seq})
+
+
+def make_worker(**overrides: Any) -> tuple[Worker, FakeGrid]:
+    grid = FakeGrid()
+    cfg = WorkerConfig(worker_id="w-test", bar_seconds=1.0, max_age_s=2.0, **overrides)
+    return Worker(cfg, grid=grid), grid  # type: ignore[arg-type]
+
+
+def tick(i: int, ts: float | None = None) -> BarTick:
+    t = float(i) if ts is None else ts
+    return BarTick(i, t, t)
+
+
+NOW = time.time()
+B0 = int(NOW) - 100  # bar indices near "now" so snapshots pass the future-timestamp check
+
+
+def test_presence_by_age_and_record_equals_engine():
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))
+    w.book.offer("asset_BBBUSDT_ob", payload(B0 - 2.5, 1, bid=10.0))  # older than max age 2 s
+    rec = w.process_bar(tick(B0))
+    assert set(rec["assets"]) == {"AAAUSDT"}
+    assert rec["producer"]["stale_assets"] == ["BBBUSDT"] and rec["producer"]["worker_id"] == "w-test"
+    expected = FeatureEngine(FeatureParams()).step(
+        B0, float(B0), {"AAAUSDT": parse_snapshot("asset_AAAUSDT_ob", payload(B0 - 0.5, 1), now=math.inf)})
+    written = dict(grid.bars[B0])
+    written.pop("producer")
+    assert written == json.loads(json.dumps(expected))
+    assert grid.latest["AAAUSDT"]["bar_idx"] == B0 and grid.latest["AAAUSDT"]["seq"] == 1
+    assert grid.latest["AAAUSDT"]["age_ms"] == pytest.approx(500.0)
+    assert "BBBUSDT" not in grid.latest
+    h = grid.health[-1]
+    assert (h["state"], h["n_assets"], h["n_present"], h["stale_assets"]) == ("running", 2, 1, ["BBBUSDT"])
+
+
+def test_stale_asset_is_re_read_once_and_used_when_fresher():
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 - 5.0, 1))
+    w.book.offer("asset_BBBUSDT_ob", payload(B0 - 0.1, 1))
+    grid.inputs["asset_AAAUSDT_ob"] = payload(B0 - 0.2, 2)  # its event was dropped; the entry is fresh
+    rec = w.process_bar(tick(B0))
+    assert grid.get_calls == [["asset_AAAUSDT_ob"]]  # one call, only the stale asset
+    assert rec["assets"]["AAAUSDT"]["seq"] == 2 and rec["producer"]["stale_assets"] == []
+    # The same entry again is not a new event: no reject, no double count.
+    w.process_bar(tick(B0 + 3))
+    stats = w.book.stats()
+    assert stats["rejected"] == {} and stats["accepted"] == 3
+
+
+def test_writes_fail_into_a_backlog_and_flush_in_order():
+    w, grid = make_worker(retain_bars=4)
+    w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
+    w.process_bar(tick(B0))
+    grid.failing = True
+    for i in range(1, 4):
+        w.process_bar(tick(B0 + i))
+    assert w.health.write_failures == 3 and len(w._backlog) == 3
+    grid.failing = False
+    w.process_bar(tick(B0 + 4))
+    assert grid.write_calls == [B0, B0 + 1, B0 + 2, B0 + 3, B0 + 4]  # oldest first, one call per bar
+    assert sorted(grid.bars) == [B0 + 1, B0 + 2, B0 + 3, B0 + 4]  # retention after the flush
+    assert grid.retention[-1] == (B0 + 4 - 4, B0 + 4)
+    assert w.health.bars_written == 5 and not w._backlog
+
+
+def test_backlog_is_bounded_by_retain_bars():
+    w, grid = make_worker(retain_bars=2)
+    grid.failing = True
+    for i in range(5):
+        w.process_bar(tick(B0 + i))
+    assert [b for b, _ in w._backlog] == [B0 + 3, B0 + 4] and w.backlog_dropped == 3
+    grid.failing = False
+    w.process_bar(tick(B0 + 5))
+    # The backlog holds the newest retain_bars records, the current one included.
+    assert grid.write_calls == [B0 + 4, B0 + 5] and w.backlog_dropped == 4
+
+
+def test_degraded_after_three_empty_bars_and_recovery():
+    w, grid = make_worker()
+    states = []
+    for i in range(4):
+        rec = w.process_bar(tick(B0 + i))
+        states.append((grid.health[-1]["state"], rec["degraded"], rec["producer"]["degraded"]))
+    assert states == [("running", False, False), ("running", False, False), ("degraded", True, True),
+                      ("degraded", True, True)]
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 + 4, 1))
+    rec = w.process_bar(tick(B0 + 4))
+    assert grid.health[-1]["state"] == "running" and rec["degraded"] is False
+
+
+def test_write_gate_blocks_every_write_but_not_the_engine():
+    class Standby(Worker):
+        @property
+        def role(self) -> str:
+            return "standby"
+
+        def may_write(self, tick: BarTick) -> bool:
+            return False
+
+    grid = FakeGrid()
+    seen: list[tuple[int, bool]] = []
+
+    class Hooked(Standby):
+        def after_bar(self, tick, record, written):
+            seen.append((tick.bar_idx, written))
+
+    w = Hooked(WorkerConfig(worker_id="w-standby", bar_seconds=1.0), grid=grid)  # type: ignore[arg-type]
+    w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
+    w.process_bar(tick(B0))
+    assert grid.bars == {} and grid.latest == {} and seen == [(B0, False)]
+    assert grid.health[-1]["role"] == "standby" and w.engine.last_bar_idx == B0
+
+
+def test_scan_count_restart_keeps_engine_state_and_accepts_bar_zero():
+    w, grid = make_worker(clock="scan")
+    assert isinstance(w.clock, ScanClock)
+    w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
+    w.process_bar(BarTick(41, B0 + 0.5, B0 + 0.5))
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 + 1, 2, bid=80.0))
+    rec = w.process_bar(BarTick(0, B0 + 1.5, B0 + 1.5, new_epoch=True))
+    assert rec["bar_idx"] == 0
+    # The histories carried on: the imbalance MA averages both bars.
+    imb1 = (200 - 100) / 300
+    imb2 = (160 - 100) / 260
+    assert rec["assets"]["AAAUSDT"]["signal"]["imbalance_ma5"] == pytest.approx((imb1 + imb2) / 2)
+    assert grid.retention[-1] == (0 - 500, 0)  # yesterday's higher keys go
+
+
+def test_explicit_assets_are_re_read_even_if_never_seen():
+    w, grid = make_worker(assets=("AAAUSDT", "CCCUSDT"))
+    grid.inputs["asset_CCCUSDT_ob"] = payload(B0 - 0.1, 9)
+    rec = w.process_bar(tick(B0))
+    assert grid.get_calls == [["asset_AAAUSDT_ob", "asset_CCCUSDT_ob"]]
+    assert set(rec["assets"]) == {"CCCUSDT"} and rec["producer"]["stale_assets"] == ["AAAUSDT"]
