@@ -77,6 +77,7 @@ class WorkerConfig:
     op_timeout_s: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
+    metrics_port: int | None = None
     params: FeatureParams = field(default_factory=FeatureParams)
 
     def __post_init__(self) -> None:
@@ -126,6 +127,9 @@ class WorkerConfig:
                  f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         _require(self.log_format in LOG_FORMATS, "log_format",
                  f"must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.metrics_port is not None:
+            _require(type(self.metrics_port) is int and 0 <= self.metrics_port <= 65535, "metrics_port",
+                     f"must be a port in [0, 65535] (0 = any free port), got {self.metrics_port!r}")
         _require(isinstance(self.params, FeatureParams), "params", "must be FeatureParams")
 
     @property
@@ -199,6 +203,10 @@ def _assets(s: str) -> tuple[str, ...] | None:
     return _list(v)
 
 
+def _metrics_port(s: str) -> int | None:
+    return None if s.strip().lower() in ("", "off", "none") else _int(s)
+
+
 def _connect_timeout(s: str) -> float | None:
     v = _float(s)
     return None if v == -1 else v
@@ -262,6 +270,8 @@ _OPTIONS: tuple[_Option, ...] = (
             "DEBUG, INFO, WARNING, ERROR (default INFO)", "LEVEL"),
     _Option("log_format", "--log-format", "OBF_LOG_FORMAT", lambda s: s.strip().lower(),
             "text or json (one JSON object per line) (default text)", "FORMAT", LOG_FORMATS),
+    _Option("metrics_port", "--metrics-port", "OBF_METRICS_PORT", _metrics_port,
+            "serve Prometheus metrics on this port at /metrics (0 = any free port; default off)", "PORT"),
 )
 
 _MAP_FIELDS = ("input_map", "features_map", "health_map", "latest_map", "state_map")
@@ -320,7 +330,7 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
         "members": "cluster", "cluster_name": "cluster", "worker_id": "cluster",
         "connect_timeout_s": "limits", "reconnect_backoff_max_s": "limits", "op_timeout_s": "limits",
         "max_payload_bytes": "limits", "max_future_skew_s": "limits",
-        "log_level": "logging", "log_format": "logging", "map_suffix": "maps",
+        "log_level": "logging", "log_format": "logging", "metrics_port": "logging", "map_suffix": "maps",
     }
     for opt in all_options():
         if opt.name.startswith("params."):

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"liquidity drain from t={args.drain_at:g}s, every {args.drain_every:g}s: "
               "watch the cascade regime leave CALM. Ctrl-C stops everything.\n")
         view = _python_module("obf_features_worker.cli", "watch", "--members", members, "--cluster", cluster,
-                              "--features-map", "DOLPHIN_OBF_FEATURES" + suffix, *(["--plain"] if args.plain else []))
+                              *(["--map-suffix", suffix] if suffix else []), *(["--plain"] if args.plain else []))
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the view; the stop follows
             subprocess.run(view, env=env, check=False)
     finally:

@@ -39,6 +39,7 @@ from obf_features_worker.grid import Grid, GridClosed, GridError
 from obf_features_worker.health import HealthStats
 from obf_features_worker.ingest import SnapshotBook
 from obf_features_worker.logs import RateLimiter, setup_logging
+from obf_features_worker.metrics import WorkerMetrics
 from obf_features_worker.record import dumps_record
 from obf_features_worker.snapshot import Snapshot, SnapshotRejected, asset_key, parse_snapshot
 
@@ -91,6 +92,7 @@ class Worker:
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
         self._last_written: int | None = None
+        self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
 
     # --- seams ------------------------------------------------------------------------
 
@@ -136,6 +138,8 @@ class Worker:
                 return 0
             if not self._subscribe():
                 return 0
+            if self.metrics is not None:
+                self.metrics.start(cfg.metrics_port or 0)
             self.before_first_bar()
             if isinstance(self.clock, IntervalClock):
                 self.clock.start()
@@ -202,6 +206,8 @@ class Worker:
                 self._flush()
             self._put_health()
         self.grid.shutdown()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("worker stopped rc=%d reason=%s bars_written=%d write_failures=%d backlog=%d", rc,
                  self.stop_reason or ("error" if rc else "-"), self.health.bars_written,
                  self.health.write_failures, len(self._backlog))
@@ -232,10 +238,14 @@ class Worker:
             if written:
                 done = time.time()
                 self.health.bar_to_write_ms.add((done - tick.triggered_at) * 1000.0)
-                for sym in present:
-                    at = self.book.last_received_at(sym)
-                    if at is not None:
-                        self.health.event_to_write_ms.add((done - at) * 1000.0)
+                event_to_write = [done - at for at in map(self.book.last_received_at, present) if at is not None]
+                for latency in event_to_write:
+                    self.health.event_to_write_ms.add(latency * 1000.0)
+                if self.metrics is not None:
+                    self.metrics.observe_bar(
+                        compute_seconds=compute_ms / 1000.0, event_to_write_seconds=event_to_write,
+                        bar_to_write_seconds=done - tick.triggered_at, degraded=bool(self.engine.degraded),
+                        bar_idx=tick.bar_idx, bar_ts=tick.bar_ts)
                 if cfg.write_latest:
                     self._put_latest(record)
 
@@ -363,6 +373,8 @@ class Worker:
 
     def _put_health(self) -> None:
         doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors)
+        if self.metrics is not None:
+            self.metrics.update_from_health(doc)
         try:
             self.grid.put_health(orjson.dumps(doc).decode())
         except GridError as exc:

@@ -255,3 +255,42 @@ def test_connect_timeout_exits_non_zero_with_the_reason(tmp_path: Path):
         w.stop(signal.SIGKILL)
     assert rc == 1
     assert "cluster connection given up" in w.log_text()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Prometheus text format -> {"name{labels}": value} (comments skipped)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_endpoint_scrapes(hz_cluster, hz_client, feeder, map_suffix, tmp_path: Path):
+    from obf_features_worker.devmember import free_port
+
+    port = free_port()
+    worker_id = "t-metrics" + map_suffix
+    inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    with WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id, "--metrics-port", str(port)],
+                       worker_env(hz_cluster, map_suffix), tmp_path) as w:
+        wait_for(lambda: (h := health(hz_client, map_suffix, worker_id)) and h["bars_written"] >= 2, 30,
+                 "first bars")
+        inp.put("asset_BADAUSDT_ob", "{not json")
+        wait_for(lambda: _scrape(port).get('obf_events_rejected_total{reason="bad_json"}') == 1.0, 15,
+                 "reject visible in metrics")
+        m = _scrape(port)
+        h = health(hz_client, map_suffix, worker_id)
+        assert w.stop() == 0, w.log_text()[-3000:]
+    # Scraped after the health doc was read: counters can only have grown since.
+    assert m["obf_bars_written_total"] >= 2
+    assert m["obf_events_received_total"] >= m["obf_events_accepted_total"] >= 10
+    assert m["obf_bar_compute_seconds_count"] == m["obf_bars_written_total"]
+    assert m['obf_worker_state{state="running"}'] == 1.0 and h["state"] == "running"
+    assert m["obf_degraded"] == 0.0
+    assert m["obf_last_bar_idx"] >= h["last_bar_idx"] - 1
