@@ -41,6 +41,9 @@ test-unit: setup  ## only the tests that need no member
 test-integration: setup  ## only the integration tests
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+soak: setup  ## the long soak variants (a time-compressed day; minutes)
+	OBF_SOAK=1 $(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
 demo: setup  ## run the pipeline locally: member + feeder + worker + live view (Ctrl-C stops)
 	$(BIN)/obf-features demo $(DEMO_ARGS)
 
