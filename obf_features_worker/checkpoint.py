@@ -2,8 +2,10 @@
 
 A checkpoint holds the engine state (``FeatureEngine.export_state()``), the last accepted
 ``_push_seq`` per asset (``SnapshotBook.export_seqs()``), the last bar (``bar_idx``, ``bar_ts``),
-the engine parameters, the writer's ``worker_id`` and lease ``epoch``, ``written_at`` and a
-SHA-256 checksum of the canonical body. Pure: encoding and decoding only, no grid I/O.
+the engine parameters, the writer's ``worker_id`` and lease ``epoch``, ``written_at``, the bar
+records the writer had not yet confirmed written (``records``: the checkpoint is written before
+the records, so a successor writes them if a crash came in between) and a SHA-256 checksum of the
+canonical body. Pure: encoding and decoding only, no grid I/O.
 
 Wire format (UTF-8 JSON object)::
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +44,9 @@ CHECKPOINT_KEY = "checkpoint"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _MAX_SEQ = 2**63 - 1
 _MAX_ID_LEN = 200
+# Pending records carried by one checkpoint: the writer's bounded write backlog (retain_bars).
+MAX_RECORDS = 100_000
+_BAR_KEY_RE = re.compile(r"[0-9]{1,19}")
 
 RejectReasonName = Literal["missing", "corrupt", "version", "params", "too_old", "from_future"]
 REJECT_REASONS: tuple[RejectReasonName, ...] = ("missing", "corrupt", "version", "params", "too_old", "from_future")
@@ -62,6 +68,8 @@ class Checkpoint:
     bar_idx / bar_ts: the last bar the engine stepped (unix s). written_at: unix s.
     seqs: symbol -> last accepted ``_push_seq`` (0 .. 2^63-1). epoch: the writer's lease epoch
     (None when it ran without a lease). engine_state: ``FeatureEngine.export_state()``.
+    records: bar_idx -> bar record JSON text, the records the writer had computed but not yet
+    seen written to the features map when it wrote this checkpoint (usually just ``bar_idx``'s).
     """
 
     worker_id: str
@@ -72,6 +80,7 @@ class Checkpoint:
     engine_state: Mapping[str, Any] = field(repr=False)
     seqs: Mapping[str, int] = field(repr=False)
     epoch: int | None = None
+    records: Mapping[int, str] = field(default_factory=dict, repr=False)
 
     def restore_engine(self) -> FeatureEngine:
         """A fresh engine in exactly the checkpointed state (its ``last_bar_idx`` == ``bar_idx``)."""
@@ -86,8 +95,11 @@ def capture(
     worker_id: str,
     written_at: float,
     epoch: int | None = None,
+    records: Mapping[int, str] | None = None,
 ) -> Checkpoint:
     """Checkpoint ``engine`` right after it stepped the bar closing at ``bar_ts`` (unix s).
+
+    records: bar_idx -> record JSON text not yet confirmed written (see ``Checkpoint.records``).
 
     Raises ValueError if the engine has not stepped a bar yet or an argument is invalid.
     """
@@ -102,6 +114,7 @@ def capture(
         engine_state=engine.export_state(),
         seqs=dict(seqs),
         epoch=epoch,
+        records=dict(records or {}),
     )
     try:
         _check_fields(_body(cp))
@@ -127,20 +140,23 @@ def decode(
     data: object,
     *,
     params: FeatureParams,
-    now_bar_idx: int,
+    now_bar_idx: int | None,
     max_age_bars: int,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Checkpoint:
     """Validate ``data`` (bytes, str, or anything with ``to_string()``) into a usable Checkpoint.
 
     now_bar_idx: the bar the caller is about to close next or has just closed; the checkpoint's
-    bar must satisfy ``now_bar_idx - max_age_bars <= bar_idx <= now_bar_idx``.
-    Raises CheckpointRejected with reason ``missing`` (``data`` is None: no entry), ``corrupt`` (undecodable, checksum mismatch, malformed
-    fields or engine state), ``version`` (other format or engine-state version), ``params``
-    (engine parameters differ from ``params``), ``too_old`` or ``from_future``. Never raises
+    bar must satisfy ``now_bar_idx - max_age_bars <= bar_idx <= now_bar_idx``. None skips the
+    age checks (e.g. to read the epoch or the pending records of any valid checkpoint).
+    Raises CheckpointRejected with reason ``missing`` (``data`` is None: no entry), ``corrupt``
+    (undecodable, checksum mismatch, malformed fields or engine state), ``version`` (other format
+    or engine-state version), ``params`` (engine parameters differ from ``params``), ``too_old``
+    or ``from_future``. Never raises
     anything else for a bad checkpoint; a bad argument (caller bug) is a TypeError.
     """
-    if type(now_bar_idx) is not int or type(max_age_bars) is not int or max_age_bars < 0:
+    if (now_bar_idx is not None and type(now_bar_idx) is not int) or type(max_age_bars) is not int \
+            or max_age_bars < 0:
         # A caller bug, not a bad checkpoint: fail loudly.
         raise TypeError(f"now_bar_idx must be an int and max_age_bars an int >= 0, "
                         f"got {now_bar_idx!r}, {max_age_bars!r}")
@@ -152,7 +168,7 @@ def decode(
         raise CheckpointRejected("corrupt", f"unexpected {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _decode(data: object, params: FeatureParams, now_bar_idx: int, max_age_bars: int,
+def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_age_bars: int,
             max_bytes: int) -> Checkpoint:
     if data is None:
         raise CheckpointRejected("missing", "no checkpoint entry")
@@ -201,10 +217,10 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int, max_age_bars:
         raise CheckpointRejected("corrupt", "engine state parameters differ from the checkpoint's")
 
     bar_idx = body["bar_idx"]
-    if bar_idx > now_bar_idx:
+    if now_bar_idx is not None and bar_idx > now_bar_idx:
         raise CheckpointRejected("from_future", f"checkpoint bar {bar_idx} is after the current bar {now_bar_idx} "
                                                 "(clock skew, or a checkpoint from another bar clock)")
-    if now_bar_idx - bar_idx > max_age_bars:
+    if now_bar_idx is not None and now_bar_idx - bar_idx > max_age_bars:
         raise CheckpointRejected("too_old", f"checkpoint bar {bar_idx} is {now_bar_idx - bar_idx} bars old, "
                                             f"limit {max_age_bars}")
     if state.get("last_bar_idx") != bar_idx:
@@ -224,6 +240,7 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int, max_age_bars:
         engine_state=state,
         seqs=dict(body["seqs"]),
         epoch=body["epoch"],
+        records={int(k): v for k, v in body.get("records", {}).items()},
     )
 
 
@@ -245,7 +262,7 @@ def _raw_bytes(data: object) -> bytes:
 
 
 def _body(cp: Checkpoint) -> dict[str, Any]:
-    return {
+    body = {
         "worker_id": cp.worker_id,
         "written_at": cp.written_at,
         "bar_idx": cp.bar_idx,
@@ -255,6 +272,9 @@ def _body(cp: Checkpoint) -> dict[str, Any]:
         "seqs": dict(cp.seqs),
         "engine": dict(cp.engine_state),
     }
+    if cp.records:  # optional: a checkpoint without pending records reads as before
+        body["records"] = {str(k): v for k, v in sorted(cp.records.items())}
+    return body
 
 
 def _canonical(body: Mapping[str, Any]) -> bytes:
@@ -295,6 +315,20 @@ def _check_fields(body: Mapping[str, Any]) -> None:
             raise bad(f"seqs[{symbol}] must be an int in [0, 2^63), got {seq!r:.40}")
     if type(body["engine"]) is not dict:
         raise bad("engine must be an object")
+    records = body.get("records", {})
+    if type(records) is not dict or len(records) > MAX_RECORDS:
+        raise bad(f"records must be an object of at most {MAX_RECORDS} entries")
+    for key, text in records.items():
+        if type(key) is not str or _BAR_KEY_RE.fullmatch(key) is None or int(key) > _MAX_SEQ:
+            raise bad(f"records has a key that is not a bar_idx: {key!r:.40}")
+        if type(text) is not str:
+            raise bad(f"records[{key}] must be JSON text")
+        try:
+            rec = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise bad(f"records[{key}] is not JSON") from None
+        if type(rec) is not dict or rec.get("bar_idx") != int(key):
+            raise bad(f"records[{key}] is not the record of bar {key}")
 
 
 def _param_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from obf_features_worker.client_security import describe, tls_auth_settings
+from obf_features_worker.lease import LeaseSettings
 from obf_features_worker.params import FeatureParams
 from obf_features_worker.snapshot import SYMBOL_RE
 
@@ -50,6 +52,11 @@ class WorkerConfig:
     snapshot is at most this old at bar close (s, >= 0). retain_bars: bars kept in the features
     map (>= 1). connect_timeout_s: give up connecting after this long (s); None = never give up.
     op_timeout_s: longest wait (s) for any single grid call from the bar loop.
+    checkpoint_max_age_bars: a checkpoint is restored at start only if it is of one of the last
+    this many bars before the first bar the worker closes (>= 0). lease_ttl_s: the leader lease's
+    ttl in s (None = 3 bars, at least 3 s); see ``lease_settings``. tls_auth: Hazelcast client
+    TLS/authentication keyword arguments (``client_security.tls_auth_settings``, from HZ_SSL_* /
+    HZ_USERNAME / HZ_PASSWORD only, never flags).
     """
 
     cluster_name: str = "dev"
@@ -78,6 +85,9 @@ class WorkerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int | None = None
+    checkpoint_max_age_bars: int = 3
+    lease_ttl_s: float | None = None
+    tls_auth: tuple[tuple[str, Any], ...] = ()
     params: FeatureParams = field(default_factory=FeatureParams)
 
     def __post_init__(self) -> None:
@@ -130,7 +140,24 @@ class WorkerConfig:
         if self.metrics_port is not None:
             _require(type(self.metrics_port) is int and 0 <= self.metrics_port <= 65535, "metrics_port",
                      f"must be a port in [0, 65535] (0 = any free port), got {self.metrics_port!r}")
+        _require(type(self.checkpoint_max_age_bars) is int and 0 <= self.checkpoint_max_age_bars <= 1_000_000,
+                 "checkpoint_max_age_bars", f"must be an int in [0, 1000000], got {self.checkpoint_max_age_bars!r}")
+        if self.lease_ttl_s is not None:
+            _require(_finite(self.lease_ttl_s) and 0 < self.lease_ttl_s <= 3600, "lease_ttl_s",
+                     f"must be in (0, 3600] s, got {self.lease_ttl_s!r}")
+        try:
+            self.lease_settings().check_tick_interval(self.bar_seconds)
+        except ValueError as exc:
+            raise ConfigError(f"{_field_source('lease_ttl_s')}: {exc}") from None
         _require(isinstance(self.params, FeatureParams), "params", "must be FeatureParams")
+
+    def lease_settings(self) -> LeaseSettings:
+        """The leader lease for this bar length: ttl = ``lease_ttl_s`` or 3 bars (>= 3 s), guard =
+        min(1 s, bar / 4); a leader ticking every bar keeps it (checked at construction)."""
+        if self.lease_ttl_s is None:
+            return LeaseSettings.for_bar_seconds(self.bar_seconds)
+        return LeaseSettings.for_bar_seconds(self.bar_seconds, ttl_s=self.lease_ttl_s,
+                                             backstop_ttl_s=max(20.0 * self.lease_ttl_s, 300.0))
 
     @property
     def health_ttl_s(self) -> float:
@@ -144,6 +171,8 @@ class WorkerConfig:
         out["assets"] = None if self.assets is None else list(self.assets)
         out["health_ttl_s"] = self.health_ttl_s
         out["params"] = self.params.to_dict()
+        out["tls_auth"] = describe(dict(self.tls_auth))  # secrets redacted
+        out["lease_ttl_s"] = self.lease_settings().ttl_s
         return out
 
 
@@ -249,7 +278,7 @@ _OPTIONS: tuple[_Option, ...] = (
             "(default DOLPHIN_OBF_HEALTH)", "MAP"),
     _Option("latest_map", "--latest-map", "OBF_LATEST_MAP", _text, "map of the latest features per symbol "
             "(default DOLPHIN_OBF_LATEST)", "MAP"),
-    _Option("state_map", "--state-map", "OBF_STATE_MAP", _text, "map reserved for engine checkpoints and "
+    _Option("state_map", "--state-map", "OBF_STATE_MAP", _text, "map of the engine checkpoint and "
             "the leader lease (default DOLPHIN_OBF_STATE)", "MAP"),
     _Option("map_suffix", "--map-suffix", "OBF_MAP_SUFFIX", _text,
             "appended to every map name above, incl. the scan map (default none; for tests/isolation)",
@@ -270,6 +299,12 @@ _OPTIONS: tuple[_Option, ...] = (
             "DEBUG, INFO, WARNING, ERROR (default INFO)", "LEVEL"),
     _Option("log_format", "--log-format", "OBF_LOG_FORMAT", lambda s: s.strip().lower(),
             "text or json (one JSON object per line) (default text)", "FORMAT", LOG_FORMATS),
+    _Option("checkpoint_max_age_bars", "--checkpoint-max-age-bars", "OBF_CHECKPOINT_MAX_AGE_BARS", _int,
+            "warm restart: restore the checkpoint in the state map only if it is at most this many bars "
+            "older than the first bar closed; otherwise start cold (default 3)", "N"),
+    _Option("lease_ttl_s", "--lease-ttl-s", "OBF_LEASE_TTL_S", _float,
+            "leader lease: a leader not heard of for this long is replaced by a standby; must be >= "
+            "2 bars + guard (default 3 x bar seconds, at least 3)", "S"),
     _Option("metrics_port", "--metrics-port", "OBF_METRICS_PORT", _metrics_port,
             "serve Prometheus metrics on this port at /metrics (0 = any free port; default off)", "PORT"),
 )
@@ -324,6 +359,7 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
         "maps": parser.add_argument_group("maps"),
         "limits": parser.add_argument_group("input limits and grid timeouts"),
         "logging": parser.add_argument_group("logging"),
+        "reliability": parser.add_argument_group("warm restart and hot standby (docs/reliability.md)"),
         "engine": parser.add_argument_group("engine parameters (docs/features.md)"),
     }
     group_of = {
@@ -331,6 +367,7 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
         "connect_timeout_s": "limits", "reconnect_backoff_max_s": "limits", "op_timeout_s": "limits",
         "max_payload_bytes": "limits", "max_future_skew_s": "limits",
         "log_level": "logging", "log_format": "logging", "metrics_port": "logging", "map_suffix": "maps",
+        "checkpoint_max_age_bars": "reliability", "lease_ttl_s": "reliability",
     }
     for opt in all_options():
         if opt.name.startswith("params."):
@@ -379,6 +416,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     values.setdefault("scan_map", values.get("input_map", defaults["input_map"]))
     for name in (*_MAP_FIELDS, "scan_map"):
         values[name] = values.get(name, defaults[name]) + suffix
+    try:
+        values["tls_auth"] = tuple(sorted(tls_auth_settings(env).items()))
+    except ValueError as exc:
+        raise ConfigError(f"TLS/auth settings: {exc}") from None
     if "max_age_s" not in values:
         bar = values.get("bar_seconds", defaults["bar_seconds"])
         values["max_age_s"] = 2.0 * bar if _finite(bar) else bar

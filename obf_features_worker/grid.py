@@ -11,6 +11,10 @@ Connection: the client is started asynchronously and reconnects forever by defau
 calls fail at once with ``ClientOfflineError`` instead of blocking the bar loop; the worker
 keeps a backlog. The client re-registers listeners on every new connection by itself
 (``hazelcast.listener.ListenerService._connection_added``).
+
+Security: every client built here refuses pickled values (``pickle_guard.refuse_pickle``, before
+any listener or read) and takes the TLS/authentication settings of ``client_security`` (from the
+worker's config, or from the environment for the feeder).
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import hazelcast
 from hazelcast import predicate as P
 from hazelcast.config import IntType, ReconnectMode
 from hazelcast.core import HazelcastJsonValue
+from hazelcast.errors import HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
 
+from obf_features_worker.checkpoint import CHECKPOINT_KEY
+from obf_features_worker.client_security import describe, tls_auth_settings
 from obf_features_worker.config import WorkerConfig
 from obf_features_worker.logs import RateLimiter
+from obf_features_worker.pickle_guard import refuse_pickle
 from obf_features_worker.snapshot import asset_key
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,14 @@ class GridClosed(GridError):
     """The client shut down by itself (e.g. the connect timeout ran out)."""
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableValue:
+    """Stands in for a map value the client could not deserialise (e.g. a Java object of an
+    unknown type); ingest rejects it like any other non-JSON value (``bad_json``)."""
+
+    detail: str
+
+
 def asset_key_regex(assets: Iterable[str] | None) -> str:
     """Server-side key filter: every ``asset_<SYMBOL>_ob`` key, or exactly those of ``assets``."""
     if assets is None:
@@ -59,11 +76,14 @@ def asset_key_regex(assets: Iterable[str] | None) -> str:
 
 
 def client_settings(cluster_name: str, members: Iterable[str], client_name: str, *,
-                    connect_timeout_s: float | None = None, reconnect_backoff_max_s: float = 5.0) -> dict[str, Any]:
+                    connect_timeout_s: float | None = None, reconnect_backoff_max_s: float = 5.0,
+                    security: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``hazelcast.HazelcastClient`` with the reconnect behaviour made explicit:
     start without blocking, never block calls while disconnected (they fail at once), retry the
-    connection with backoff up to ``reconnect_backoff_max_s`` forever (``connect_timeout_s`` None)."""
+    connection with backoff up to ``reconnect_backoff_max_s`` forever (``connect_timeout_s`` None).
+    security: TLS/authentication keywords (``client_security.tls_auth_settings``), passed through."""
     return dict(
+        **dict(security or {}),
         cluster_name=cluster_name,
         cluster_members=list(members),
         client_name=client_name,
@@ -110,9 +130,15 @@ class _Connection:
         """
         s = self._settings
         timeout = s["cluster_connect_timeout"]
-        log.info("connecting cluster=%s members=%s connect_timeout_s=%s", s["cluster_name"],
-                 ",".join(s["cluster_members"]), "never" if timeout == -1 else timeout)
+        security = {k: v for k, v in s.items() if k.startswith(("ssl_", "creds_"))}
+        log.info("connecting cluster=%s members=%s connect_timeout_s=%s security=%s", s["cluster_name"],
+                 ",".join(s["cluster_members"]), "never" if timeout == -1 else timeout, describe(security))
         self._client = self._client_factory(**s, lifecycle_listeners=[self._on_lifecycle])
+        try:
+            refuse_pickle(self._client)  # before any read or listener can deliver a value
+        except RuntimeError:
+            self.shutdown()
+            raise
         while not stop.is_set():
             if self._connected.wait(0.2):
                 self._open_maps()
@@ -197,7 +223,8 @@ class Grid(_Connection):
         super().__init__(
             client_settings(config.cluster_name, config.members, f"obf-features-worker:{config.worker_id}",
                             connect_timeout_s=config.connect_timeout_s,
-                            reconnect_backoff_max_s=config.reconnect_backoff_max_s),
+                            reconnect_backoff_max_s=config.reconnect_backoff_max_s,
+                            security=dict(config.tls_auth)),
             op_timeout_s=config.op_timeout_s, client_factory=client_factory,
         )
         self.config = config
@@ -207,7 +234,7 @@ class Grid(_Connection):
 
     def _map_names(self) -> Iterable[str]:
         c = self.config
-        return {c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map}
+        return {c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map, c.state_map}
 
     # --- listeners -------------------------------------------------------------------
 
@@ -252,11 +279,49 @@ class Grid(_Connection):
         return dict(self._wait(fut, "read assets"))
 
     def get_assets(self, keys: Iterable[str]) -> dict[Any, Any]:
-        """Current values of ``keys`` (one call); absent keys are missing from the result."""
+        """Current values of ``keys`` (one call); absent keys are missing from the result.
+
+        If the client cannot deserialise one of the values (``HazelcastSerializationError``,
+        e.g. a foreign Java object), the keys are read one by one and each unreadable value is
+        returned as an ``UnreadableValue`` marker instead of failing the whole read."""
         keys = list(keys)
         if not keys:
             return {}
-        return dict(self._wait(self._map(self.config.input_map).get_all(keys), "re-read assets"))
+        m = self._map(self.config.input_map)
+        try:
+            return dict(self._wait(m.get_all(keys), "re-read assets"))
+        except GridError as exc:
+            if not isinstance(exc.__cause__, HazelcastSerializationError):
+                raise
+        out: dict[Any, Any] = {}
+        for key in keys:
+            try:
+                value = self._wait(m.get(key), f"re-read {key}")
+            except GridError as exc:
+                if not isinstance(exc.__cause__, HazelcastSerializationError):
+                    raise
+                value = UnreadableValue(f"{exc.__cause__}"[:160])
+            if value is not None:
+                out[key] = value
+        return out
+
+    def get_scan_value(self) -> Any:
+        """The current value of the scan key (None if absent)."""
+        return self._wait(self._map(self.config.scan_map).get(self.config.scan_key), "read scan key")
+
+    def get_checkpoint(self) -> Any:
+        """The raw checkpoint entry of the state map (None if absent)."""
+        return self._wait(self._map(self.config.state_map).get(CHECKPOINT_KEY), "read checkpoint")
+
+    def put_checkpoint(self, text: str) -> None:
+        """One call: ``state_map["checkpoint"] = text`` (HazelcastJsonValue, no TTL)."""
+        fut = self._map(self.config.state_map).set(CHECKPOINT_KEY, HazelcastJsonValue(text))
+        self._wait(fut, "write checkpoint")
+
+    def lease_map(self) -> BoundedMap:
+        """The state map as the blocking map ``lease.LeaderLease`` needs, every call bounded by
+        ``op_timeout_s`` (a hung member must not stall the lease past its term)."""
+        return BoundedMap(self, self.config.state_map)
 
     # --- writes ----------------------------------------------------------------------
 
@@ -264,6 +329,11 @@ class Grid(_Connection):
         """One call: ``features_map[bar_idx] = record`` (HazelcastJsonValue, LONG key)."""
         fut = self._map(self.config.features_map).set(int(bar_idx), HazelcastJsonValue(record_json))
         self._wait(fut, f"write bar {bar_idx}")
+
+    def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool:
+        """One call: write the record only if the key is absent; True if it was written."""
+        fut = self._map(self.config.features_map).put_if_absent(int(bar_idx), HazelcastJsonValue(record_json))
+        return self._wait(fut, f"write bar {bar_idx} if absent") is None
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         """One call: remove every bar key ``<= low_exclusive`` or ``> high_inclusive``."""
@@ -283,14 +353,46 @@ class Grid(_Connection):
         self._wait(fut, "write health")
 
 
+class BoundedMap:
+    """Blocking get / put_if_absent / replace_if_same / remove_if_same / set_ttl on one map of a
+    connection, each waiting at most ``op_timeout_s`` (GridError otherwise)."""
+
+    def __init__(self, conn: _Connection, name: str) -> None:
+        self._conn = conn
+        self._name = name
+
+    def get(self, key: Any) -> Any:
+        return self._conn._wait(self._conn._map(self._name).get(key), f"get {self._name}[{key}]")
+
+    def put_if_absent(self, key: Any, value: Any, ttl: float | None = None) -> Any:
+        fut = self._conn._map(self._name).put_if_absent(key, value, ttl=ttl)
+        return self._conn._wait(fut, f"put_if_absent {self._name}[{key}]")
+
+    def replace_if_same(self, key: Any, old_value: Any, new_value: Any) -> bool:
+        fut = self._conn._map(self._name).replace_if_same(key, old_value, new_value)
+        return bool(self._conn._wait(fut, f"replace_if_same {self._name}[{key}]"))
+
+    def remove_if_same(self, key: Any, value: Any) -> bool:
+        fut = self._conn._map(self._name).remove_if_same(key, value)
+        return bool(self._conn._wait(fut, f"remove_if_same {self._name}[{key}]"))
+
+    def set_ttl(self, key: Any, ttl: float) -> None:
+        self._conn._wait(self._conn._map(self._name).set_ttl(key, ttl), f"set_ttl {self._name}[{key}]")
+
+
 class Publisher(_Connection):
-    """The feeder's grid I/O: upstream-format payloads (JSON strings) into the input map."""
+    """The feeder's grid I/O: upstream-format payloads (JSON strings) into the input map.
+
+    security: TLS/authentication client keywords; None = from the environment
+    (``client_security.tls_auth_settings()``, ValueError on a bad setting)."""
 
     def __init__(self, cluster_name: str, members: Iterable[str], map_name: str, *, op_timeout_s: float = 5.0,
-                 reconnect_backoff_max_s: float = 5.0, connect_timeout_s: float | None = None) -> None:
+                 reconnect_backoff_max_s: float = 5.0, connect_timeout_s: float | None = None,
+                 security: Mapping[str, Any] | None = None) -> None:
         super().__init__(
             client_settings(cluster_name, members, "obf-features-feed", connect_timeout_s=connect_timeout_s,
-                            reconnect_backoff_max_s=reconnect_backoff_max_s),
+                            reconnect_backoff_max_s=reconnect_backoff_max_s,
+                            security=tls_auth_settings() if security is None else security),
             op_timeout_s=op_timeout_s,
         )
         self.map_name = map_name

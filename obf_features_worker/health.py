@@ -5,7 +5,11 @@ disappears) is the shape fixed in docs/operations.md:
 ``{"worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock",
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
-"event_to_write_ms": {...}, "write_failures"}``.
+"event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar"}``.
+
+``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the
+checkpoint bar the worker continued from at start (warm restart), ``cold_start_reason``: why it
+started cold instead (``checkpoint.REJECT_REASONS``); both null until the first bar decides.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class HealthStats:
     n_present: int = 0
     stale_assets: list[str] = field(default_factory=list)
     write_failures: int = 0
+    epoch: int | None = None
+    cold_start_reason: str | None = None
+    restored_from_bar: int | None = None
     compute_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     bar_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     event_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(5000))
@@ -121,4 +128,7 @@ class HealthStats:
             "bar_to_write_ms": self.bar_to_write_ms.summary(),
             "event_to_write_ms": self.event_to_write_ms.summary(),
             "write_failures": self.write_failures,
+            "epoch": self.epoch,
+            "cold_start_reason": self.cold_start_reason,
+            "restored_from_bar": self.restored_from_bar,
         }

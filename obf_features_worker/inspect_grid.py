@@ -4,6 +4,10 @@ The only module of the inspection tools that talks to the grid: connection setti
 shared by the commands, reads of bar records, health and latest docs, the bar entry
 listener for ``watch``, and SQL execution. It never writes map entries (``sql --apply``
 creates mappings and views, which are catalogue objects, not data).
+
+Every client built here refuses pickled values (``pickle_guard``) and takes the TLS and
+authentication settings from the environment (``client_security``: HZ_SSL_*, HZ_USERNAME,
+HZ_PASSWORD).
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import hazelcast
@@ -21,6 +25,8 @@ from hazelcast.config import IntType
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError
 
+from obf_features_worker.client_security import tls_auth_settings
+from obf_features_worker.pickle_guard import refuse_pickle
 from obf_features_worker.record import loads_record
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,13 @@ class ClusterUnreachable(RuntimeError):
 
 @dataclass(frozen=True)
 class ClusterTarget:
-    """Where the inspection commands connect: members (``host:port``), cluster name, timeout (s, > 0)."""
+    """Where the inspection commands connect: members (``host:port``), cluster name, timeout (s, > 0),
+    security: TLS/authentication client keywords (``client_security.tls_auth_settings``)."""
 
     members: tuple[str, ...]
     cluster_name: str
     connect_timeout_s: float = 5.0
+    security: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -90,13 +98,17 @@ def map_name(args: argparse.Namespace, kind: str) -> str:
 
 
 def target_from_args(args: argparse.Namespace) -> ClusterTarget:
-    """The validated target from parsed ``add_cluster_options`` arguments (ValueError if bad)."""
-    return ClusterTarget(parse_members(args.members), args.cluster, float(args.connect_timeout))
+    """The validated target from parsed ``add_cluster_options`` arguments and the TLS/auth
+    environment (ValueError if bad)."""
+    return ClusterTarget(parse_members(args.members), args.cluster, float(args.connect_timeout),
+                         tls_auth_settings())
 
 
 def connect(target: ClusterTarget, **overrides: Any) -> hazelcast.HazelcastClient:
-    """A connected client (IntType.LONG, as everywhere); ClusterUnreachable after the timeout."""
+    """A connected client (IntType.LONG, as everywhere) that refuses pickled values;
+    ClusterUnreachable after the timeout."""
     settings: dict[str, Any] = dict(
+        **dict(target.security),
         cluster_members=list(target.members),
         cluster_name=target.cluster_name,
         default_int_type=IntType.LONG,
@@ -104,11 +116,18 @@ def connect(target: ClusterTarget, **overrides: Any) -> hazelcast.HazelcastClien
     )
     settings.update(overrides)
     try:
-        return hazelcast.HazelcastClient(**settings)
+        client = hazelcast.HazelcastClient(**settings)
     except HazelcastError as exc:
         raise ClusterUnreachable(
             f"cannot reach cluster {target.cluster_name!r} at {','.join(target.members)}: {exc}"
         ) from exc
+    try:
+        # Connected synchronously, but no value has been read yet: guard before the first read.
+        refuse_pickle(client)
+    except RuntimeError:
+        client.shutdown()
+        raise
+    return client
 
 
 def _decode(value: Any) -> dict[str, Any] | None:

@@ -221,16 +221,29 @@ class Decision:
     new_value: LeaseValue | None
     view: View
     reason: str
+    settle: bool = False  # the term this begins may write only after ttl_s (see ``decide``)
 
 
 def decide(text: str | None, now: float, wall: float, view: View, me: Identity,
-           settings: LeaseSettings) -> Decision:
+           settings: LeaseSettings, held_epoch: int | None = None) -> Decision:
     """Pure lease decision after a read of the entry.
 
     text: the entry's current text (None = absent). now: monotonic s, taken *after* the read
     returned. wall: unix s (only for the informational fields of a new value). view: the
-    caller's previous View. Returns what to do; the caller performs it atomically and reports
-    the outcome with ``after_write``.
+    caller's previous View. held_epoch: the epoch of my term if it is still within its deadline
+    (None otherwise). Returns what to do; the caller performs it atomically and reports the
+    outcome with ``after_write``.
+
+    An absent entry while I hold a live term is re-created at once with my epoch (the entry
+    was lost, e.g. a member restarted empty): no other contender can have begun a term while
+    mine runs, and every other contender restarts its wait when it sees the new entry.
+
+    Any other absent or unreadable entry is taken at once, but the term it begins may write
+    only after ``ttl_s`` (``Decision.settle``): such a state can recur (absent, written, lost;
+    or the same foreign text written twice), so "seen unchanged" cannot prove that no holder is
+    inside its term. A lease value of ours never recurs (token, epoch, renewal count, wall time),
+    so seeing one unchanged for ``ttl_s`` does prove it. A holder still inside its term fails
+    its next refresh on my entry, and its term ends within ``ttl_s - guard_s`` anyway.
     """
     value = parse_lease(text) if text is not None else None
     live = value is not None and not value.released
@@ -256,37 +269,59 @@ def decide(text: str | None, now: float, wall: float, view: View, me: Identity,
         return Decision(Action.REFRESH, renewed, v, "my lease")
     if value is not None and settings.reclaim_own and value.holder == me.worker_id:
         return Decision(Action.TAKE_OVER, fresh(), v, "my previous incarnation's lease")
+    if text is None and held_epoch is not None:
+        recreated = LeaseValue(me.worker_id, me.token, held_epoch, 0, settings.ttl_s, wall, wall + settings.ttl_s)
+        return Decision(Action.ACQUIRE, recreated, v, "my lease entry vanished during my term")
     if text is None:
-        what = "no lease entry"
-    elif value is None:
-        what = "unreadable lease entry"
-    else:
-        what = f"lease of {value.holder} epoch {value.epoch}"
+        return Decision(Action.ACQUIRE, fresh(), v, "no lease entry (writes after ttl_s)", settle=True)
+    if value is None:
+        return Decision(Action.TAKE_OVER, fresh(), v, "unreadable lease entry (writes after ttl_s)", settle=True)
+    what = f"lease of {value.holder} epoch {value.epoch}"
     if now >= v.blocked_until:
-        action = Action.ACQUIRE if text is None else Action.TAKE_OVER
-        return Decision(action, fresh(), v, f"{what} unchanged for {now - v.seen_at:.3f} s")
+        return Decision(Action.TAKE_OVER, fresh(), v, f"{what} unchanged for {now - v.seen_at:.3f} s")
     return Decision(Action.WAIT, None, v, f"{what}, seen for {now - v.seen_at:.3f} s")
 
 
 @dataclass(frozen=True, slots=True)
 class Term:
     """A term as leader: ``epoch``, the text I wrote, from ``started_at`` (send time of the write
-    that began or last renewed it) to ``deadline`` (monotonic s) after which I must not write."""
+    that began or last renewed it) to ``deadline`` (monotonic s) after which I must not write.
+    ``writable_from``: before it I hold the lease but must not write yet (an absent entry was
+    acquired: a previous holder's term may still run, see ``decide``)."""
 
     epoch: int
     text: str
     started_at: float
     deadline: float
+    writable_from: float = -math.inf
+
+    def writable(self, now: float) -> bool:
+        return self.writable_from <= now < self.deadline
 
 
-def after_write(decision: Decision, ok: bool, sent_at: float, settings: LeaseSettings) -> tuple[Term | None, View]:
+def after_write(decision: Decision, ok: bool, sent_at: float, settings: LeaseSettings,
+                previous: Term | None = None) -> tuple[Term | None, View]:
     """The term and view after performing ``decision``; ``sent_at`` is monotonic s taken *before*
-    the write was sent. ok=False (lost the race) leaves no term: the next read shows the winner."""
+    the write was sent; ``previous`` is the term held before it, if any. ok=False (lost the race)
+    leaves no term: the next read shows the winner."""
     if not ok or decision.new_value is None:
+        if decision.new_value is not None:
+            # Lost the race: the entry now holds a value I have not read. Forget what I saw, so
+            # a later absent entry (data loss) is waited out afresh rather than taken at once.
+            return None, replace(decision.view, observed=False, text=None, seen_at=-math.inf,
+                                 blocked_until=-math.inf)
         return None, decision.view
     new = decision.new_value
     text = new.to_json()
-    term = Term(new.epoch, text, sent_at, sent_at + settings.ttl_s - settings.guard_s)
+    if previous is not None and previous.epoch == new.epoch:
+        writable_from = previous.writable_from  # renewed or re-created: same term, same wait
+    elif decision.action is Action.TAKE_OVER and not decision.settle:
+        writable_from = sent_at  # took over a lease of ours seen unchanged for ttl_s, or released
+    else:
+        # Took an absent/unreadable entry (see decide), or refreshed my entry without holding its
+        # term (e.g. after a release): nothing proves that no other term runs, so settle first.
+        writable_from = sent_at + settings.ttl_s
+    term = Term(new.epoch, text, sent_at, sent_at + settings.ttl_s - settings.guard_s, writable_from)
     view = View(True, text, sent_at, sent_at + settings.ttl_s, max(decision.view.max_epoch, new.epoch),
                 max(decision.view.max_ttl_s, new.ttl_s))
     return term, view
@@ -352,15 +387,15 @@ class LeaderLease:
     # -- what the worker loop calls -----------------------------------------------------------
 
     def may_write(self) -> bool:
-        """True while I hold a term that has not reached its deadline (a local check, no I/O)."""
+        """True while I hold a writable term that has not reached its deadline (local, no I/O)."""
         term = self._term
-        return term is not None and self._clock() < term.deadline
+        return term is not None and term.writable(self._clock())
 
     @property
     def epoch(self) -> int | None:
         """My epoch while ``may_write()``; else None."""
         term = self._term
-        return term.epoch if term is not None and self._clock() < term.deadline else None
+        return term.epoch if term is not None and term.writable(self._clock()) else None
 
     @property
     def term(self) -> Term | None:
@@ -383,6 +418,11 @@ class LeaderLease:
         with self._lock:
             term = self._term
             self._term = None  # stop writing before the handover becomes visible
+            if term is None or not term.writable(self._clock()):
+                # Only a writable term is known to be the only one: a settling or expired term
+                # must not hand over at once (another holder may be inside its term). Its entry
+                # is waited out like any other.
+                return False
             try:
                 current = self._map.get(self.settings.key)
                 value = parse_lease(_text_of(current) or "")
@@ -419,7 +459,9 @@ class LeaderLease:
         current = self._map.get(key)
         now = self._clock()  # after the read returned: see the module docstring
         text = _text_of(current)
-        decision = decide(text, now, self._wall(), self._view, self.me, self.settings)
+        held = self._term
+        held_epoch = held.epoch if held is not None and now < held.deadline else None
+        decision = decide(text, now, self._wall(), self._view, self.me, self.settings, held_epoch)
         self._view = decision.view
         self._seen = parse_lease(text) if text is not None else None
         held = self._term
@@ -435,7 +477,7 @@ class LeaderLease:
             ok = self._map.put_if_absent(key, new, ttl=self.settings.backstop_ttl_s) is None
         else:
             ok = bool(self._map.replace_if_same(key, current, new))
-        term, self._view = after_write(decision, ok, sent_at, self.settings)
+        term, self._view = after_write(decision, ok, sent_at, self.settings, held)
         if term is None:
             if held is not None:
                 self._lose(held, f"{decision.action.value} lost the race")
@@ -447,6 +489,9 @@ class LeaderLease:
             self._acquisitions += 1
             log.info("lease acquired worker_id=%s epoch=%d how=%s reason=%s", self.me.worker_id, term.epoch,
                      decision.action.value, decision.reason)
+        elif decision.action is Action.ACQUIRE:
+            log.warning("lease entry re-created worker_id=%s epoch=%d reason=%s", self.me.worker_id, term.epoch,
+                        decision.reason)
         self._term = term
         if decision.action is not Action.ACQUIRE and self.settings.backstop_ttl_s:
             try:  # replace_if_same drops the entry's TTL (measured on 5.5): restore the backstop

@@ -10,15 +10,27 @@ lock the interrupted main thread holds); the bar in progress is finished, health
 Writes that fail (cluster away) never stop the worker: records wait in a bounded backlog
 (``retain_bars``) and are written in bar order once the cluster answers again.
 
-Seams for later work (checkpoints, leader lease): ``make_engine()`` builds the engine,
-``before_first_bar()`` runs once connected, ``may_write(tick)`` gates every write of a bar,
-``role`` goes into health, and ``after_bar(tick, record, written)`` runs after each bar.
-Subclass ``Worker`` to override them.
+Warm restart and hot standby (docs/reliability.md). Once connected (``before_first_bar``) the
+worker contends for the leader lease in the state map; every shared write (records, LATEST,
+retention, checkpoint) is gated on ``may_write`` = holding the lease; health is always written.
+Per bar, the leader writes its checkpoint first, *then* the records: the checkpoint carries the
+records not yet confirmed written, so a crash between the two writes loses nothing (whoever
+leads next writes them if absent). Before stepping a bar, a standby (and every worker at its
+first bar) adopts the leader's checkpoint when it is at least as new as its own state, so its
+histories are the leader's; it steps the bar itself and keeps its own records in the backlog
+until the leader's checkpoint covers them. On taking the lease it writes the previous leader's
+unconfirmed records and back-fills its own (``put_if_absent``: never over another writer's bar).
+A ``Worker`` driven through ``process_bar`` alone (unit tests) has no lease: a sole writer.
+
+Seams: ``make_engine()`` builds the engine, ``before_first_bar()`` runs once connected,
+``may_write(tick)`` gates every write of a bar, ``role`` goes into health, and
+``after_bar(tick, record, written)`` runs after each bar. Subclass ``Worker`` to override them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -27,17 +39,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from obf_features_worker import __version__
-from obf_features_worker.bars import BarClock, BarTick, IntervalClock, ScanClock
+from obf_features_worker import __version__, checkpoint
+from obf_features_worker.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
+from obf_features_worker.checkpoint import Checkpoint, CheckpointRejected
 from obf_features_worker.config import ConfigError, WorkerConfig, load_config
 from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.grid import Grid, GridClosed, GridError
+from obf_features_worker.grid import Grid, GridClosed, GridError, UnreadableValue
 from obf_features_worker.health import HealthStats
 from obf_features_worker.ingest import SnapshotBook
+from obf_features_worker.lease import LeaderLease
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.metrics import WorkerMetrics
 from obf_features_worker.record import dumps_record
@@ -49,6 +64,34 @@ log = logging.getLogger(__name__)
 LATEST_PLACEMENT = ("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps")
 LATEST_SIGNAL = ("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry", "withdrawal_velocity")
 _RETRY_SUBSCRIBE_S = 1.0
+
+
+# Health cold_start_reason when the checkpoint could not even be read at the first bar.
+COLD_UNAVAILABLE = "unavailable"
+
+
+@dataclass(slots=True)
+class PendingRecord:
+    """A bar record not yet known to be in the features map.
+
+    record: the record as computed here (None for one taken from another writer's checkpoint,
+    whose ``payload`` is then fixed). term: my lease epoch when I computed it (None: not leading,
+    or no lease); a record of my current term is written with ``set``, any other only if the key
+    is absent. payload / epoch: the JSON text, serialised with ``producer.epoch = epoch``.
+    """
+
+    record: dict[str, Any] | None
+    term: int | None
+    payload: str | None = None
+    epoch: int | None = None
+
+
+def _text_of(value: Any) -> str | None:
+    if value is None:
+        return None
+    to_string = getattr(value, "to_string", None)
+    text = to_string() if to_string is not None else value
+    return text if isinstance(text, str) else None
 
 
 def make_clock(config: WorkerConfig) -> BarClock:
@@ -81,40 +124,69 @@ class Worker:
                                  max_payload_bytes=config.max_payload_bytes)
         self.clock = clock if clock is not None else make_clock(config)
         self.engine = self.make_engine()
+        # Warm restart / hot standby; the lease exists once run() is connected (before_first_bar).
+        self.lease: LeaderLease | None = None
         self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self.health = HealthStats(
             worker_id=config.worker_id, host=socket.gethostname(), pid=os.getpid(), version=__version__,
             clock=config.clock, bar_seconds=config.bar_seconds, started_at=time.time(), role=self.role,
         )
-        self._backlog: deque[tuple[int, str]] = deque()
+        self._backlog: deque[tuple[int, PendingRecord]] = deque()
         self.backlog_dropped = 0
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
         self._last_written: int | None = None
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
+        self._epoch: int | None = None  # my epoch at the last lease tick
+        self._restore_pending = False  # the first bar still has to decide: warm or cold
+        self._startup_cp: Checkpoint | None = None
+        self._last_cp_text: str | None = None
+        self._cp_refusal: str | None = None
+        self._checkpoint_due = False  # the engine or the backlog changed since the last checkpoint
+        self._engine_bar_ts: float | None = None
+        self._numbering_restarted = False
+        self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
+        self.checkpoint_failures = 0
+        self.backfill_present = 0  # back-filled records whose key another writer had written
 
     # --- seams ------------------------------------------------------------------------
 
     def make_engine(self) -> FeatureEngine:
-        """The engine at start (override to restore a checkpoint)."""
+        """The engine at start: cold; a checkpoint is adopted at the first bar (``process_bar``)."""
         return FeatureEngine(self.config.params)
 
     @property
     def role(self) -> str:
         """``leader`` or ``standby`` (health); a worker without a lease always leads."""
-        return "leader"
+        return "leader" if self.lease is None or self.lease.may_write() else "standby"
 
-    def may_write(self, tick: BarTick) -> bool:
-        """Gate of every write of bar ``tick`` (override with a leader-lease check)."""
-        return True
+    def may_write(self, tick: BarTick | None) -> bool:
+        """Gate of every shared write (checked right before each one): holding the lease, or no
+        lease at all. ``tick`` is None outside a bar (idle heartbeat, shutdown)."""
+        return self.lease is None or self.lease.may_write()
+
+    def make_lease(self, min_epoch: int) -> LeaderLease:
+        """The leader lease in the state map (override to inject clocks in tests)."""
+        return LeaderLease(self.grid.lease_map(), self.config.worker_id, self.config.lease_settings(),
+                           min_epoch=min_epoch)
 
     def before_first_bar(self) -> None:
-        """Called once connected and subscribed, before the first bar (override to restore a
-        checkpoint into ``self.engine`` / ``self.book`` or to contend for the lease)."""
+        """Called once connected and subscribed, before the first bar: contend for the lease
+        (its epochs continue from the checkpoint's) and arm the warm-restart decision."""
+        cfg = self.config
+        self._startup_cp = self._peek_checkpoint()
+        min_epoch = (self._startup_cp.epoch or 0) if self._startup_cp is not None else 0
+        self.lease = self.make_lease(min_epoch)
+        self._restore_pending = True
+        log.info("contending for the leader lease worker_id=%s ttl_s=%g min_epoch=%d", cfg.worker_id,
+                 self.lease.settings.ttl_s, min_epoch)
+        if self._tick_lease():  # start the lease's clock now, not at the first bar
+            self._write_cycle(None)
+        self._catch_up_scan()
 
     def after_bar(self, tick: BarTick, record: dict[str, Any], written: bool) -> None:
-        """Called after each bar, written or not (override to checkpoint)."""
+        """Called after each bar this worker stepped, written or not (``written``: by me, now)."""
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -163,7 +235,7 @@ class Worker:
                 raise GridClosed("client", "the client shut down (connect timeout ran out?)")
             if tick is None:
                 if not self.stop_event.is_set():
-                    self._put_health()  # scan clock idle: stay visible
+                    self._idle()  # scan clock idle: keep the lease and stay visible
                 continue
             self.process_bar(tick)
 
@@ -199,12 +271,22 @@ class Worker:
         # Reactor thread: offer() validates and stores, never raises, never blocks on I/O.
         self.book.offer(key, value, received_at=received_at)
 
+    def _idle(self) -> None:
+        if self.lease is not None and self._tick_lease():
+            self._write_cycle(None)
+        self.health.role = self.role
+        self._put_health()
+
     def _shutdown(self, rc: int) -> None:
         self.health.state = "stopping"
         if self.grid.connected:
             if self._backlog:
-                self._flush()
+                self._write_cycle(None)
+            # The last health doc shows the role this worker stopped in (state "stopping").
+            self.health.role = self.role
             self._put_health()
+            if self.lease is not None:
+                self.lease.release()  # after the last write: a standby takes over at its next tick
         self.grid.shutdown()
         if self.metrics is not None:
             self.metrics.stop()
@@ -214,11 +296,21 @@ class Worker:
 
     # --- one bar ----------------------------------------------------------------------
 
-    def process_bar(self, tick: BarTick) -> dict[str, Any]:
-        """Close bar ``tick``: refresh stale assets, compute, write (if allowed), update health."""
+    def process_bar(self, tick: BarTick) -> dict[str, Any] | None:
+        """Close bar ``tick``: adopt the leader's checkpoint (standby / first bar), refresh stale
+        assets, compute, write (if allowed), tick the lease, update health. Returns the record,
+        or None when the bar was already covered by an adopted checkpoint."""
         cfg = self.config
         if tick.new_epoch:
             self._restart_bar_numbering(tick)
+        if self.lease is not None and (self._restore_pending or not self.may_write(tick)):
+            self._adopt_checkpoint(tick)
+        last = self.engine.last_bar_idx
+        if last is not None and tick.bar_idx <= last:
+            # The checkpoint's writer already stepped this bar; its record is the leader's.
+            log.debug("bar already covered by the adopted checkpoint bar_idx=%d checkpoint_bar=%d", tick.bar_idx, last)
+            self._finish_bar(tick, None, self._write_cycle(tick), 0.0, {}, [], set())
+            return None
         self._reread_stale(tick.bar_ts)
         latest = self.book.latest()
         present = {s: snap for s, snap in latest.items() if tick.bar_ts - snap.ts <= cfg.max_age_s}
@@ -229,40 +321,51 @@ class Worker:
         record: dict[str, Any] = self.engine.step(tick.bar_idx, tick.bar_ts, present)  # type: ignore[assignment]
         compute_ms = (time.perf_counter() - c0) * 1000.0
         record["producer"] = {"worker_id": cfg.worker_id, "computed_at": time.time(),
-                              "stale_assets": stale, "degraded": bool(self.engine.degraded)}
+                              "stale_assets": stale, "degraded": bool(self.engine.degraded), "epoch": None}
+        self._engine_bar_ts = tick.bar_ts
+        self._enqueue(tick.bar_idx, PendingRecord(record, self._epoch_now()))
+        self._checkpoint_due = True
+        self.health.compute_ms.add(compute_ms)
+        written = self._write_cycle(tick)
+        self._finish_bar(tick, record, written, compute_ms, present, stale, known)
+        return record
 
-        written = False
-        if self.may_write(tick):
-            self._enqueue(tick.bar_idx, dumps_record(record).decode())
-            written = self._flush() == tick.bar_idx
-            if written:
-                done = time.time()
-                self.health.bar_to_write_ms.add((done - tick.triggered_at) * 1000.0)
-                event_to_write = [done - at for at in map(self.book.last_received_at, present) if at is not None]
-                for latency in event_to_write:
-                    self.health.event_to_write_ms.add(latency * 1000.0)
-                if self.metrics is not None:
-                    self.metrics.observe_bar(
-                        compute_seconds=compute_ms / 1000.0, event_to_write_seconds=event_to_write,
-                        bar_to_write_seconds=done - tick.triggered_at, degraded=bool(self.engine.degraded),
-                        bar_idx=tick.bar_idx, bar_ts=tick.bar_ts)
-                if cfg.write_latest:
-                    self._put_latest(record)
+    def _finish_bar(self, tick: BarTick, record: dict[str, Any] | None, written: list[int], compute_ms: float,
+                    present: dict[str, Snapshot], stale: list[str], known: set[str]) -> None:
+        """After the bar's first write attempt: tick the lease (a new leader writes at once),
+        latency metrics and LATEST for the bar if its record was written, health, after_bar."""
+        if self.lease is not None and self._tick_lease():
+            written = written + self._write_cycle(tick)
+        done = time.time()
+        mine = record is not None and tick.bar_idx in written
+        if mine:
+            assert record is not None
+            self.health.bar_to_write_ms.add((done - tick.triggered_at) * 1000.0)
+            event_to_write = [done - at for at in map(self.book.last_received_at, present) if at is not None]
+            for latency in event_to_write:
+                self.health.event_to_write_ms.add(latency * 1000.0)
+            if self.metrics is not None:
+                self.metrics.observe_bar(
+                    compute_seconds=compute_ms / 1000.0, event_to_write_seconds=event_to_write,
+                    bar_to_write_seconds=done - tick.triggered_at, degraded=bool(self.engine.degraded),
+                    bar_idx=tick.bar_idx, bar_ts=tick.bar_ts)
+            if self.config.write_latest and self.may_write(tick):
+                self._put_latest(record)
 
         h = self.health
-        h.compute_ms.add(compute_ms)
         h.role = self.role
         h.state = "degraded" if self.engine.degraded else "running"
         h.last_bar_idx = tick.bar_idx
         h.last_bar_ts = tick.bar_ts
-        h.n_assets = len(known)
-        h.n_present = len(present)
-        h.stale_assets = stale
+        if record is not None:
+            h.n_assets = len(known)
+            h.n_present = len(present)
+            h.stale_assets = stale
         self._put_health()
-        log.debug("bar closed bar_idx=%d n_present=%d stale=%d compute_ms=%.3f written=%s", tick.bar_idx,
-                  len(present), len(stale), compute_ms, written)
-        self.after_bar(tick, record, written)
-        return record
+        log.debug("bar closed bar_idx=%d n_present=%d stale=%d compute_ms=%.3f written=%s role=%s", tick.bar_idx,
+                  len(present), len(stale), compute_ms, mine, h.role)
+        if record is not None:
+            self.after_bar(tick, record, mine)
 
     def _restart_bar_numbering(self, tick: BarTick) -> None:
         # The scan count restarted at UTC midnight: bar_idx goes back to 0 while the feature
@@ -270,6 +373,7 @@ class Worker:
         state = self.engine.export_state()
         state["last_bar_idx"] = None
         self.engine = FeatureEngine.from_state(state, self.config.params)
+        self._numbering_restarted = True  # the next retention removes every key above the new bar
         log.info("bar numbering restarted bar_idx=%d", tick.bar_idx)
 
     def _reread_stale(self, bar_ts: float) -> None:
@@ -301,6 +405,15 @@ class Worker:
         now = time.time()
         refreshed = []
         for key, value in entries.items():
+            if isinstance(value, UnreadableValue):
+                # The client drops the entry events of such values, so this read is the only
+                # place it is seen: counted once (bad_json) like an event, never fatal.
+                if key not in self._unreadable:
+                    self._unreadable.add(key)
+                    self.book.offer(key, value, received_at=now)
+                self._warn("unreadable", "unreadable input value key=%s detail=%s", key, value.detail)
+                continue
+            self._unreadable.discard(key)
             try:
                 snap = parse_snapshot(key, value, now=now, max_future_skew_s=cfg.max_future_skew_s,
                                       max_payload_bytes=cfg.max_payload_bytes)
@@ -317,22 +430,94 @@ class Worker:
 
     # --- writes -----------------------------------------------------------------------
 
-    def _enqueue(self, bar_idx: int, payload: str) -> None:
+    def _epoch_now(self) -> int | None:
+        return self.lease.epoch if self.lease is not None else None
+
+    def _enqueue(self, bar_idx: int, entry: PendingRecord) -> None:
         if len(self._backlog) >= self.config.retain_bars:
             dropped_idx, _ = self._backlog.popleft()
             self.backlog_dropped += 1
-            self._warn("backlog", "write backlog full, dropping oldest bar_idx=%d dropped_total=%d",
-                       dropped_idx, self.backlog_dropped)
-        self._backlog.append((bar_idx, payload))
+            if self.may_write(None):  # a standby's backlog overflowing is routine, not news
+                self._warn("backlog", "write backlog full, dropping oldest bar_idx=%d dropped_total=%d",
+                           dropped_idx, self.backlog_dropped)
+        if self._backlog and self._backlog[-1][0] >= bar_idx:
+            # Out of order (a record from another writer's checkpoint): keep the backlog sorted,
+            # one entry per bar, the newer entry winning.
+            entries = {b: e for b, e in self._backlog}
+            entries[bar_idx] = entry
+            self._backlog = deque(sorted(entries.items()))
+        else:
+            self._backlog.append((bar_idx, entry))
 
-    def _flush(self) -> int | None:
-        """Write the backlog oldest first, one call per bar; returns the newest bar written now."""
-        newest: int | None = None
+    def _payload(self, entry: PendingRecord, epoch: int | None) -> str:
+        if entry.record is None:
+            assert entry.payload is not None
+            return entry.payload
+        if entry.payload is None or entry.epoch != epoch:
+            entry.record["producer"]["epoch"] = epoch
+            entry.payload = dumps_record(entry.record).decode()
+            entry.epoch = epoch
+        return entry.payload
+
+    def _write_cycle(self, tick: BarTick | None) -> list[int]:
+        """As leader: the checkpoint (when due), then the backlog oldest first, then retention.
+        Returns the bars written now. With a lease, records are only written after the
+        checkpoint that carries them, so a crash in between loses none."""
+        if self.lease is not None:
+            self._sync_term()
+        if not (self._backlog or self._checkpoint_due) or not self.may_write(tick):
+            return []
+        epoch = self._epoch_now()
+        if self.lease is not None and self._checkpoint_due and self.engine.last_bar_idx is not None:
+            self._write_checkpoint(epoch)
+        written = self._flush(tick, epoch)
+        if written:
+            self._retain(max(written))
+        return written
+
+    def _write_checkpoint(self, epoch: int | None) -> bool:
+        cfg = self.config
+        try:
+            records = {b: self._payload(e, epoch) for b, e in self._backlog}
+            cp = checkpoint.capture(self.engine, seqs=self.book.export_seqs(), bar_ts=self._engine_bar_ts or 0.0,
+                                    worker_id=cfg.worker_id, written_at=time.time(), epoch=epoch, records=records)
+            text = checkpoint.encode(cp).decode()
+        except ValueError as exc:  # a bug, not an outage: the records still go out
+            self.checkpoint_failures += 1
+            self._warn("checkpoint-build", "checkpoint not built error=%s", exc, level=logging.ERROR)
+            return False
+        if not self.may_write(None):
+            return False
+        try:
+            self.grid.put_checkpoint(text)
+        except GridError as exc:
+            # Records are written anyway: the features come first. A restart before the next
+            # successful checkpoint continues from an older one (docs/reliability.md).
+            self.checkpoint_failures += 1
+            self._warn("checkpoint", "checkpoint write failed failures=%d error=%s", self.checkpoint_failures, exc)
+            return False
+        self._checkpoint_due = False
+        self._last_cp_text = text
+        return True
+
+    def _flush(self, tick: BarTick | None = None, epoch: int | None = None) -> list[int]:
+        """Write the backlog oldest first, one call per bar, each gated on ``may_write``; returns
+        the bars written now. My current term's records are ``set``; others (computed as standby,
+        in an earlier term, or another writer's) are written only if the key is absent."""
+        written: list[int] = []
         flushed = 0
         while self._backlog:
-            bar_idx, payload = self._backlog[0]
+            if not self.may_write(tick):
+                break
+            bar_idx, entry = self._backlog[0]
+            payload = self._payload(entry, epoch)
+            overwrite = self.lease is None or (entry.term is not None and entry.term == epoch)
             try:
-                self.grid.write_bar(bar_idx, payload)
+                if overwrite:
+                    self.grid.write_bar(bar_idx, payload)
+                    ok = True
+                else:
+                    ok = self.grid.put_bar_if_absent(bar_idx, payload)
             except GridError as exc:
                 self.health.write_failures += 1
                 if not self._write_outage:
@@ -345,24 +530,165 @@ class Worker:
                                len(self._backlog), self.health.write_failures, exc)
                 break
             self._backlog.popleft()
-            self.health.bars_written += 1
-            self._last_written = newest = bar_idx
             flushed += 1
-        if newest is not None:
-            if self._write_outage and not self._backlog:
-                self._write_outage = False
-                log.warning("bar writes resumed flushed=%d last_bar_idx=%d write_failures=%d", flushed, newest,
-                            self.health.write_failures)
-            self._retain(newest)
-        return newest
+            if ok:
+                self.health.bars_written += 1
+                self._last_written = bar_idx
+                written.append(bar_idx)
+            else:
+                self.backfill_present += 1
+                log.debug("back-fill skipped, bar already written bar_idx=%d", bar_idx)
+        if flushed and self._write_outage and not self._backlog:
+            self._write_outage = False
+            log.warning("bar writes resumed flushed=%d last_bar_idx=%s write_failures=%d", flushed,
+                        written[-1] if written else None, self.health.write_failures)
+        return written
 
     def _retain(self, newest: int) -> None:
-        # Keys above the newest bar can only be left from another numbering (a scan count that
-        # restarted at midnight, an earlier run with another clock); a reader must not see them.
+        # Below: older than retain_bars. Above: keys left from another numbering (a scan count
+        # that restarted at midnight, an earlier run with another clock) must not look newest to
+        # a reader. With a lease, keys up to a margin above the newest bar are kept: they may be
+        # a previous leader's newest bars (its clock ahead of mine), docs/reliability.md.
+        margin = 0 if self.lease is None or self._numbering_restarted else self._future_margin_bars()
         try:
-            self.grid.remove_bars_outside(newest - self.config.retain_bars, newest)
+            self.grid.remove_bars_outside(newest - self.config.retain_bars, newest + margin)
+            self._numbering_restarted = False
         except GridError as exc:
             self._warn("retention", "retention failed error=%s", exc)
+
+    def _future_margin_bars(self) -> int:
+        """Bars above my newest that retention never removes while a lease is in use: another
+        host's interval clock may run ahead of mine by up to ``max_future_skew_s``."""
+        cfg = self.config
+        return math.ceil(cfg.max_future_skew_s / cfg.bar_seconds) + 1
+
+    # --- lease and checkpoints ------------------------------------------------------------
+
+    def _tick_lease(self) -> bool:
+        """Tick the lease (never raises); True if a new term of mine began."""
+        assert self.lease is not None
+        self.lease.tick()
+        return self._sync_term()
+
+    def _sync_term(self) -> bool:
+        """Follow the lease's writable epoch; True if a new term of mine began. A term can become
+        writable between ticks (a settling term, see lease.decide), so every write cycle checks."""
+        assert self.lease is not None
+        status = self.lease.status()
+        prev, self._epoch = self._epoch, status.epoch
+        self.health.epoch = status.epoch
+        if prev is not None and status.epoch != prev:
+            # The backlog is kept: its records now go out only where no other writer put a bar.
+            log.info("standby now worker_id=%s lost_epoch=%d holder=%s backlog_kept=%d", self.config.worker_id,
+                     prev, status.holder, len(self._backlog))
+        if status.epoch is not None and status.epoch != prev:
+            self._on_acquired(status.epoch)
+            return True
+        return False
+
+    def _on_acquired(self, epoch: int) -> None:
+        """A new term: the last leader's checkpoint may hold records it never confirmed written
+        (it died between its checkpoint and its records); they join the backlog, written if absent."""
+        self._checkpoint_due = True
+        try:
+            raw = self.grid.get_checkpoint()
+        except GridError as exc:
+            log.warning("leader: previous checkpoint unreadable error=%s", exc)
+            return
+        if raw is None:
+            log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self._backlog))
+            return
+        try:
+            cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=None, max_age_bars=0)
+        except CheckpointRejected as exc:
+            log.warning("leader epoch=%d: previous checkpoint not used reason=%s detail=%s", epoch, exc.reason,
+                        exc.detail)
+            return
+        mine = {b for b, _ in self._backlog}
+        adopted = 0
+        for bar_idx, text in sorted(cp.records.items()):
+            # Prefer the previous writer's record: my state continues from its checkpoint.
+            self._enqueue(bar_idx, PendingRecord(None, None, payload=text))
+            adopted += 1
+        log.info("leader epoch=%d: previous checkpoint bar=%d writer=%s epoch=%s unconfirmed_records=%d "
+                 "back-fill=%d", epoch, cp.bar_idx, cp.worker_id, cp.epoch, adopted,
+                 len(mine - set(cp.records)))
+
+    def _peek_checkpoint(self) -> Checkpoint | None:
+        """Any valid checkpoint of my parameters, whatever its age (its epoch seeds the lease)."""
+        try:
+            raw = self.grid.get_checkpoint()
+            return None if raw is None else checkpoint.decode(raw, params=self.config.params, now_bar_idx=None,
+                                                              max_age_bars=0)
+        except (GridError, CheckpointRejected):
+            return None
+
+    def _catch_up_scan(self) -> None:
+        """Scan clock with a field: if the previous process checkpointed the bar before the
+        current scan but not the current scan (it died while closing it), close it now."""
+        cfg = self.config
+        cp = self._startup_cp
+        if not isinstance(self.clock, ScanClock) or cfg.scan_field is None or cp is None:
+            return
+        try:
+            value = self.grid.get_scan_value()
+            idx = scan_bar_idx(value, cfg.scan_field) if value is not None else None
+        except (GridError, ScanRejected):
+            return
+        if idx is not None and cp.bar_idx < idx <= cp.bar_idx + cfg.checkpoint_max_age_bars:
+            log.info("closing the current scan the previous process did not checkpoint bar_idx=%d checkpoint_bar=%d",
+                     idx, cp.bar_idx)
+            self.clock.trigger(value)
+
+    def _adopt_checkpoint(self, tick: BarTick) -> None:
+        """Before stepping ``tick``: continue from the checkpoint in the state map if it is at
+        least as new as my state and recent. At the first bar this is the warm-restart decision."""
+        cfg = self.config
+        first = self._restore_pending
+        self._restore_pending = False
+        try:
+            raw = self.grid.get_checkpoint()
+        except GridError as exc:
+            if first:
+                self._start_cold(COLD_UNAVAILABLE, str(exc))
+            return
+        text = _text_of(raw)
+        if not first and text is not None and text == self._last_cp_text:
+            return  # unchanged since the last look
+        self._last_cp_text = text
+        try:
+            cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=tick.bar_idx,
+                                   max_age_bars=cfg.checkpoint_max_age_bars)
+        except CheckpointRejected as exc:
+            if first:
+                self._start_cold(exc.reason, exc.detail)
+            elif exc.reason != self._cp_refusal:
+                log.info("standby: leader checkpoint not adopted reason=%s detail=%s", exc.reason, exc.detail)
+            self._cp_refusal = exc.reason
+            return
+        self._cp_refusal = None
+        own = self.engine.last_bar_idx
+        if own is not None and cp.bar_idx < own:
+            return  # my own state is newer (the leader is behind or gone)
+        self.engine = cp.restore_engine()
+        self._engine_bar_ts = cp.bar_ts
+        # My records of bars up to the checkpoint's are the leader's to write (or already written);
+        # records taken from a checkpoint at a takeover stay until written.
+        if self._backlog and self._backlog[0][0] <= cp.bar_idx:
+            self._backlog = deque((b, e) for b, e in self._backlog if b > cp.bar_idx or e.record is None)
+        if first:
+            self.book.import_seqs(cp.seqs)
+            self.health.restored_from_bar = cp.bar_idx
+            self.health.cold_start_reason = None
+            log.info("warm restart from_bar=%d writer=%s epoch=%s next_bar=%d", cp.bar_idx, cp.worker_id, cp.epoch,
+                     tick.bar_idx)
+        else:
+            log.debug("standby adopted checkpoint bar=%d writer=%s epoch=%s", cp.bar_idx, cp.worker_id, cp.epoch)
+
+    def _start_cold(self, reason: str, detail: str) -> None:
+        self.health.cold_start_reason = reason
+        self.health.restored_from_bar = None
+        log.warning("starting cold reason=%s detail=%s", reason, detail[:300])
 
     def _put_latest(self, record: dict[str, Any]) -> None:
         entries = {s: orjson.dumps(latest_entry(s, record)).decode() for s in record["assets"]}

@@ -25,7 +25,8 @@ from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess,
 HEALTH_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
-    "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures",
+    "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
+    "restored_from_bar",
 }
 LATEST_KEYS = {
     "symbol", "bar_idx", "bar_ts", "age_ms", "seq", "depth_1pct_usd", "depth_quality", "fill_probability",
@@ -218,8 +219,11 @@ def test_worker_survives_a_member_restart(private_cluster: HzCluster, map_suffix
 
             def recovered() -> dict[str, Any] | None:
                 h = health(client, map_suffix, worker_id)
+                # role: an outage longer than the lease's term makes the worker wait out the lost
+                # lease entry (lease ttl) before it leads and back-fills again.
                 ok = (h is not None and h["last_bar_idx"] > before["last_bar_idx"] + 1
-                      and h["n_present"] == len(DEFAULT_SYMBOLS) and h["state"] == "running")
+                      and h["n_present"] == len(DEFAULT_SYMBOLS) and h["state"] == "running"
+                      and h["role"] == "leader")
                 return h if ok else None
 
             h1 = wait_for(recovered, 90, "bars with every asset present after the restart")

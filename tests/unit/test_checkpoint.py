@@ -337,3 +337,35 @@ BODY_PATHS = _paths(orjson.loads(VALID)["body"])
 @given(st.sampled_from(BODY_PATHS), json_value)
 def test_fuzz_rehashed_structural_mutations_never_crash(path: tuple, value: Any) -> None:
     decode_or_refuse(rehashed(_set(path, value)))
+
+
+# -- unconfirmed records (written before the records, so a successor can write them) -------------
+
+def test_unconfirmed_records_round_trip_and_are_optional() -> None:
+    engine = FeatureEngine()
+    record = engine.step(BAR_IDX, BAR_TS, {})
+    text = dumps_record(record).decode()
+    data = checkpoint.encode(checkpoint.capture(engine, seqs={}, bar_ts=BAR_TS, worker_id="w", written_at=BAR_TS,
+                                                records={BAR_IDX: text}))
+    cp = checkpoint.decode(data, params=FeatureParams(), now_bar_idx=BAR_IDX, max_age_bars=0)
+    assert cp.records == {BAR_IDX: text}
+    # Without records the body has no "records" field at all: the format of earlier checkpoints.
+    assert "records" not in orjson.loads(VALID)["body"]
+    assert checkpoint.decode(VALID, params=FeatureParams(), now_bar_idx=BAR_IDX, max_age_bars=0).records == {}
+    # None skips only the age checks.
+    assert checkpoint.decode(VALID, params=FeatureParams(), now_bar_idx=None, max_age_bars=0).bar_idx == BAR_IDX
+    assert reason_of(valid_bytes(FeatureParams(imbalance_lookback=20)), now=None) == "params"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("records", [
+    [], {"12x": "{}"}, {"-1": "{}"}, {"\u0661\u0662": "{}"}, {"99999999999999999999": "{}"},
+    {str(BAR_IDX): 7}, {str(BAR_IDX): "{not json"}, {str(BAR_IDX): "[]"}, {str(BAR_IDX): '{"bar_idx": 1}'},
+])
+def test_malformed_unconfirmed_records_are_corrupt(records: Any) -> None:
+    assert reason_of(rehashed(_set(("records",), records))) == "corrupt"
+    engine = FeatureEngine()
+    engine.step(BAR_IDX, BAR_TS, {})
+    if type(records) is dict and all(type(k) is str and k.isascii() and k.isdigit() for k in records):
+        with pytest.raises(ValueError):
+            checkpoint.capture(engine, seqs={}, bar_ts=BAR_TS, worker_id="w", written_at=BAR_TS,
+                               records={int(k): v for k, v in records.items()})

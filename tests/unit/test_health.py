@@ -11,7 +11,8 @@ from obf_features_worker.health import HealthStats, LatencyWindow, percentile
 DOC_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
-    "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures",
+    "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
+    "restored_from_bar",
 }
 
 
@@ -59,6 +60,7 @@ def test_document_shape_and_events():
     assert doc["compute_ms"] == {"p50": 3.0, "p99": 3.0}
     assert doc["bar_to_write_ms"] == {"p50": None, "p99": None}
     assert doc["last_bar_idx"] is None and doc["write_failures"] == 0
+    assert doc["epoch"] is None and doc["cold_start_reason"] is None and doc["restored_from_bar"] is None
 
 
 def test_document_refuses_unknown_state():

@@ -1,0 +1,420 @@
+"""Warm restart and hot standby in the worker's bar logic, in-process over an in-memory grid:
+a crash at every point of the leader's bar (before its checkpoint, between checkpoint and record,
+after the record), takeover by a standby, back-fill without double writes, cold-start reasons,
+retention with a lease, and unreadable input values.
+
+Several ``Worker`` objects share one ``FakeCluster`` (the features map, the state map with the
+lease entry from ``tests.unit.test_lease.FakeMap`` and the checkpoint) and one fake monotonic
+clock; a "SIGKILL" is an exception raised inside a chosen grid call, after which that worker is
+never called again. Expected records come from a fresh ``FeatureEngine`` stepping every bar over
+the same snapshots, compared byte for byte (the ``producer`` block aside).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from hazelcast.core import HazelcastJsonValue
+
+from obf_features_worker import checkpoint
+from obf_features_worker.bars import BarTick
+from obf_features_worker.config import WorkerConfig
+from obf_features_worker.engine import FeatureEngine
+from obf_features_worker.grid import GridError, UnreadableValue
+from obf_features_worker.lease import LeaderLease
+from obf_features_worker.params import FeatureParams
+from obf_features_worker.record import dumps_record
+from obf_features_worker.snapshot import Snapshot, parse_snapshot, payload_json
+from obf_features_worker.worker import Worker
+from tests.unit.test_lease import FakeClock, FakeMap
+
+BAR_S = 1.0
+B0 = int(time.time()) - 10_000  # bar indices in the past: snapshot timestamps pass the future check
+SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: raised inside a grid call, it unwinds the worker mid-bar."""
+
+
+class FakeCluster:
+    """The shared grid state; ``writes`` counts successful writes per bar key."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.features: dict[int, str] = {}
+        self.writes: Counter[int] = Counter()
+        self.checkpoint: Any = None
+        self.lease = FakeMap(clock)
+        self.scan_value: Any = None
+        self.retention: list[tuple[int, int]] = []
+
+
+class FakeGrid:
+    """One worker's connection. ``kill_at=(op, bar_idx)`` raises Killed in that call;
+    ``offline`` makes every call fail like a lost connection."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.c = cluster
+        self.kill_at: tuple[str, int | None] | None = None
+        self.offline = False
+        self.connected = True
+        self.closed = False
+        self.listener_errors = 0
+        self.inputs: dict[str, Any] = {}
+        self.latest: dict[str, Any] = {}
+        self.health: list[dict[str, Any]] = []
+        self._bar: int | None = None
+
+    def _op(self, name: str, bar: int | None = None) -> None:
+        if self.kill_at is not None and self.kill_at[0] == name and self.kill_at[1] in (None, bar):
+            raise Killed(name)
+        if self.offline:
+            raise GridError(name, "ClientOfflineError: No connection found to cluster")
+
+    def get_assets(self, keys):
+        self._op("get_assets")
+        return {k: self.inputs[k] for k in keys if k in self.inputs}
+
+    def write_bar(self, bar_idx: int, payload: str) -> None:
+        self._op("write_bar", bar_idx)
+        self.c.features[bar_idx] = payload
+        self.c.writes[bar_idx] += 1
+
+    def put_bar_if_absent(self, bar_idx: int, payload: str) -> bool:
+        self._op("write_bar", bar_idx)
+        if bar_idx in self.c.features:
+            return False
+        self.c.features[bar_idx] = payload
+        self.c.writes[bar_idx] += 1
+        return True
+
+    def remove_bars_outside(self, low: int, high: int) -> None:
+        self._op("retention")
+        self.c.retention.append((low, high))
+        self.c.features = {k: v for k, v in self.c.features.items() if low < k <= high}
+
+    def put_latest(self, entries) -> None:
+        self._op("put_latest", json.loads(next(iter(entries.values())))["bar_idx"] if entries else None)
+        self.latest.update(entries)
+
+    def put_health(self, doc: str) -> None:
+        self.health.append(json.loads(doc))
+
+    def get_checkpoint(self) -> Any:
+        self._op("get_checkpoint")
+        return self.c.checkpoint
+
+    def put_checkpoint(self, text: str) -> None:
+        bar = json.loads(text)["body"]["bar_idx"]
+        self._op("put_checkpoint", bar)
+        self.c.checkpoint = HazelcastJsonValue(text)
+
+    def lease_map(self) -> Any:
+        grid = self
+
+        class Guarded:  # the lease's map calls fail while this worker is offline
+            def __getattr__(self, name: str) -> Any:
+                fn = getattr(grid.c.lease, name)
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    grid._op("lease")
+                    return fn(*args, **kwargs)
+                return call
+
+        return Guarded()
+
+    def get_scan_value(self) -> Any:
+        return self.c.scan_value
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+class ClockedWorker(Worker):
+    """A worker whose lease runs on the test's fake clock."""
+
+    def __init__(self, config: WorkerConfig, grid: FakeGrid, clock: FakeClock) -> None:
+        self._fake_clock = clock
+        super().__init__(config, grid=grid)  # type: ignore[arg-type]
+
+    def make_lease(self, min_epoch: int) -> LeaderLease:
+        return LeaderLease(self.grid.lease_map(), self.config.worker_id, self.config.lease_settings(),
+                           min_epoch=min_epoch, clock=self._fake_clock.mono, wall=self._fake_clock.wall)
+
+
+def feed(n_bars: int, seed: int = 3) -> list[dict[str, str]]:
+    """Per bar, the payload of each asset published before its close: CCC joins at bar 4, BBB
+    skips some bars (so it is absent: max age is below one bar), random levels."""
+    rng = random.Random(seed)
+    bars = []
+    seqs = dict.fromkeys(SYMBOLS, 0)
+    for i in range(n_bars):
+        out = {}
+        for k, sym in enumerate(SYMBOLS):
+            if (sym == "CCCUSDT" and i < 4) or (sym == "BBBUSDT" and i % 5 == 3):
+                continue
+            seqs[sym] += 1
+            n = 2 + k
+            bid = [rng.uniform(1e3, 1e6) for _ in range(n)]
+            ask = [rng.uniform(1e3, 1e6) for _ in range(n)]
+            out[f"asset_{sym}_ob"] = payload_json(B0 + i - 0.3, bid, ask, seq=seqs[sym])
+        bars.append(out)
+    return bars
+
+
+FEED = feed(40)
+
+
+def config(worker_id: str, **kw: Any) -> WorkerConfig:
+    return WorkerConfig(worker_id=worker_id, bar_seconds=BAR_S, max_age_s=0.5, retain_bars=100, **kw)
+
+
+def tick(i: int) -> BarTick:
+    return BarTick(B0 + i, float(B0 + i), float(B0 + i))
+
+
+def offer(w: Worker, i: int) -> None:
+    for key, value in FEED[i].items():
+        w.book.offer(key, value)
+
+
+def reference(bars: dict[int, float]) -> dict[int, bytes]:
+    """What one uninterrupted engine writes for ``bars`` (bar_idx -> bar_ts), producer aside."""
+    engine = FeatureEngine(FeatureParams())
+    latest: dict[str, Snapshot] = {}
+    out = {}
+    for i in range(len(FEED)):
+        for key, value in FEED[i].items():
+            snap = parse_snapshot(key, value, now=float("inf"))
+            latest[snap.symbol] = snap
+        bar_idx = B0 + i
+        if bar_idx in bars:
+            present = {s: sn for s, sn in latest.items() if bars[bar_idx] - sn.ts <= 0.5}
+            out[bar_idx] = dumps_record(engine.step(bar_idx, bars[bar_idx], present))
+    return out
+
+
+def without_producer(text: str) -> tuple[bytes, dict[str, Any]]:
+    rec = orjson.loads(text)
+    producer = rec.pop("producer")
+    return dumps_record(rec), producer
+
+
+def check_records(cluster: FakeCluster, first: int, last: int) -> dict[int, dict[str, Any]]:
+    """Every bar first..last is in the map once, and equal to the uninterrupted engine's."""
+    keys = sorted(cluster.features)
+    assert keys == list(range(B0 + first, B0 + last + 1)), [k - B0 for k in keys]
+    assert all(n == 1 for n in cluster.writes.values()), {k - B0: n for k, n in cluster.writes.items() if n > 1}
+    bar_ts = {k: orjson.loads(v)["bar_ts"] for k, v in cluster.features.items()}
+    expected = reference(bar_ts)
+    producers = {}
+    for k in keys:
+        got, producers[k] = without_producer(cluster.features[k])
+        assert got == expected[k], f"bar {k - B0} differs from the uninterrupted run"
+    return producers
+
+
+def start(cluster: FakeCluster, fake_clock: FakeClock, worker_id: str, **kw: Any) -> tuple[ClockedWorker, FakeGrid]:
+    grid = FakeGrid(cluster)
+    w = ClockedWorker(config(worker_id, **kw), grid, fake_clock)
+    w.before_first_bar()
+    return w, grid
+
+
+def run_bar(workers: list[Worker], clock: FakeClock, i: int) -> None:
+    for w in workers:
+        offer(w, i)
+        w.process_bar(tick(i))
+    clock.t += BAR_S
+
+
+def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record() -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, g1 = start(cluster, clock, "w1")
+    w2, _ = start(cluster, clock, "w2")
+    for i in range(10):
+        if i in (5, 7):  # the standby misses these bars' events: its own state would differ
+            offer(w1, i)
+            w2.book.offer("asset_AAAUSDT_ob", FEED[i]["asset_AAAUSDT_ob"])
+            w1.process_bar(tick(i))
+            w2.process_bar(tick(i))
+            clock.t += BAR_S
+        else:
+            run_bar([w1, w2], clock, i)
+    assert w1.role == "leader" and w2.role == "standby"
+    # Before its lease, w1 kept its bars; on acquiring it back-filled them: nothing is missing.
+    assert sorted(cluster.features) == [B0 + i for i in range(10)]
+    g1.kill_at = ("write_bar", B0 + 10)  # checkpoint of bar 10 written, its record not
+    offer(w2, 10)
+    with pytest.raises(Killed):
+        offer(w1, 10)
+        w1.process_bar(tick(10))
+    w2.process_bar(tick(10))
+    clock.t += BAR_S
+    assert B0 + 10 not in cluster.features
+    assert orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] == B0 + 10
+    taken_at = None
+    for i in range(11, 25):
+        run_bar([w2], clock, i)
+        if taken_at is None and w2.role == "leader":
+            taken_at = i
+    # lease ttl 3 s = 3 bars after w1's last refresh (bar 10, before its death) + one bar
+    assert taken_at is not None and taken_at <= 10 + 3 + 1
+    producers = check_records(cluster, 0, 24)
+    # Bar 10 is w1's record, written by w2 from w1's checkpoint; w2's own bars carry epoch 2.
+    assert producers[B0 + 10]["worker_id"] == "w1" and producers[B0 + 10]["epoch"] == 1
+    assert {producers[B0 + i]["worker_id"] for i in range(11, 25)} == {"w2"}
+    assert {producers[B0 + i]["epoch"] for i in range(11, 25)} == {2}
+    assert w2.health.document(0.0, {}, 0)["epoch"] == 2
+
+
+@pytest.mark.parametrize("kill_at", ["put_checkpoint", "write_bar", "put_latest", "before_bar"])
+def test_warm_restart_is_bit_identical_whatever_the_crash_point(kill_at: str) -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    kw = {"clock": "scan", "scan_field": "n"}
+    w1, g1 = start(cluster, clock, "w1", **kw)
+    for i in range(12):
+        cluster.scan_value = json.dumps({"n": B0 + i})
+        run_bar([w1], clock, i)
+    cluster.scan_value = json.dumps({"n": B0 + 12})
+    g1.kill_at = (kill_at, B0 + 12) if kill_at != "before_bar" else None
+    offer(w1, 12)
+    if kill_at != "before_bar":  # else: killed after the scan of bar 12 was published, before it closed
+        with pytest.raises(Killed):
+            w1.process_bar(tick(12))
+    clock.t += BAR_S
+    # The new process: same snapshots still in the input map, the scan key still at bar 12.
+    w2, _ = start(cluster, clock, "w1", **kw)
+    offer(w2, 12)
+    caught_up = w2.clock.poll()  # type: ignore[union-attr]
+    if kill_at in ("put_checkpoint", "before_bar"):
+        # Checkpoint of bar 11 only: the scan the previous process did not finish is closed again.
+        assert caught_up is not None and caught_up.bar_idx == B0 + 12
+        w2.process_bar(tick(12))  # bar_ts of a scan is its receipt time: here the test's own
+        clock.t += BAR_S
+    else:
+        assert caught_up is None
+    for i in range(13, 22):
+        cluster.scan_value = json.dumps({"n": B0 + i})
+        run_bar([w2], clock, i)
+    assert w2.health.restored_from_bar == B0 + 11 + (kill_at in ("write_bar", "put_latest"))
+    assert w2.health.cold_start_reason is None and w2.role == "leader"
+    check_records(cluster, 0, 21)
+
+
+def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars() -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, g1 = start(cluster, clock, "w1")
+    w2, g2 = start(cluster, clock, "w2")
+    for i in range(6):
+        run_bar([w1, w2], clock, i)
+    assert w1.role == "leader"
+    g1.offline = True  # w1 partitioned: writes fail into its backlog, its lease runs out
+    for i in range(6, 16):
+        run_bar([w1, w2], clock, i)
+    assert w2.role == "leader" and w1.role == "standby"
+    assert [b - B0 for b, _ in w1._backlog] == list(range(6, 16))
+    # w2 dies at bar 16 before its checkpoint, and the checkpoint it left is then damaged: w1
+    # cannot tell from it which bars w2 wrote, and keeps its whole backlog.
+    g2.kill_at = ("put_checkpoint", B0 + 16)
+    offer(w2, 16)
+    with pytest.raises(Killed):
+        w2.process_bar(tick(16))
+    cluster.checkpoint = HazelcastJsonValue('{"damaged": true}')
+    g1.offline = False
+    for i in range(16, 26):
+        run_bar([w1], clock, i)
+    assert w1.role == "leader"
+    # Its old bars went out only where the key was absent: w2's ten bars were left alone.
+    assert w1.backfill_present == 10
+    producers = check_records(cluster, 0, 25)  # each key written once, all equal to the engine's
+    assert [producers[B0 + i]["epoch"] for i in range(26)] == [1] * 6 + [2] * 10 + [3] * 10
+    assert {producers[B0 + i]["worker_id"] for i in range(6, 16)} == {"w2"}
+
+
+def _foreign_checkpoint(params: FeatureParams, bar: int) -> str:
+    engine = FeatureEngine(params)
+    engine.step(B0 + bar, float(B0 + bar), {})
+    cp = checkpoint.capture(engine, seqs={}, bar_ts=float(B0 + bar), worker_id="old", written_at=1.0, epoch=5)
+    return checkpoint.encode(cp).decode()
+
+
+@pytest.mark.parametrize("stored,reason", [
+    (None, "missing"),
+    ("{not json", "corrupt"),
+    (_foreign_checkpoint(FeatureParams(ma_window=3), 9), "params"),
+    (_foreign_checkpoint(FeatureParams(), 5), "too_old"),
+    (_foreign_checkpoint(FeatureParams(), 20), "from_future"),
+])
+def test_a_refused_checkpoint_means_a_cold_start_with_the_reason(stored: str | None, reason: str) -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    cluster.checkpoint = None if stored is None else HazelcastJsonValue(stored)
+    w, grid = start(cluster, clock, "w")
+    offer(w, 10)
+    rec = w.process_bar(tick(10))
+    assert rec is not None and w.engine.last_bar_idx == B0 + 10
+    doc = grid.health[-1]
+    assert (doc["cold_start_reason"], doc["restored_from_bar"]) == (reason, None)
+    # A cold engine: the record equals a fresh engine's first bar.
+    fresh = FeatureEngine().step(B0 + 10, float(B0 + 10),
+                                 {s.symbol: s for s in (parse_snapshot(k, v, now=float("inf"))
+                                                        for k, v in FEED[10].items())})
+    assert dumps_record({k: v for k, v in rec.items() if k != "producer"}) == dumps_record(fresh)
+
+
+def test_the_checkpoints_epoch_seeds_the_lease() -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    cluster.checkpoint = HazelcastJsonValue(_foreign_checkpoint(FeatureParams(), 9))  # epoch 5, entry lost
+    w, _ = start(cluster, clock, "w")
+    for i in range(10, 15):
+        run_bar([w], clock, i)
+    assert w.health.restored_from_bar == B0 + 9 and w.lease is not None and w.lease.epoch == 6
+
+
+def test_retention_with_a_lease_keeps_a_margin_above_the_newest_bar() -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w, _ = start(cluster, clock, "w", max_future_skew_s=2.5)
+    for i in range(8):
+        run_bar([w], clock, i)
+    newest = B0 + 7
+    margin = 3 + 1  # ceil(2.5 s / 1 s bars) + 1
+    assert cluster.retention[-1] == (newest - 100, newest + margin)
+
+
+def test_an_unreadable_input_value_is_counted_once_and_never_fatal() -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w, grid = start(cluster, clock, "w")
+    grid.inputs["asset_DDDUSDT_ob"] = UnreadableValue("no factory for id 42")
+    w.book.offer("asset_DDDUSDT_ob", payload_json(B0 - 5.0, [1.0], [1.0], seq=1))  # known, now stale
+    for i in range(3):
+        run_bar([w], clock, i)
+    stats = w.book.stats()
+    assert stats["rejected"] == {"bad_json": 1} and stats["received"] == stats["accepted"] + 1
+    assert grid.health[-1]["stale_assets"] == ["DDDUSDT"]
+
+
+def test_reliability_settings_from_flags_and_env_fail_fast() -> None:
+    from obf_features_worker.config import ConfigError, build_parser, config_from_args
+
+    args = build_parser().parse_args(["--bar-seconds", "2", "--lease-ttl-s", "6"])
+    cfg = config_from_args(args, {"OBF_CHECKPOINT_MAX_AGE_BARS": "7"})
+    assert cfg.checkpoint_max_age_bars == 7 and cfg.lease_settings().ttl_s == 6.0
+    assert config_from_args(build_parser().parse_args(["--bar-seconds", "5"]), {}).lease_settings().ttl_s == 15.0
+    # A lease a leader ticking every 2 s bar could lose between ticks (needs >= 2 x 2 + 0.5 s).
+    with pytest.raises(ConfigError, match="--lease-ttl-s"):
+        config_from_args(build_parser().parse_args(["--bar-seconds", "2", "--lease-ttl-s", "4"]), {})
+    with pytest.raises(ConfigError, match="OBF_CHECKPOINT_MAX_AGE_BARS"):
+        config_from_args(build_parser().parse_args([]), {"OBF_CHECKPOINT_MAX_AGE_BARS": "-1"})
