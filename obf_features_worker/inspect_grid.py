@@ -104,6 +104,27 @@ def target_from_args(args: argparse.Namespace) -> ClusterTarget:
                          tls_auth_settings())
 
 
+class ConnectFailed(RuntimeError):
+    """A command could not connect: bad cluster settings (``exit_code`` 2) or no member
+    reachable (``exit_code`` 3). The message is for the user."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def connect_from_args(args: argparse.Namespace) -> hazelcast.HazelcastClient:
+    """``connect(target_from_args(args))`` with both failure modes as ConnectFailed."""
+    try:
+        target = target_from_args(args)
+    except ValueError as exc:
+        raise ConnectFailed(f"bad cluster settings: {exc}", 2) from None
+    try:
+        return connect(target)
+    except ClusterUnreachable as exc:
+        raise ConnectFailed(str(exc), 3) from None
+
+
 def connect(target: ClusterTarget, **overrides: Any) -> hazelcast.HazelcastClient:
     """A connected client (IntType.LONG, as everywhere) that refuses pickled values;
     ClusterUnreachable after the timeout."""

@@ -199,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _records_from_map(args: argparse.Namespace) -> Iterable[dict[str, Any]]:
-    client = inspect_grid.connect(inspect_grid.target_from_args(args))
+    client = inspect_grid.connect_from_args(args)
     try:
         return inspect_grid.InspectionReader(client).last_bars(inspect_grid.map_name(args, "features"), args.last)
     finally:
@@ -219,9 +219,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             records = list(_records_from_map(args))
             source = f"map {inspect_grid.map_name(args, 'features')}"
-    except inspect_grid.ClusterUnreachable as exc:
+    except inspect_grid.ConnectFailed as exc:
         print(str(exc))
-        return 3
+        return exc.exit_code
     except (OSError, ValueError) as exc:
         print(f"plot: {exc}")
         return 2

@@ -296,15 +296,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        target = inspect_grid.target_from_args(args)
-    except ValueError as exc:
-        print(f"bad cluster settings: {exc}")
-        return 2
-    try:
-        client = inspect_grid.connect(target)
-    except inspect_grid.ClusterUnreachable as exc:
+        client = inspect_grid.connect_from_args(args)
+    except inspect_grid.ConnectFailed as exc:
         print(str(exc))
-        return 3
+        return exc.exit_code
     failures = 0
     try:
         reader = inspect_grid.InspectionReader(client)

@@ -261,15 +261,10 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 on Ctrl-C/SIGTERM or after --once, 1 if --once saw no bar, 2 on bad settings, 3 if unreachable."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        target = inspect_grid.target_from_args(args)
-    except ValueError as exc:
-        print(f"bad cluster settings: {exc}")
-        return 2
-    try:
-        client = inspect_grid.connect(target)
-    except inspect_grid.ClusterUnreachable as exc:
+        client = inspect_grid.connect_from_args(args)
+    except inspect_grid.ConnectFailed as exc:
         print(str(exc))
-        return 3
+        return exc.exit_code
     features_map = inspect_grid.map_name(args, "features")
     inbox = BarInbox()
     listener = inspect_grid.BarListener(client, features_map, inbox.offer)
