@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # Longest single wait, so a wall-clock step (NTP) is noticed within this many seconds.
 _MAX_WAIT_S = 1.0
 
+# Trader-side lookups read an integer below this as a bar_idx and anything larger as a unix
+# timestamp (engine_adapter.cache.parse_key, issue contract): every bar_idx we write stays below.
+BAR_IDX_LIMIT = 1_000_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class BarTick:

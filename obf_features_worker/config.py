@@ -14,10 +14,12 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from obf_features_worker.bars import BAR_IDX_LIMIT
 from obf_features_worker.client_security import describe, tls_auth_settings
 from obf_features_worker.lease import LeaseSettings
 from obf_features_worker.params import FeatureParams
@@ -111,6 +113,13 @@ class WorkerConfig:
         _require(self.clock in CLOCKS, "clock", f"must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         _require(_finite(self.bar_seconds) and 0 < self.bar_seconds <= MAX_BAR_SECONDS, "bar_seconds",
                  f"must be in (0, {MAX_BAR_SECONDS:g}], got {self.bar_seconds!r}")
+        if self.clock == "interval":
+            # bar_idx = unix time / bar_seconds must read as a bar_idx on the trader side.
+            shortest = math.ceil(time.time() / BAR_IDX_LIMIT * 10) / 10
+            _require(time.time() / self.bar_seconds < BAR_IDX_LIMIT, "bar_seconds",
+                     f"interval bars of {self.bar_seconds:g} s give bar_idx = unix time / bar_seconds >= "
+                     f"{BAR_IDX_LIMIT:.0e}, which trader lookups read as a timestamp: use bar_seconds >= "
+                     f"{shortest:g} or the scan clock")
         _require(_finite(self.max_age_s) and self.max_age_s >= 0, "max_age_s",
                  f"must be a finite number >= 0, got {self.max_age_s!r}")
         _require(bool(self.scan_key) and len(self.scan_key) <= 500, "scan_key",

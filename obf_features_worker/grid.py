@@ -39,6 +39,7 @@ from obf_features_worker.client_security import describe, tls_auth_settings
 from obf_features_worker.config import WorkerConfig
 from obf_features_worker.logs import RateLimiter
 from obf_features_worker.pickle_guard import refuse_pickle
+import obf_features_worker.reactor_fix  # noqa: F401 - installs the client fix on import
 from obf_features_worker.snapshot import asset_key
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError
 
 from obf_features_worker.client_security import tls_auth_settings
+import obf_features_worker.reactor_fix  # noqa: F401 - installs the client fix on import
 from obf_features_worker.pickle_guard import refuse_pickle
 from obf_features_worker.record import loads_record
 

@@ -88,7 +88,7 @@ def pipeline(hz_cluster: HzCluster, tmp_path_factory) -> Pipeline:
     worker_id = "t-inspect" + suffix
     env = {"HZ_MEMBERS": ",".join(hz_cluster.members), "HZ_CLUSTER": hz_cluster.cluster_name,
            "OBF_MAP_SUFFIX": suffix}
-    worker = WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id], env, tmp_path_factory.mktemp("worker"))
+    worker = WorkerProcess(["--bar-seconds", "2", "--worker-id", worker_id], env, tmp_path_factory.mktemp("worker"))
     p = Pipeline(hz_cluster, suffix, feeder, worker, worker_id, client)
     try:
         wait_for(lambda: (h := p.health()) and h["bars_written"] >= 5 and h["n_present"] == len(SYMBOLS), 60,

@@ -62,7 +62,7 @@ def test_supervisord_restarts_a_killed_worker(hz_cluster: HzCluster, hz_client, 
     conf = _supervisord_conf(run_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
     env.update(OBF_VENV=sys.prefix, OBF_LOG_DIR=str(tmp_path), HZ_MEMBERS=",".join(hz_cluster.members),
-               HZ_CLUSTER=hz_cluster.cluster_name, OBF_MAP_SUFFIX=map_suffix, OBF_BAR_SECONDS="1")
+               HZ_CLUSTER=hz_cluster.cluster_name, OBF_MAP_SUFFIX=map_suffix, OBF_BAR_SECONDS="2")
 
     def ctl(*args: str) -> str:
         return subprocess.run([str(BIN / "supervisorctl"), "-c", str(conf), *args], env=env, capture_output=True,

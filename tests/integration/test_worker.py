@@ -87,7 +87,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
                        "asset_btcusdt_ob": feeder.payload("AAAUSDT")[1], "status": "x"}.items():
         inp.put(key, value)
     worker_id = "t-interval" + map_suffix
-    with WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id, "--retain-bars", "100"],
+    with WorkerProcess(["--bar-seconds", "2", "--worker-id", worker_id, "--retain-bars", "100"],
                        worker_env(hz_cluster, map_suffix), tmp_path) as w:
         wait_for(lambda: (h := health(hz_client, map_suffix, worker_id)) and h["bars_written"] >= 2, 30,
                  "first bars")
@@ -119,7 +119,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     assert h is not None and set(h) == HEALTH_KEYS
     assert h["state"] == "stopping"
     assert (h["worker_id"], h["pid"], h["host"], h["clock"], h["bar_seconds"], h["role"]) == (
-        worker_id, pid, socket.gethostname(), "interval", 1.0, "leader")
+        worker_id, pid, socket.gethostname(), "interval", 2.0, "leader")
     assert h["bars_written"] == len(recs) and h["last_bar_idx"] == keys[-1] and h["write_failures"] == 0
     assert h["last_bar_ts"] == recs[keys[-1]]["bar_ts"]
     assert h["n_assets"] == len(DEFAULT_SYMBOLS) and h["n_present"] == len(DEFAULT_SYMBOLS) and h["stale_assets"] == []
@@ -132,7 +132,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     assert h["updated_at"] >= h["started_at"]
 
     for bar_idx, rec in recs.items():
-        assert rec["bar_ts"] == bar_idx * 1.0  # interval rule: bar_idx = close / bar_seconds
+        assert rec["bar_ts"] == bar_idx * 2.0  # interval rule: bar_idx = close / bar_seconds
         assert rec["producer"]["worker_id"] == worker_id
         assert abs(rec["producer"]["computed_at"] - rec["bar_ts"]) < 5.0
         assert set(rec["assets"]) <= set(DEFAULT_SYMBOLS)
@@ -157,7 +157,7 @@ def test_retention_holds_the_map_at_retain_bars(hz_cluster, hz_client, feeder, m
     out.put(10**15, HazelcastJsonValue('{"left": "over"}'))
     out.put(5, HazelcastJsonValue('{"left": "over"}'))
     worker_id = "t-retain" + map_suffix
-    with WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id, "--retain-bars", "3"],
+    with WorkerProcess(["--bar-seconds", "2", "--worker-id", worker_id, "--retain-bars", "3"],
                        worker_env(hz_cluster, map_suffix), tmp_path) as w:
         wait_for(lambda: (h := health(hz_client, map_suffix, worker_id)) and h["bars_written"] >= 6, 30, "6 bars")
         assert out.size() <= 4  # 3 kept + at most the one just written before its retention call
@@ -211,7 +211,7 @@ def test_worker_survives_a_member_restart(private_cluster: HzCluster, map_suffix
     feeder = TestFeeder(client, "DOLPHIN_FEATURES" + map_suffix).start()
     worker_id = "t-restart" + map_suffix
     try:
-        with WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id, "--reconnect-backoff-max-s", "1"],
+        with WorkerProcess(["--bar-seconds", "2", "--worker-id", worker_id, "--reconnect-backoff-max-s", "1"],
                            worker_env(cluster, map_suffix), tmp_path) as w:
             wait_for(lambda: (h := health(client, map_suffix, worker_id)) and h["bars_written"] >= 2, 30, "bars")
             before = health(client, map_suffix, worker_id)
@@ -281,7 +281,7 @@ def test_metrics_endpoint_scrapes(hz_cluster, hz_client, feeder, map_suffix, tmp
     port = free_port()
     worker_id = "t-metrics" + map_suffix
     inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
-    with WorkerProcess(["--bar-seconds", "1", "--worker-id", worker_id, "--metrics-port", str(port)],
+    with WorkerProcess(["--bar-seconds", "2", "--worker-id", worker_id, "--metrics-port", str(port)],
                        worker_env(hz_cluster, map_suffix), tmp_path) as w:
         wait_for(lambda: (h := health(hz_client, map_suffix, worker_id)) and h["bars_written"] >= 2, 30,
                  "first bars")

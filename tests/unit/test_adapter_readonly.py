@@ -34,8 +34,10 @@ WRITE_PREFIXES = ("execute_on_", "remove_if", "try_put", "evict_", "replace_")
 ALLOWED = frozenset({"remove_entry_listener", "remove_listener"})
 SQL_DML = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|SINK\s+INTO|CREATE|DROP|TRUNCATE|ALTER)\b")
 ALLOWED_TOP_IMPORTS = {"hazelcast", "orjson", "engine_adapter"} | set(sys.stdlib_module_names)
-# Shared with the worker so every client refuses pickles and takes the same TLS/auth settings.
-ALLOWED_WORKER_MODULES = {"obf_features_worker.pickle_guard", "obf_features_worker.client_security"}
+# Shared with the worker so every client refuses pickles, takes the same TLS/auth settings and
+# gets the same client fix (all three import only stdlib + hazelcast).
+ALLOWED_WORKER_MODULES = {"obf_features_worker.pickle_guard", "obf_features_worker.client_security",
+                          "obf_features_worker.reactor_fix"}
 
 
 def _event_attributes(tree: ast.AST) -> set[str]:

@@ -122,9 +122,9 @@ def test_main_exits_2_before_connecting(monkeypatch, capsys):
 def test_check_config_prints_the_resolved_config(monkeypatch, capsys):
     for var in [v for v in os.environ if v.startswith(("OBF_", "HZ_"))]:
         monkeypatch.delenv(var)
-    assert worker.main(["--check-config", "--bar-seconds", "1", "--assets", "BTCUSDT"]) == 0
+    assert worker.main(["--check-config", "--bar-seconds", "2", "--assets", "BTCUSDT"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["bar_seconds"] == 1.0 and doc["assets"] == ["BTCUSDT"] and doc["max_age_s"] == 2.0
+    assert doc["bar_seconds"] == 2.0 and doc["assets"] == ["BTCUSDT"] and doc["max_age_s"] == 4.0
     assert doc["params"]["ma_window"] == 5 and doc["health_ttl_s"] == 15.0
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from obf_features_worker.engine import FeatureEngine, StateMismatch
 from obf_features_worker.params import FeatureParams
 from obf_features_worker.record import SCHEMA_VERSION, dumps_record, loads_record
-from obf_features_worker.snapshot import Snapshot
+from obf_features_worker.snapshot import MIN_VALUE, Snapshot
 from tests.reference import ReferenceFeatures
 
 T0 = 1_723_161_000.0
@@ -324,8 +324,10 @@ def test_bad_snapshot_arrays_are_refused() -> None:
 # -- reference comparison, determinism, state ----------------------------------------------
 
 SYMBOLS = [f"S{i:02d}" for i in range(8)]
-level_value = st.one_of(st.just(0.0), st.integers(0, 10**6).map(float), st.floats(0, 1e7),
-                        st.floats(1e-12, 1.0))
+# The parser's domain: 0, or MIN_VALUE..MAX_VALUE (smaller values are stored as 0; see snapshot.py).
+level_value = st.one_of(st.just(0.0), st.integers(0, 10**6).map(float),
+                        st.floats(0, 1e7).map(lambda v: v if v >= MIN_VALUE else 0.0),
+                        st.floats(MIN_VALUE, 1.0))
 
 
 @st.composite

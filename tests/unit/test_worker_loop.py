@@ -71,6 +71,8 @@ def payload(ts: float, seq: int, bid: float = 100.0, ask: float = 50.0) -> str:
 
 def make_worker(**overrides: Any) -> tuple[Worker, FakeGrid]:
     grid = FakeGrid()
+    # Bars are driven by the test (like a scan clock), 1 s apart.
+    overrides.setdefault("clock", "scan")
     cfg = WorkerConfig(worker_id="w-test", bar_seconds=1.0, max_age_s=2.0, **overrides)
     return Worker(cfg, grid=grid), grid  # type: ignore[arg-type]
 
@@ -174,7 +176,7 @@ def test_write_gate_blocks_every_write_but_not_the_engine():
         def after_bar(self, tick, record, written):
             seen.append((tick.bar_idx, written))
 
-    w = Hooked(WorkerConfig(worker_id="w-standby", bar_seconds=1.0), grid=grid)  # type: ignore[arg-type]
+    w = Hooked(WorkerConfig(worker_id="w-standby", clock="scan", bar_seconds=1.0), grid=grid)  # type: ignore[arg-type]
     w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
     w.process_bar(tick(B0))
     assert grid.bars == {} and grid.latest == {} and seen == [(B0, False)]

@@ -172,6 +172,8 @@ FEED = feed(40)
 
 
 def config(worker_id: str, **kw: Any) -> WorkerConfig:
+    # Bars are driven by the test (like a scan clock), BAR_S apart.
+    kw.setdefault("clock", "scan")
     return WorkerConfig(worker_id=worker_id, bar_seconds=BAR_S, max_age_s=0.5, retain_bars=100, **kw)
 
 
