@@ -21,8 +21,8 @@ from tests.cluster import HzCluster
 from tests.integration.feeder import TestFeeder, WorkerProcess, wait_for
 from tests.integration.test_worker import assert_contiguous, health, recompute, records, worker_env
 
-BAR_S = 1.0
-TTL_S = 3.0  # the worker's lease ttl at 1 s bars (LeaseSettings.for_bar_seconds)
+BAR_S = 2.0  # interval bars >= ~1.8 s (bar_idx below 1e9, config.py)
+TTL_S = 3 * BAR_S  # the worker's default lease ttl: 3 bars (LeaseSettings.for_bar_seconds)
 SLACK_S = 1.5  # process scheduling on a busy CI machine
 
 
