@@ -14,9 +14,15 @@ then ``get_placement`` + ``get_signal`` for every asset, ``get_market`` and ``ge
   (``tests.reference.ReferenceFeatures``), then the same getters over the computed dicts.
 * ``decode``: the adapter's one-time decode of that bar's record, paid on the listener thread,
   not the trader's (shown for completeness).
+* ``floor``: the same loop against an object whose methods do nothing: the cost of the Python
+  calls alone, which no implementation of these getters can go below.
+* ``bulk``: ``step_live`` + ``get_bar()`` once, then ``bar.assets.get(symbol)`` and its
+  ``.placement`` / ``.signal`` per asset (``get_bar`` documents this for traders who want the
+  minimum: one dict lookup per asset instead of two method calls).
 
 Times are per bar, median (p99) over the timed bars, against the same real member.
 ``ratio`` = in-process median / adapter median. Nothing is asserted; numbers depend on the machine.
+Targets: adapter >= 100x cheaper than in-process at 50 assets, < 100 us per bar at 400.
 """
 
 from __future__ import annotations
@@ -108,12 +114,48 @@ def trader_bar(ob: Any, assets: list[str], bar_idx: int) -> None:
     ob.get_macro(bar_idx)
 
 
+def trader_bar_bulk(ob: HazelcastOBEngine, assets: list[str], bar_idx: int) -> None:
+    """The same reads through the bulk accessor: one get_bar, then plain lookups."""
+    ob.step_live(assets, bar_idx)
+    bar = ob.get_bar(bar_idx)
+    feats = bar.assets if bar is not None else {}
+    for a in assets:
+        f = feats.get(a)
+        if f is not None:  # None: the neutral defaults
+            f.placement
+            f.signal
+    if bar is not None:
+        bar.market
+        bar.macro
+
+
+class EmptyOBEngine:
+    """Methods with the adapter's signatures that do nothing: the floor of the call pattern."""
+
+    def step_live(self, assets: Any, bar_idx: int) -> None:
+        return None
+
+    def get_placement(self, asset: str, timestamp_or_idx: Any = None) -> None:
+        return None
+
+    def get_signal(self, asset: str, timestamp_or_idx: Any = None) -> None:
+        return None
+
+    def get_market(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> None:
+        return None
+
+    def get_macro(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> None:
+        return None
+
+
 @dataclass
 class Row:
     n: int
     adapter: list[float]
     inproc: list[float]
     decode: list[float]
+    floor: list[float]
+    bulk: list[float]
 
 
 def timed(fn: Any, reps: list[Any]) -> list[float]:
@@ -155,12 +197,15 @@ def bench_n(client: Any, cluster: str, members: list[str], n: int, n_bars: int, 
             trader_bar(ob, assets, 1)  # warm-up
             adapter = timed(lambda b: trader_bar(ob, assets, b), list(range(1, n_bars + 1)))
             assert ob.stats().steps["exact"] == n_bars + 1, ob.stats()
+            bulk = timed(lambda b: trader_bar_bulk(ob, assets, b), list(range(1, n_bars + 1)))
+        empty = EmptyOBEngine()
+        floor = timed(lambda b: trader_bar(empty, assets, b), list(range(1, n_bars + 1)))
 
         inproc_ob = InProcessOBEngine(client, input_name)
         trader_bar(inproc_ob, assets, 1)  # warm-up
         inproc = timed(lambda b: trader_bar(inproc_ob, assets, b), list(range(1, n_inproc + 1)))
         decode = timed(decode_bar, records)
-        return Row(n, adapter, inproc, decode)
+        return Row(n, adapter, inproc, decode, floor, bulk)
     finally:
         input_map.destroy()
         bars_map.destroy()
@@ -210,11 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trader-side cost per bar: step_live + get_placement/get_signal per asset + get_market + get_macro "
           f"(member {','.join(members)}; ms, median (p99))")
     print(f"{'assets':>6} | {'adapter ms/bar':>20} | {'in-process ms/bar':>20} | {'ratio':>8} | "
+          f"{'floor ms/bar':>20} | {'adapter ns/call':>15} | {'floor ns/call':>13} | {'bulk ms/bar':>20} | "
           f"{'decode ms/bar (listener)':>24}")
     for r in rows:
         ratio = statistics.median(r.inproc) / statistics.median(r.adapter)
+        calls = 2 * r.n + 3  # step_live, 2 per asset, market, macro
         print(f"{r.n:>6} | {fmt_ms(r.adapter):>20} | {fmt_ms(r.inproc):>20} | {ratio:>7.1f}x | "
-              f"{fmt_ms(r.decode):>24}")
+              f"{fmt_ms(r.floor):>20} | {statistics.median(r.adapter) / calls * 1e9:>15.0f} | "
+              f"{statistics.median(r.floor) / calls * 1e9:>13.0f} | {fmt_ms(r.bulk):>20} | {fmt_ms(r.decode):>24}")
+    at = {r.n: r for r in rows}
+    if 50 in at and 400 in at:
+        r50 = statistics.median(at[50].inproc) / statistics.median(at[50].adapter)
+        us400 = statistics.median(at[400].adapter) * 1e6
+        print(f"targets: >= 100x at 50 assets: {r50:.0f}x ({'met' if r50 >= 100 else 'NOT met'}); "
+              f"< 100 us per bar at 400: {us400:.0f} us ({'met' if us400 < 100 else 'NOT met'})")
     return 0
 
 

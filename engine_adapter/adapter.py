@@ -40,6 +40,9 @@ from engine_adapter.features import (
     OBSignalFeatures,
 )
 from engine_adapter.grid import FeatureMapReader, GridStats
+# The only worker modules the adapter loads: stdlib + hazelcast only, no numpy/numba.
+from obf_features_worker.client_security import tls_auth_settings
+from obf_features_worker.pickle_guard import refuse_pickle
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,8 @@ class AdapterStats:
     waits: step_live calls that had to wait; wait_hits: the bar arrived during the wait;
     wait_timeouts: it did not within max_wait_ms. asset_defaults: get_placement/get_signal
     answered neutral because the asset was absent from an otherwise usable bar.
-    cache.lookups: get_*/resolve outcomes by kind. grid: connection and decode counters.
+    cache.lookups: get_*/resolve outcomes by kind (lookups of the current bar included).
+    grid: connection and decode counters.
     """
 
     current_bar_idx: int | None
@@ -161,7 +165,19 @@ class HazelcastOBEngine:
 
     Build it once: ``HazelcastOBEngine(AdapterConfig.from_env())`` (its own client, shut down by
     ``close()``) or ``HazelcastOBEngine(config, client=existing_client)`` (the trader's client:
-    ``close()`` leaves it running). Thread-safe: any thread may call the getters.
+    ``close()`` leaves it running).
+
+    Hot path: ``step_live`` resolves the current bar once and memoises it; a getter asked about
+    the current bar (key None or that bar_idx) is then two dict lookups and a counter increment,
+    no lock, no parsing (well under 0.1 us on top of Python's own call cost). Any change of the
+    cache (a bar arrives, is replaced or evicted) drops the memo and the next getter re-resolves,
+    so a late exact bar replaces a fallback at once. Other keys take the general path (~1 us).
+    ``get_bar()`` returns the whole decoded bar, for a trader that reads every asset itself.
+
+    Threads: any thread may call every method and always gets consistent answers. The counters
+    of the current-bar fast path (``stats().cache.lookups``, ``asset_defaults``) are plain
+    increments without a lock: exact when one thread makes the calls (the trader's scan thread,
+    the intended use); concurrent callers on several threads may lose a count.
     """
 
     def __init__(self, config: AdapterConfig | None = None, *, client: HazelcastClient | None = None) -> None:
@@ -169,13 +185,23 @@ class HazelcastOBEngine:
         cfg = self.config
         self._owns_client = client is None
         if client is None:
-            client = hazelcast.HazelcastClient(**client_settings(cfg))
+            client = hazelcast.HazelcastClient(**client_settings(cfg), **tls_auth_settings())
+        refuse_pickle(client)  # own or the trader's client: a pickled record must never be unpickled
         self._client = client
-        self._cache = BarCache(cfg.cache_bars, cfg.stale_after_bars)
+        # The current-bar memo, by lookup key: {None: cur, bar_idx: cur}, or empty once the cache
+        # changed. Replaced whole (never mutated), so a reader sees one consistent dict.
+        self._fast: dict[Any, _CurrentBar] = _NO_FAST
+        self._cache = BarCache(cfg.cache_bars, cfg.stale_after_bars, on_change=self._drop_memo)
         self._reader = FeatureMapReader(client, cfg.map_name, self._cache, cfg.seed_bars)  # type: ignore[arg-type]
         self._max_wait_s = cfg.max_wait_ms / 1000.0
         self._lock = threading.Lock()
-        self._current: int | None = None
+        self._cur = _NO_CURRENT  # the last memo (its idx is the current bar)
+        # Counts of replaced memos (their hits / absent), folded in under _lock.
+        self._memo_lookups = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
+        self._memo_asset_defaults = 0
+        # step_live's last (assets, bar symbols, missing): bars usually share their symbol set
+        # (BarFeatures.symbols), so the count is done again only when either changes.
+        self._missing_memo: tuple[tuple[str, ...], frozenset[str], int] = ((), frozenset(), 0)
         self._steps = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
         self._waits = 0
         self._wait_hits = 0
@@ -216,13 +242,10 @@ class HazelcastOBEngine:
             t0 = time.perf_counter()
             arrived = self._cache.wait_for(idx, self._max_wait_s)
             waited_ms = (time.perf_counter() - t0) * 1000.0
-        res, bar = self._cache.resolve(idx, count=False)
-        missing = 0
-        if assets is not None:
-            present = bar.assets if bar is not None else {}
-            missing = sum(1 for a in assets if a not in present)
+        cur = self._memoise(idx)
+        res = cur.res
+        missing = 0 if assets is None else self._count_missing(assets, cur.symbols)
         with self._lock:
-            self._current = idx
             self._steps[res.kind] += 1
             self._asset_defaults += missing
             if waited_ms is not None:
@@ -236,51 +259,103 @@ class HazelcastOBEngine:
             log.debug("step_live bar_idx=%d kind=%s used=%s age_bars=%s", idx, res.kind, res.bar_idx, res.age_bars)
         return res
 
+    def _count_missing(self, assets: Iterable[str], symbols: frozenset[str]) -> int:
+        """How many of ``assets`` (each occurrence) are not in ``symbols``."""
+        key = assets if type(assets) is tuple else tuple(assets)
+        memo_key, memo_symbols, memo_missing = self._missing_memo
+        if symbols is memo_symbols and key == memo_key:  # ~1 us at 400 assets
+            return memo_missing
+        wanted = frozenset(key)
+        if len(wanted) == len(key):
+            missing = len(wanted - symbols)
+        else:  # duplicates: count every occurrence
+            missing = sum(1 for a in key if a not in symbols)
+        self._missing_memo = (key, symbols, missing)
+        return missing
+
     # -- lookups (local only) -----------------------------------------------------------------
 
     def resolve(self, timestamp_or_idx: Any = None) -> Resolution:
         """Which bar answers ``timestamp_or_idx`` (None = the current bar) and how: exact/fallback/default."""
+        cur = self._view(timestamp_or_idx)
+        if cur is not None:
+            return cur.res
         return self._cache.resolve(self._key(timestamp_or_idx))[0]
 
     def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None:
-        """The whole decoded bar that answers ``timestamp_or_idx``, or None (default)."""
+        """The whole decoded bar that answers ``timestamp_or_idx``, or None (default).
+
+        The bulk accessor: ``bar.assets[symbol].placement`` / ``.signal``, ``bar.market``,
+        ``bar.macro`` (None when no asset was present: use the NEUTRAL_* values then). Cheapest
+        way to read many assets; ``bar.assets`` is read-only and shared, never copy it per call.
+        """
+        cur = self._view(timestamp_or_idx)
+        if cur is not None:
+            return cur.bar
         return self._cache.resolve(self._key(timestamp_or_idx))[1]
 
     def get_asset(self, asset: str, timestamp_or_idx: Any = None) -> AssetFeatures | None:
         """One asset's features (with snapshot ts/age/seq), or None if unavailable."""
-        bar = self._cache.resolve(self._key(timestamp_or_idx))[1]
+        cur = self._view(timestamp_or_idx)
+        bar = cur.bar if cur is not None else self._cache.resolve(self._key(timestamp_or_idx))[1]
         return None if bar is None else bar.assets.get(asset)
 
     def wait_for_bar(self, bar_idx: int, timeout_s: float) -> bool:
         """Block until bar ``bar_idx`` is cached (True) or ``timeout_s`` passes (False); no network."""
         return self._cache.wait_for(bar_idx, timeout_s)
 
+    # get_placement / get_signal inline the memo lookup of ``_view`` (a method call costs about
+    # as much as the whole lookup); keep the three in step.
+
     def get_placement(self, asset: str, timestamp_or_idx: Any = None) -> OBPlacementFeatures:
         """Placement features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
-        a = self._asset(asset, timestamp_or_idx)
-        return NEUTRAL_PLACEMENT if a is None else a.placement
+        try:
+            cur = self._fast[timestamp_or_idx]
+        except (KeyError, TypeError):  # not the current bar (TypeError: unhashable, refused below)
+            a = self._asset(asset, timestamp_or_idx)
+            return NEUTRAL_PLACEMENT if a is None else a.placement
+        cur.hits += 1
+        try:
+            return cur.assets[asset].placement
+        except KeyError:
+            cur.absent += cur.bar is not None
+            return NEUTRAL_PLACEMENT
 
     def get_signal(self, asset: str, timestamp_or_idx: Any = None) -> OBSignalFeatures:
         """Signal features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
-        a = self._asset(asset, timestamp_or_idx)
-        return NEUTRAL_SIGNAL if a is None else a.signal
+        try:
+            cur = self._fast[timestamp_or_idx]
+        except (KeyError, TypeError):  # not the current bar (TypeError: unhashable, refused below)
+            a = self._asset(asset, timestamp_or_idx)
+            return NEUTRAL_SIGNAL if a is None else a.signal
+        cur.hits += 1
+        try:
+            return cur.assets[asset].signal
+        except KeyError:
+            cur.absent += cur.bar is not None
+            return NEUTRAL_SIGNAL
 
     def get_market(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> OBMarketFeatures:
         """Cross-asset features: ``get_market(key)`` or ``get_market(asset, key)`` (asset ignored)."""
-        bar = self._cache.resolve(self._key(_market_key(asset_or_key, timestamp_or_idx)))[1]
+        key = _market_key(asset_or_key, timestamp_or_idx)
+        cur = self._view(key)
+        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
         if bar is None or bar.market is None:
             return NEUTRAL_MARKET
         return bar.market
 
     def get_macro(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> OBMacroFeatures:
         """Cascade regime features: ``get_macro(key)`` or ``get_macro(asset, key)`` (asset ignored)."""
-        bar = self._cache.resolve(self._key(_market_key(asset_or_key, timestamp_or_idx)))[1]
+        key = _market_key(asset_or_key, timestamp_or_idx)
+        cur = self._view(key)
+        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
         if bar is None or bar.macro is None:
             return NEUTRAL_MACRO
         return bar.macro
 
     def _asset(self, asset: str, key: Any) -> AssetFeatures | None:
-        bar = self._cache.resolve(self._key(key))[1]
+        cur = self._view(key)
+        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
         if bar is None:
             return None
         a = bar.assets.get(asset)
@@ -289,10 +364,46 @@ class HazelcastOBEngine:
                 self._asset_defaults += 1
         return a
 
+    def _view(self, key: Any) -> _CurrentBar | None:
+        """The memoised current bar if ``key`` names it (None, or its bar_idx), re-resolved if the
+        cache changed since; counts the lookup. None: resolve ``key`` through the cache."""
+        try:
+            cur = self._fast[key]
+        except (KeyError, TypeError):
+            cur = self._cur
+            if cur.idx is None or (key is not None and (key.__class__ is not int or key != cur.idx)):
+                return None
+            if self._fast is _NO_FAST:  # the cache changed since: re-resolve the current bar
+                cur = self._memoise(cur.idx)
+        cur.hits += 1
+        return cur
+
+    def _memoise(self, idx: int) -> _CurrentBar:
+        """Resolve bar ``idx`` and make it the current bar's memo (also counted as current)."""
+        cache = self._cache
+        version = cache.version
+        res, bar = cache.resolve(idx, count=False)
+        cur = _CurrentBar(idx, res, bar)
+        with self._lock:
+            old, self._cur = self._cur, cur
+            self._memo_lookups[old.kind] += old.hits
+            self._memo_asset_defaults += old.absent
+        # A bool must not pass for bar 0 / 1 (True == 1): those bars are looked up by None only.
+        self._fast = {None: cur} if idx <= 1 else {None: cur, idx: cur}
+        # The cache bumps version before it calls _drop_memo: if it changed since we read it, the
+        # memo just installed may predate that change, so drop it (the next lookup re-resolves).
+        if cache.version != version:
+            self._fast = _NO_FAST
+        return cur
+
+    def _drop_memo(self) -> None:
+        # BarCache.on_change: reactor thread, cache lock held. One assignment, cannot raise.
+        self._fast = _NO_FAST
+
     def _key(self, timestamp_or_idx: Any) -> Any:
         if timestamp_or_idx is not None:
             return timestamp_or_idx
-        current = self._current
+        current = self._cur.idx
         if current is not None:
             return current
         newest = self._cache.newest()  # before the first step_live: the newest known bar
@@ -303,7 +414,7 @@ class HazelcastOBEngine:
     @property
     def current_bar_idx(self) -> int | None:
         """The bar of the last ``step_live`` (None before the first)."""
-        return self._current
+        return self._cur.idx
 
     @property
     def client(self) -> HazelcastClient:
@@ -315,9 +426,14 @@ class HazelcastOBEngine:
 
     def stats(self) -> AdapterStats:
         """Counters and freshness, see ``AdapterStats``."""
-        cache = self._cache.stats()
         with self._lock:
-            current = self._current
+            cur = self._cur
+            memo_lookups = dict(self._memo_lookups)
+            memo_lookups[cur.kind] += cur.hits
+            memo_asset_defaults = self._memo_asset_defaults + cur.absent
+        cache = self._cache.stats(extra_lookups=memo_lookups)
+        with self._lock:
+            current = self._cur.idx
             return AdapterStats(
                 current_bar_idx=current,
                 lag_bars=None if current is None or cache.newest_idx is None else current - cache.newest_idx,
@@ -326,7 +442,7 @@ class HazelcastOBEngine:
                 wait_hits=self._wait_hits,
                 wait_timeouts=self._wait_timeouts,
                 wait_ms_max=self._wait_ms_max,
-                asset_defaults=self._asset_defaults,
+                asset_defaults=self._asset_defaults + memo_asset_defaults,
                 cache=cache,
                 grid=self._reader.stats(),
                 closed=self._closed,
@@ -352,6 +468,26 @@ class HazelcastOBEngine:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class _CurrentBar:
+    """One resolution of the trader's current bar, plus the lookups answered from it."""
+
+    __slots__ = ("idx", "res", "bar", "kind", "assets", "symbols", "hits", "absent")
+
+    def __init__(self, idx: int | None, res: Resolution, bar: BarFeatures | None) -> None:
+        self.idx = idx
+        self.res = res
+        self.bar = bar
+        self.kind = res.kind
+        self.assets: Mapping[str, AssetFeatures] = bar.assets if bar is not None else {}
+        self.symbols: frozenset[str] = bar.symbols if bar is not None else frozenset()
+        self.hits = 0  # lookups answered from this memo (unlocked increments)
+        self.absent = 0  # of those, for an asset absent from a usable bar
+
+
+_NO_CURRENT = _CurrentBar(None, Resolution(DEFAULT, None, None, None), None)  # before step_live
+_NO_FAST: dict[Any, _CurrentBar] = {}  # shared and never mutated: "no memo"
 
 
 def client_settings(config: AdapterConfig) -> dict[str, Any]:

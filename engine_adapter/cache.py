@@ -2,7 +2,9 @@
 
 Pure (no I/O): the grid listener thread inserts ``BarFeatures``, the trader thread resolves
 lookups. Every operation holds one short lock; lookups are a dict get (exact bar) or a bisect
-(fallback), so they cost microseconds.
+(fallback), so they cost microseconds. ``version`` changes whenever the contents do and the
+``on_change`` hook is called, so a caller may memoise a resolution and re-use it lock-free
+until then (the adapter does this for the trader's current bar).
 
 Resolution of a lookup key (``timestamp_or_idx``):
 
@@ -23,6 +25,7 @@ import operator
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -106,9 +109,14 @@ def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
 
 
 class BarCache:
-    """The newest ``capacity`` bars by bar_idx, plus lookup counters and arrival notification."""
+    """The newest ``capacity`` bars by bar_idx, plus lookup counters and arrival notification.
 
-    def __init__(self, capacity: int, stale_after_bars: int) -> None:
+    on_change: called after every insert, replace or eviction, with the lock held and on the
+    inserting thread (the client's reactor thread): it must be trivial and must not raise.
+    """
+
+    def __init__(self, capacity: int, stale_after_bars: int, *,
+                 on_change: Callable[[], None] | None = None) -> None:
         if type(capacity) is not int or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
         if type(stale_after_bars) is not int or stale_after_bars < 0:
@@ -125,6 +133,10 @@ class BarCache:
         self._replaced = 0
         self._evicted = 0
         self._last_insert_at: float | None = None
+        # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
+        # an int attribute read is atomic, and a reader that sees an old value only re-resolves.
+        self.version = 0
+        self._on_change = on_change
 
     # -- writers (listener / seed threads) -------------------------------------------------
 
@@ -133,7 +145,7 @@ class BarCache:
         with self._cond:
             changed = self._insert_locked(bar, source, replace)
             if changed:
-                self._cond.notify_all()
+                self._changed_locked()
         return changed
 
     def insert_many(self, bars: list[BarFeatures], source: str) -> int:
@@ -143,8 +155,15 @@ class BarCache:
             for bar in bars:
                 n += self._insert_locked(bar, source, False)
             if n:
-                self._cond.notify_all()
+                self._changed_locked()
         return n
+
+    def _changed_locked(self) -> None:
+        # version was bumped by _insert_locked before the hook runs: a reader that installs a
+        # memo and then re-checks version cannot miss this change (see the adapter's _memoise).
+        self._cond.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def _insert_locked(self, bar: BarFeatures, source: str, replace: bool) -> bool:
         idx = bar.bar_idx
@@ -160,6 +179,7 @@ class BarCache:
             self._ts[pos] = bar.bar_ts
             self._replaced += 1
             self._last_insert_at = time.time()
+            self.version += 1
             return True
         if len(order) >= self.capacity and idx < order[0]:
             self._ignored["too_old"] += 1
@@ -176,6 +196,7 @@ class BarCache:
             del self._bars[order.pop(0)]
             self._ts.pop(0)
             self._evicted += 1
+        self.version += 1
         return True
 
     def _ts_fits(self, before: int, after: int, bar_ts: float) -> bool:
@@ -275,7 +296,10 @@ class BarCache:
                 return False
             return self._cond.wait_for(lambda: bar_idx in self._bars, timeout_s)
 
-    def stats(self) -> CacheStats:
+    def stats(self, extra_lookups: Mapping[str, int] | None = None) -> CacheStats:
+        """Contents and counters; ``extra_lookups`` (kind -> n) are added to ``lookups``: lookups a
+        caller answered from a memoised resolution without asking the cache."""
+        extra = dict(extra_lookups) if extra_lookups else {}
         with self._cond:
             newest = self._order[-1] if self._order else None
             return CacheStats(
@@ -285,7 +309,7 @@ class BarCache:
                 newest_idx=newest,
                 newest_bar_ts=self._ts[-1] if self._ts else None,
                 last_insert_at=self._last_insert_at,
-                lookups=dict(self._lookups),
+                lookups={k: n + extra.get(k, 0) for k, n in self._lookups.items()},
                 inserted=dict(self._inserted),
                 replaced=self._replaced,
                 evicted=self._evicted,

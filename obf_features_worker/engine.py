@@ -29,6 +29,7 @@ _ROW_ORDER = (K.COL_DEPTH, K.COL_IMBALANCE, K.COL_DEPTH_ASYMMETRY, K.COL_DEPTH_Q
               K.COL_SPREAD_PROXY, K.COL_IMBALANCE_MA, K.COL_IMBALANCE_PERSISTENCE, K.COL_WITHDRAWAL_VELOCITY,
               K.COL_BID_USD, K.COL_ASK_USD)
 assert _ROW_ORDER == tuple(range(K.N_ASSET_COLS)), "step() unpacks kernel rows in this column order"
+assert K.COL_BID_USD == K.N_ASSET_COLS - 2 and K.COL_ASK_USD == K.N_ASSET_COLS - 1, "USD columns last"
 STATE_KIND = "obf_feature_engine"
 
 
@@ -127,16 +128,22 @@ class FeatureEngine:
         self._empty_streak = 0
 
         assets: dict[str, Any] = {}
-        # Unpacking the row (column order of kernels.COL_*) is much cheaper than indexing it.
-        for sym, snap, (depth, imbalance, asymmetry, quality, fill, spread, ma, persistence, velocity, _, _) in zip(
-            symbols, snaps, asset_out.tolist()
+        # Building these dicts is most of step()'s time at many assets: unpack each row (column
+        # order of kernels.COL_*; the two USD columns are not in the record) and convert ts/seq
+        # only when they are not already a float/int (they are, from parse_snapshot).
+        for sym, snap, (depth, imbalance, asymmetry, quality, fill, spread, ma, persistence, velocity) in zip(
+            symbols, snaps, asset_out[:, :K.COL_BID_USD].tolist()
         ):
-            ts = float(snap.ts)
+            ts = snap.ts
             seq = snap.seq
+            if ts.__class__ is not float:
+                ts = float(ts)
+            if seq.__class__ is not int and seq is not None:
+                seq = int(seq)
             assets[sym] = {
                 "ts": ts,
                 "age_ms": (bar_ts - ts) * 1000.0,
-                "seq": None if seq is None else int(seq),
+                "seq": seq,
                 "placement": {
                     "depth_1pct_usd": depth,
                     "depth_quality": quality,

@@ -1,0 +1,353 @@
+"""The adapter's fast paths: the current-bar memo of HazelcastOBEngine (invalidation, answers
+equal to the general path, counters) and the bulk decode of a record's assets. No member: a
+stub client hands the adapter's own listener callback the records, so bars go through the real
+decode -> BarCache.insert -> on_change path."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hazelcast.config import Config
+from hazelcast.core import HazelcastJsonValue
+from hazelcast.serialization.service import SerializationServiceV1
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine_adapter import AdapterConfig, HazelcastOBEngine, features
+from engine_adapter.features import RecordRejected
+from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_MARKET, NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL
+
+T0 = 1_723_161_000.0  # unix s
+SPACING = 5.0  # s between bars
+ASSETS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+def record(idx: int, assets: tuple[str, ...] = ASSETS, tag: float = 0.0) -> dict[str, Any]:
+    """A valid record; every value is a function of (idx, asset position, tag)."""
+    out = {}
+    for k, sym in enumerate(assets):
+        out[sym] = {
+            "ts": T0 + idx * SPACING - 0.5, "age_ms": 500.0, "seq": idx,
+            "placement": {"depth_1pct_usd": 1000.0 * idx + k + tag, "depth_quality": 1.0, "fill_probability": 0.5,
+                          "spread_proxy_bps": 1.0 + k},
+            "signal": {"imbalance": (idx % 7) / 10 - k / 100, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
+                       "depth_asymmetry": 0.0, "withdrawal_velocity": -k / 1000},
+        }
+    return {"schema": 1, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
+            "n_present": len(assets), "assets": out,
+            "market": {"median_imbalance": idx / 1000, "agreement_pct": 50.0 + tag, "depth_pressure": 0.0},
+            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": idx / 100, "acceleration": 0.0},
+            "degraded": False}
+
+
+def placement_of(rec: dict[str, Any], sym: str) -> tuple[float, ...]:
+    return tuple(rec["assets"][sym]["placement"].values())
+
+
+def signal_of(rec: dict[str, Any], sym: str) -> tuple[float, ...]:
+    return tuple(rec["assets"][sym]["signal"].values())
+
+
+def as_tuple(features: Any) -> tuple[float, ...]:
+    return tuple(getattr(features, name) for name in features.__slots__)
+
+
+class _Done:
+    def __init__(self, value: Any = None) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+
+class StubMap:
+    """Just enough of a map proxy for the reader: listener registration and an empty seed."""
+
+    def __init__(self) -> None:
+        self.on_entry: Any = None
+
+    def add_entry_listener(self, **kw: Any) -> _Done:
+        self.on_entry = kw["added_func"]
+        return _Done("listener-1")
+
+    def remove_entry_listener(self, _id: str) -> _Done:
+        return _Done(True)
+
+    def blocking(self) -> StubMap:
+        return self
+
+    def aggregate(self, _agg: Any) -> None:
+        return None  # empty map: nothing to seed
+
+
+class StubClient:
+    def __init__(self) -> None:
+        self.map = StubMap()
+        self._serialization_service = SerializationServiceV1(Config())  # what the adapter's pickle guard edits
+        self.lifecycle_service = SimpleNamespace(add_listener=lambda fn: "lc-1", remove_listener=lambda _id: None,
+                                                 is_running=lambda: True)
+
+    def get_map(self, _name: str) -> StubMap:
+        return self.map
+
+
+@pytest.fixture
+def stub() -> StubClient:
+    return StubClient()
+
+
+def engine(stub: StubClient, **kw: Any) -> HazelcastOBEngine:
+    return HazelcastOBEngine(AdapterConfig(max_wait_ms=0, **kw), client=stub)  # type: ignore[arg-type]
+
+
+def deliver(stub: StubClient, rec: dict[str, Any]) -> None:
+    """What the client's reactor thread does for one map event."""
+    stub.map.on_entry(SimpleNamespace(key=rec["bar_idx"], value=HazelcastJsonValue(orjson.dumps(rec).decode())))
+
+
+def test_late_exact_bar_replaces_the_fallback(stub: StubClient) -> None:
+    eng = engine(stub)
+    r6, r7 = record(6), record(7)
+    deliver(stub, r6)
+    assert eng.step_live(list(ASSETS), 7).kind == "fallback"
+    assert as_tuple(eng.get_placement("BTCUSDT")) == placement_of(r6, "BTCUSDT")
+    assert as_tuple(eng.get_signal("ETHUSDT", 7)) == signal_of(r6, "ETHUSDT")
+    deliver(stub, r7)  # the current bar arrives after step_live gave up waiting
+    assert as_tuple(eng.get_signal("ETHUSDT", 7)) == signal_of(r7, "ETHUSDT")
+    assert as_tuple(eng.get_placement("BTCUSDT")) == placement_of(r7, "BTCUSDT")
+    assert eng.resolve().kind == "exact" and eng.get_bar() is not None and eng.get_bar().bar_idx == 7
+    assert eng.get_market().median_imbalance == r7["market"]["median_imbalance"]
+
+
+def test_a_replaced_current_bar_is_picked_up(stub: StubClient) -> None:
+    eng = engine(stub)
+    deliver(stub, record(7, tag=0.0))
+    eng.step_live(list(ASSETS), 7)
+    assert eng.get_placement("SOLUSDT", 7).depth_1pct_usd == 7002.0
+    deliver(stub, record(7, tag=0.25))  # the worker rewrote the bar
+    assert eng.get_placement("SOLUSDT", 7).depth_1pct_usd == 7002.25
+    assert eng.get_market(7).agreement_pct == 50.25
+
+
+def test_eviction_of_the_current_bar_drops_the_memo(stub: StubClient) -> None:
+    eng = engine(stub, cache_bars=2)
+    r5 = record(5)
+    deliver(stub, r5)
+    assert eng.step_live(list(ASSETS), 5).kind == "exact"
+    assert as_tuple(eng.get_signal("BTCUSDT")) == signal_of(r5, "BTCUSDT")
+    deliver(stub, record(6))
+    deliver(stub, record(7))  # bar 5 evicted: nothing at or before 5 is left
+    assert eng.get_signal("BTCUSDT") == NEUTRAL_SIGNAL
+    assert eng.get_placement("BTCUSDT", 5) == NEUTRAL_PLACEMENT
+    assert eng.get_market() == NEUTRAL_MARKET and eng.get_macro(5) == NEUTRAL_MACRO
+    assert eng.resolve().kind == "default"
+
+
+def test_a_bar_arriving_while_step_live_resolves_is_not_lost(stub: StubClient, monkeypatch) -> None:
+    """The memo must not outlive a change made between reading the cache and installing it."""
+    eng = engine(stub)
+    r7 = record(7)
+    deliver(stub, record(6))
+    cache = eng._cache  # noqa: SLF001 - the race needs an insert inside resolve()
+    real_resolve = cache.resolve
+    calls = []
+
+    def resolve_then_insert(key: Any, *, count: bool = True) -> Any:
+        out = real_resolve(key, count=count)
+        if not calls:
+            calls.append(key)
+            deliver(stub, r7)  # lands after the resolution, before the memo is installed
+        return out
+
+    monkeypatch.setattr(cache, "resolve", resolve_then_insert)
+    assert eng.step_live(list(ASSETS), 7).kind == "fallback"  # what was cached when it resolved
+    assert as_tuple(eng.get_placement("ETHUSDT")) == placement_of(r7, "ETHUSDT")
+    assert eng.resolve().kind == "exact"
+
+
+def test_fast_answers_equal_the_general_path(stub: StubClient) -> None:
+    eng = engine(stub)
+    recs = {i: record(i, assets=ASSETS[: 1 + i % 3]) for i in (10, 11, 12, 14)}
+    for rec in recs.values():
+        deliver(stub, rec)
+    for current in (10, 11, 12, 13, 14, 15, 17):
+        eng.step_live(None, current)
+        keys = [None, current, np.int64(current), float(current), T0 + current * SPACING + 1.0, 11, 16]
+        for key in keys:
+            want_idx = current if key is None else key
+            res, bar = eng._cache.resolve(want_idx, count=False)  # noqa: SLF001 - the general path
+            for sym in ASSETS:
+                a = None if bar is None else bar.assets.get(sym)
+                assert eng.get_placement(sym, key) == (NEUTRAL_PLACEMENT if a is None else a.placement), (current, key)
+                assert eng.get_signal(sym, key) == (NEUTRAL_SIGNAL if a is None else a.signal), (current, key)
+                assert eng.get_asset(sym, key) == a
+            assert eng.get_market(key) == (NEUTRAL_MARKET if bar is None else bar.market)
+            assert eng.get_macro("BTCUSDT", key) == (NEUTRAL_MACRO if bar is None else bar.macro)
+            assert eng.get_bar(key) is bar
+            assert eng.resolve(key) == res
+
+
+@pytest.mark.parametrize("current", [0, 1, 2])
+def test_a_bool_is_never_a_bar_index(stub: StubClient, current: int) -> None:
+    eng = engine(stub)
+    deliver(stub, record(current))
+    eng.step_live(list(ASSETS), current)
+    for key in (True, False):
+        with pytest.raises(TypeError):
+            eng.get_placement("BTCUSDT", key)
+        with pytest.raises(TypeError):
+            eng.get_signal("BTCUSDT", key)
+
+
+def test_counters_count_every_lookup_across_memos(stub: StubClient) -> None:
+    eng = engine(stub)
+    deliver(stub, record(20, assets=("BTCUSDT", "ETHUSDT")))  # SOLUSDT absent from this bar
+    deliver(stub, record(21))
+    before = eng.stats()
+    eng.step_live(list(ASSETS), 20)  # one absent asset
+    for _ in range(4):
+        for sym in ASSETS:
+            eng.get_placement(sym)
+            eng.get_signal(sym, 20)
+    eng.get_market(20)
+    eng.get_macro()
+    eng.step_live(list(ASSETS), 21)  # the memo of bar 20 is replaced: its counts must survive
+    eng.get_placement("SOLUSDT", 21)
+    eng.step_live(list(ASSETS), 23)  # fallback to 21
+    eng.get_signal("BTCUSDT")
+    eng.step_live(list(ASSETS), 30)  # default
+    eng.get_signal("BTCUSDT")
+    eng.get_macro()
+    after = eng.stats()
+    lookups = {k: after.cache.lookups[k] - before.cache.lookups[k] for k in after.cache.lookups}
+    assert lookups == {"exact": 4 * 3 * 2 + 2 + 1, "fallback": 1, "default": 2}
+    # step_live(20): 1 absent; 4 rounds x 2 getters for SOLUSDT; steps 21/23: bar 21 has all three;
+    # step_live(30) resolves to no bar: all 3 requested assets; getters on no bar count nothing.
+    assert after.asset_defaults - before.asset_defaults == 1 + 4 * 2 + 3
+    assert after.steps == {"exact": 2, "fallback": 1, "default": 1}
+
+
+def test_step_live_counts_each_missing_occurrence(stub: StubClient) -> None:
+    eng = engine(stub)
+    deliver(stub, record(3, assets=("BTCUSDT",)))
+    eng.step_live(["ETHUSDT", "BTCUSDT", "ETHUSDT"], 3)  # duplicates count per occurrence
+    assert eng.stats().asset_defaults == 2
+    eng.step_live(iter(["SOLUSDT", "XRPUSDT"]), 3)  # any iterable
+    assert eng.stats().asset_defaults == 4
+    eng.step_live(("BTCUSDT",), 3)
+    assert eng.stats().asset_defaults == 4
+
+
+# -- bulk decode of a record's assets -----------------------------------------------------------------
+
+FIELDS_OF = {"placement": ("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps"),
+             "signal": ("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry",
+                        "withdrawal_velocity")}
+FAULTS = st.sampled_from([math.nan, math.inf, -math.inf, 3, True, None, "1", [], {}])
+
+
+@st.composite
+def raw_assets(draw: st.DrawFn) -> dict[Any, Any]:
+    """Finite float records, then (usually) one fault: a bad value or a bad structure somewhere."""
+    finite = st.floats(-1e6, 1e6)
+    out: dict[Any, Any] = {}
+    for sym in draw(st.lists(st.sampled_from(ASSETS + ("XRPUSDT", "ADAUSDT")), unique=True, min_size=1, max_size=5)):
+        a: dict[str, Any] = {"ts": draw(finite), "age_ms": draw(finite),
+                             "seq": draw(st.one_of(st.none(), st.integers(0, 99), st.booleans()))}
+        for group, names in FIELDS_OF.items():
+            a[group] = {n: draw(finite) for n in names}
+        out[sym] = a
+    if draw(st.integers(0, 3)) > 0:
+        a = out[draw(st.sampled_from(sorted(out)))]
+        where = draw(st.sampled_from(["ts", "age_ms", "placement", "signal", "missing", "group", "asset"]))
+        if where in FIELDS_OF:
+            a[where][draw(st.sampled_from(FIELDS_OF[where]))] = draw(FAULTS)
+        elif where == "missing":
+            del a[draw(st.sampled_from(["ts", "placement", "signal"]))]
+        elif where == "group":
+            a[draw(st.sampled_from(sorted(FIELDS_OF)))] = draw(st.sampled_from([None, [], "x"]))
+        elif where == "asset":
+            out[next(iter(out))] = draw(st.sampled_from([None, [], "x", 1.0]))
+        else:
+            a[where] = draw(FAULTS)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw_assets())
+def test_bulk_asset_decode_equals_the_checked_path(raw: dict[Any, Any]) -> None:
+    rec = {"schema": 1, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}
+    try:
+        expected: Any = {sym: features._asset(sym, a) for sym, a in raw.items()}  # noqa: SLF001 - the reference
+    except (KeyError, TypeError, ValueError):
+        expected = RecordRejected
+    if expected is RecordRejected:
+        with pytest.raises(RecordRejected) as info:
+            features.bar_from_record(rec)
+        assert info.value.reason == "assets"
+    else:
+        assert dict(features.bar_from_record(rec).assets) == expected
+
+
+def test_consecutive_bars_with_the_same_assets_share_their_symbol_set(stub: StubClient) -> None:
+    eng = engine(stub)
+    for idx, assets in ((1, ASSETS), (2, ASSETS[::-1]), (3, ASSETS[:2]), (4, ASSETS[:2])):
+        deliver(stub, record(idx, assets=assets))
+    b1, b2, b3, b4 = (eng.get_bar(i) for i in (1, 2, 3, 4))
+    assert b1.symbols == frozenset(ASSETS) and b1.symbols is b2.symbols  # same set, any order
+    assert b3.symbols == frozenset(ASSETS[:2]) and b3.symbols is b4.symbols and b3.symbols is not b1.symbols
+
+
+def test_missing_assets_follow_the_bar_when_its_asset_set_changes(stub: StubClient) -> None:
+    eng = engine(stub)
+    wanted = list(ASSETS) + ["XRPUSDT"]
+    sets = {1: ASSETS, 2: ASSETS, 3: ASSETS[:1], 4: ASSETS, 5: ()}
+    for idx, assets in sets.items():
+        deliver(stub, record(idx, assets=assets))
+    expected = 0
+    for idx, assets in sets.items():
+        eng.step_live(wanted, idx)
+        expected += sum(1 for a in wanted if a not in assets)
+        assert eng.stats().asset_defaults == expected, idx
+
+
+def test_a_hand_built_bar_gets_its_symbols() -> None:
+    bar = features.bar_from_record(record(9))
+    rebuilt = features.BarFeatures(bar.bar_idx, bar.bar_ts, bar.n_assets, bar.n_present, bar.assets, bar.market,
+                                   bar.macro, bar.degraded)
+    assert rebuilt.symbols == frozenset(ASSETS)
+
+
+@pytest.mark.parametrize("key", [[7], {"bar": 7}, "7"])
+def test_a_bad_key_is_refused_as_before(stub: StubClient, key: Any) -> None:
+    eng = engine(stub)
+    deliver(stub, record(7))
+    eng.step_live(list(ASSETS), 7)
+    for getter in (eng.get_placement, eng.get_signal, eng.get_asset):
+        with pytest.raises(TypeError, match="timestamp_or_idx"):
+            getter("BTCUSDT", key)
+    if not isinstance(key, str):  # get_market("7") names an asset: the current bar
+        with pytest.raises(TypeError, match="timestamp_or_idx"):
+            eng.get_market(key)
+        with pytest.raises(TypeError, match="timestamp_or_idx"):
+            eng.get_bar(key)
+
+
+@pytest.mark.parametrize("current", [0, 1])
+def test_bars_0_and_1_by_explicit_index_use_the_memo(stub: StubClient, current: int) -> None:
+    eng = engine(stub)
+    rec = record(current)
+    deliver(stub, rec)
+    eng.step_live(list(ASSETS), current)
+    before = eng.stats().cache.lookups["exact"]
+    for _ in range(3):
+        assert as_tuple(eng.get_signal("SOLUSDT", current)) == signal_of(rec, "SOLUSDT")
+    assert eng.stats().cache.lookups["exact"] == before + 3
