@@ -5,9 +5,10 @@ Run: ``.venv/bin/python bench/bench_freshness.py [--quick] [--members host:port 
 
 For each asset count a real worker (2 s bars, interval clock) runs on maps of its own while
 ``bench/publisher.py`` publishes every asset at 10 Hz (the upstream rate), each snapshot stamped
-with the time it is put. This process runs the trader's ``HazelcastOBEngine`` (its own client)
-and, for every bar, blocks in ``wait_for_bar`` (woken by the listener inserting the decoded bar,
-the moment ``step_live``/``get_*`` could use it), then records:
+with the time it is put. ``bench/trader_process.py --watch-bars`` runs the trader's
+``HazelcastOBEngine`` (its own client, in a process with nothing else, like a trader) and, for
+every bar, blocks in ``wait_for_bar`` (woken by the listener inserting the decoded bar, the
+moment ``step_live``/``get_*`` could use it). From its report:
 
 * ``close->visible``: visible time minus the bar's close (``bar_ts``): the worker's timer wake-up,
   gathering, ``FeatureEngine.step``, encoding, the write round trip, the event to the adapter,
@@ -17,10 +18,11 @@ the moment ``step_live``/``get_*`` could use it), then records:
 * ``put->visible``: visible time minus the timestamp of each asset's snapshot used in the bar
   (one value per asset and bar): the above plus the snapshot's age at the close (~50 ms on
   average at 10 Hz: the bar takes the newest snapshot, at most one publish interval old);
-* the worker's own ``compute`` and ``close->write`` percentiles (its health document), this
-  process's ``decode`` time of one record (paid on the adapter's listener thread), and the
-  garbage collections (generations 1 and 2) this process ran while measuring: how many and the
-  longest, in ms (a collection holds the GIL: the listener's decode waits for it);
+* the worker's own ``compute`` and ``close->write`` percentiles (its health document), the
+  ``decode`` time of one record (in this process, unloaded; paid on the adapter's listener
+  thread), and the garbage collections (generations 1 and 2) the trader process ran while
+  measuring: how many and the longest, in ms (a collection holds the GIL: the listener's
+  decode waits for it);
 * ``>= 10 ms``: bars whose close->visible reached 10 ms.
 
 Times in ms, p50 / p99 over the measured bars (p99 of a few dozen bars is close to the max).
@@ -35,9 +37,6 @@ checkpoint (capture + encode, written before the record while it holds the leade
 from __future__ import annotations
 
 import argparse
-import gc
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,6 @@ import numpy as np
 from bench_engine import make_bars
 from hazelcast.core import HazelcastJsonValue
 
-from engine_adapter import AdapterConfig, HazelcastOBEngine
 from engine_adapter.features import decode_bar
 from obf_features_worker import checkpoint
 from obf_features_worker.engine import FeatureEngine
@@ -56,29 +54,6 @@ from obf_features_worker.record import dumps_record
 
 BAR_SECONDS = 2.0  # bar_idx = unix s / 2 stays < 1e9, which the adapter reads as a bar_idx (1 s bars: >= 1e9)
 RATE_HZ = 10.0
-
-
-class GcWatch:
-    """Durations of this process's collections (generation 1 and 2), via ``gc.callbacks``."""
-
-    def __init__(self) -> None:
-        self.pauses_ms: list[float] = []
-        self._t0 = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if info.get("generation", 0) < 1:
-            return
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            self.pauses_ms.append((time.perf_counter() - self._t0) * 1000.0)
-
-    def __enter__(self) -> GcWatch:
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        gc.callbacks.remove(self)
 
 
 @dataclass
@@ -105,35 +80,22 @@ def measure(cluster: H.Cluster, client: Any, n: int, n_bars: int, log_dir: Path,
         run_s = (n_bars + 4) * BAR_SECONDS + 120.0  # stopped once measured
         with H.publisher_process(cluster, "DOLPHIN_FEATURES" + suffix, n, RATE_HZ, run_s, log_dir=log_dir) as pub:
             H.wait_until(lambda: (pub.progress() or {}).get("published", 0) > 0, 60, "the publisher's first tick")
-            cfg = AdapterConfig(cluster_name=cluster.name, members=tuple(cluster.members), map_name=features_map,
-                                cache_bars=max(10, n_bars + 5), max_wait_ms=0)
-            with HazelcastOBEngine(cfg) as ob:
-                # The worker writes once it holds the leader lease (a few bars after it starts);
-                # then two bars of warm-up.
-                H.wait_until(lambda: ob.stats().cache.newest_idx is not None, 120, "the worker's first record")
-                first = int(time.time() // BAR_SECONDS) + 2
-                close_ms: list[float] = []
-                put_ms: list[float] = []
-                computed_ms: list[float] = []
-                after_ms: list[float] = []
-                exact = 0
-                last_record = None
-                with GcWatch() as watch:  # collections in this (the adapter's) process
-                    for k in range(first, first + n_bars):
-                        if not ob.wait_for_bar(k, (k + 1) * BAR_SECONDS - time.time() + 5.0):
-                            continue  # not written (counted by the "bars" column)
-                        visible = time.time()
-                        bar = ob.get_bar(k)
-                        assert bar is not None and bar.bar_idx == k
-                        exact += 1
-                        close_ms.append((visible - bar.bar_ts) * 1000.0)
-                        if bar.computed_at is not None:
-                            computed_ms.append((bar.computed_at - bar.bar_ts) * 1000.0)
-                            after_ms.append((visible - bar.computed_at) * 1000.0)
-                        put_ms.extend((visible - a.ts) * 1000.0 for a in bar.assets.values())
-                        last_record = k
-                doc = H.read_health(client, suffix) or {}
-                raw = client.get_map(features_map).blocking().get(last_record) if last_record is not None else None
+            trader_args = ["--members", ",".join(cluster.members), "--cluster", cluster.name, "--map", features_map,
+                           "--assets", str(n), "--cache-bars", str(max(10, n_bars + 5)),
+                           "--bar-seconds", str(BAR_SECONDS), "--watch-bars", str(n_bars)]
+            with H.progress_process("trader_process.py", trader_args, log_dir) as trader:
+                H.wait_until(lambda: any("done" in x for x in trader.history()), n_bars * BAR_SECONDS + 180,
+                             "the trader's measurement")
+                lines = trader.history()
+            doc = H.read_health(client, suffix) or {}
+            last_record = max((x["bar"] for x in lines if "visible" in x), default=None)
+            raw = client.get_map(features_map).blocking().get(last_record) if last_record is not None else None
+    bars = [x for x in lines if "visible" in x]
+    close_ms = [(x["visible"] - x["bar_ts"]) * 1000.0 for x in bars]
+    computed_ms = [(x["computed_at"] - x["bar_ts"]) * 1000.0 for x in bars if x["computed_at"] is not None]
+    after_ms = [(x["visible"] - x["computed_at"]) * 1000.0 for x in bars if x["computed_at"] is not None]
+    put_ms = [age for x in bars for age in x["ages_ms"]]
+    gc_ms = next((x["gc_ms"] for x in lines if "gc_ms" in x), [])
     decode_ms = float("nan")
     if raw is not None:
         text = raw.to_string()
@@ -146,7 +108,7 @@ def measure(cluster: H.Cluster, client: Any, n: int, n_bars: int, log_dir: Path,
                  "DOLPHIN_OBF_STATE"):
         client.get_map(base + suffix).blocking().destroy()
     return Row(n, n_bars, close_ms, put_ms, computed_ms, after_ms, doc.get("compute_ms", {}),
-               doc.get("bar_to_write_ms", {}), decode_ms, exact, watch.pauses_ms)
+               doc.get("bar_to_write_ms", {}), decode_ms, len(bars), gc_ms)
 
 
 def budget(client: Any, n: int, reps: int = 7) -> dict[str, float]:
@@ -206,10 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bars", type=int, default=None, help="bars measured per size (default 30, 6 with --quick)")
     args = ap.parse_args(argv)
     n_bars = args.bars if args.bars is not None else (6 if args.quick else 30)
-    log_dir = Path(tempfile.mkdtemp(prefix="obf-bench-fresh-"))
     rows = []
     budgets = {}
-    with H.cluster_from_args(args) as cluster:
+    with H.scratch_dir("obf-bench-fresh-") as log_dir, H.cluster_from_args(args) as cluster:
         client = cluster.client()
         try:
             for n in (int(x) for x in args.sizes.split(",")):

@@ -33,7 +33,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -242,11 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = {400: [10.0, 25.0, 50.0, 0.0], 2000: [5.0, 10.0, 12.5, 15.0, 0.0]}
     warm_s, window_s = (2.0, 6.0) if args.quick else (3.0, 12.0)
-    log_dir = Path(tempfile.mkdtemp(prefix="obf-bench-ingest-"))
 
     levels: list[Level] = []
     profile_text = ""
-    with H.cluster_from_args(args) as cluster:
+    with H.scratch_dir("obf-bench-ingest-") as log_dir, H.cluster_from_args(args) as cluster:
         client = cluster.client()
         try:
             for n, rates in plan.items():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -137,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     experiment = H.experiment_from_args(args)
     warm_s = 6.0 if args.quick else 30.0
     long_s = args.long_s if args.long_s is not None else (60.0 if args.quick else 300.0)
-    log_dir = Path(tempfile.mkdtemp(prefix="obf-bench-mem-"))
     sizes = []
-    with H.cluster_from_args(args) as cluster:
+    with H.scratch_dir("obf-bench-mem-") as log_dir, H.cluster_from_args(args) as cluster:
         client = cluster.client()
         try:
             for n in (int(x) for x in args.sizes.split(",")):

@@ -31,22 +31,19 @@ import argparse
 import logging
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness as H
 import numpy as np
 import orjson
-from hazelcast.config import IntType
 from hazelcast.core import HazelcastJsonValue
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.reference (the plain-Python feature definitions)
-
-import hazelcast  # noqa: E402
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine  # noqa: E402
 from engine_adapter.features import (  # noqa: E402
@@ -56,7 +53,6 @@ from engine_adapter.features import (  # noqa: E402
     OBSignalFeatures,
     decode_bar,
 )
-from obf_features_worker.devmember import LocalMember, free_port  # noqa: E402
 from obf_features_worker.engine import FeatureEngine  # noqa: E402
 from obf_features_worker.record import dumps_record  # noqa: E402
 from obf_features_worker.snapshot import Snapshot, payload_json  # noqa: E402
@@ -222,35 +218,24 @@ def fmt_ms(xs: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--members", default="", help="host:port,... of an existing cluster (default: start one)")
-    ap.add_argument("--cluster", default="dev", help="cluster name with --members (default dev)")
+    H.add_cluster_args(ap)
     ap.add_argument("--sizes", default="4,50,400", help="asset counts (default 4,50,400)")
     ap.add_argument("--quick", action="store_true", help="fewer bars")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    member = None
-    if args.members:
-        members, cluster = [m.strip() for m in args.members.split(",") if m.strip()], args.cluster
-    else:
-        cluster = "obf-bench-" + uuid.uuid4().hex[:6]
-        member = LocalMember(port=free_port(), cluster_name=cluster,
-                             workdir=Path(tempfile.mkdtemp(prefix="obf-bench-hz-")))
-        member.start()
-        members = [member.address]
-    client = hazelcast.HazelcastClient(cluster_name=cluster, cluster_members=members,
-                                       default_int_type=IntType.LONG)
     rng = np.random.default_rng(7)
     rows = []
-    try:
-        for n in (int(s) for s in args.sizes.split(",")):
-            n_bars = 40 if args.quick else 200
-            n_inproc = max(3, min(n_bars, (400 if args.quick else 2000) // n))
-            rows.append(bench_n(client, cluster, members, n, n_bars, n_inproc, rng))
-    finally:
-        client.shutdown()
-        if member is not None:
-            member.stop()
+    with H.cluster_from_args(args) as cl:
+        cluster, members = cl.name, cl.members
+        client = cl.client()
+        try:
+            for n in (int(s) for s in args.sizes.split(",")):
+                n_bars = 40 if args.quick else 200
+                n_inproc = max(3, min(n_bars, (400 if args.quick else 2000) // n))
+                rows.append(bench_n(client, cluster, members, n, n_bars, n_inproc, rng))
+        finally:
+            client.shutdown()
 
     print(f"trader-side cost per bar: step_live + get_placement/get_signal per asset + get_market + get_macro "
           f"(member {','.join(members)}; ms, median (p99))")

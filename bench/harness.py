@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -71,13 +72,29 @@ def cluster_from_args(args: argparse.Namespace) -> Iterator[Cluster]:
         yield Cluster(args.cluster, [m.strip() for m in args.members.split(",") if m.strip()], args.member_pid)
         return
     name = "obf-bench-" + uuid.uuid4().hex[:6]
-    member = LocalMember(port=free_port(), cluster_name=name,
-                         workdir=Path(tempfile.mkdtemp(prefix="obf-bench-hz-")))
-    member.start()
+    with scratch_dir("obf-bench-hz-") as workdir:
+        member = LocalMember(port=free_port(), cluster_name=name, workdir=workdir)
+        member.start()
+        try:
+            yield Cluster(name, [member.address], member.pid())
+        finally:
+            member.stop()
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory for logs; removed afterwards unless the block failed or
+    OBF_BENCH_KEEP_LOGS is set (then its path is printed to stderr)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
     try:
-        yield Cluster(name, [member.address], member.pid())
+        yield path
+        ok = True
     finally:
-        member.stop()
+        if ok and not os.environ.get("OBF_BENCH_KEEP_LOGS"):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            print(f"logs kept in {path}", file=sys.stderr)
 
 
 def map_suffix() -> str:

@@ -1,18 +1,27 @@
 """A trader stand-in for the benchmarks: one ``HazelcastOBEngine`` (its own client, as a trader
-process would run it) stepping every bar and reading every asset, nothing else.
+process would run it) and nothing else, so that its RSS, its garbage collections and its
+listener thread are the adapter's alone (no numpy, no numba, no worker modules).
 
-Run by ``bench_memory.py`` as a subprocess so that its RSS is the adapter's alone (no numpy, no
-worker modules); by hand: ``.venv/bin/python bench/trader_process.py --members 127.0.0.1:5701
---cluster dev --map DOLPHIN_OBF_FEATURES --assets 400 --duration 60``.
+Two modes (by hand: ``.venv/bin/python bench/trader_process.py --members 127.0.0.1:5701
+--cluster dev --map DOLPHIN_OBF_FEATURES --assets 400 --duration 60 [--watch-bars 30]``):
 
-Progress goes to stdout as JSON lines: first ``{"baseline_rss": bytes}`` (the process with the
-client connected, before the adapter exists), then one line per bar:
-``{"t", "bar", "kind", "cached", "rss"}``.
+* scan (``bench_memory.py``): every bar ``step_live`` then ``get_placement`` / ``get_signal``
+  for every asset, ``get_market``, ``get_macro``; one line per bar
+  ``{"t", "bar", "kind", "cached", "rss"}``;
+* ``--watch-bars K`` (``bench_freshness.py``): from two bars after the worker's first record,
+  block in ``wait_for_bar`` for each of K bars (woken by the listener inserting it) and emit
+  ``{"bar", "visible", "bar_ts", "computed_at", "ages_ms"}`` (``ages_ms``: visible time minus
+  each asset's snapshot time), then ``{"gc_ms": [...], "tracked": n}``: the collections of
+  generation 1 and 2 this process ran meanwhile (ms each) and its tracked objects.
+
+Output: JSON lines on stdout, the first ``{"baseline_rss": bytes}`` (the process with the client
+connected, before the adapter exists), the last ``{"done": true}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import signal
@@ -20,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,6 +40,29 @@ from hazelcast.config import IntType  # noqa: E402
 from engine_adapter import AdapterConfig, HazelcastOBEngine  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class GcWatch:
+    """Durations (ms) of this process's collections of generation 1 and 2, via ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info.get("generation", 0) < 1:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses_ms.append((time.perf_counter() - self._t0) * 1000.0)
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 def rss() -> int:
@@ -45,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--assets", type=int, required=True, help="symbols P00000USDT.. as bench/publisher.py names them")
     ap.add_argument("--cache-bars", type=int, default=500)
     ap.add_argument("--bar-seconds", type=float, default=1.0)
-    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--duration", type=float, default=60.0, help="scan mode: seconds to run")
+    ap.add_argument("--watch-bars", type=int, default=0, help="measure when K bars become visible, then exit")
     args = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -63,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                         cache_bars=args.cache_bars, max_wait_ms=200)
     end = time.time() + args.duration
     with HazelcastOBEngine(cfg, client=client) as ob:
-        while not stop.is_set() and time.time() < end:
+        if args.watch_bars > 0:
+            watch(ob, args.watch_bars, args.bar_seconds, stop, emit)
+        while args.watch_bars <= 0 and not stop.is_set() and time.time() < end:
             bar_idx = math.floor(time.time() / args.bar_seconds)
             res = ob.step_live(assets, bar_idx)
             for a in assets:
@@ -74,7 +110,27 @@ def main(argv: list[str] | None = None) -> int:
             emit({"t": time.time(), "bar": bar_idx, "kind": res.kind, "cached": ob.stats().cache.bars, "rss": rss()})
             stop.wait(max(0.0, (bar_idx + 1) * args.bar_seconds + 0.05 - time.time()))
     client.shutdown()
+    emit({"done": True})
     return 0
+
+
+def watch(ob: HazelcastOBEngine, n_bars: int, bar_seconds: float, stop: threading.Event, emit: Any) -> None:
+    # The worker writes once it holds the leader lease (a few bars after it starts).
+    while ob.stats().cache.newest_idx is None and not stop.wait(0.05):
+        pass
+    first = math.floor(time.time() / bar_seconds) + 2  # two bars of warm-up
+    with GcWatch() as gcw:
+        for k in range(first, first + n_bars):
+            if stop.is_set():
+                break
+            if not ob.wait_for_bar(k, (k + 1) * bar_seconds - time.time() + 5.0):
+                continue  # never written: the bench counts it
+            visible = time.time()
+            bar = ob.get_bar(k)
+            assert bar is not None and bar.bar_idx == k
+            emit({"bar": k, "visible": visible, "bar_ts": bar.bar_ts, "computed_at": bar.computed_at,
+                  "ages_ms": [(visible - a.ts) * 1000.0 for a in bar.assets.values()]})
+    emit({"gc_ms": gcw.pauses_ms, "tracked": len(gc.get_objects())})
 
 
 if __name__ == "__main__":
