@@ -169,6 +169,18 @@ class WorkerConfig:
                                              backstop_ttl_s=max(20.0 * self.lease_ttl_s, 300.0))
 
     @property
+    def lease_tick_s(self) -> float:
+        """How often (s) every worker reads or refreshes the lease between bars: a quarter bar.
+        A standby then sees a leader's last refresh within a quarter bar and takes over within
+        ttl + half a bar of the leader's crash (docs/reliability.md, "Takeover bound")."""
+        return self.bar_seconds / 4.0
+
+    @property
+    def health_interval_s(self) -> float:
+        """How often (s) the health entry is rewritten while no bar closes."""
+        return min(self.bar_seconds, self.health_ttl_s / 3.0)
+
+    @property
     def health_ttl_s(self) -> float:
         """TTL of the health entry (s): a dead worker's entry disappears after this long."""
         return max(3.0 * self.bar_seconds, 15.0)
@@ -179,6 +191,7 @@ class WorkerConfig:
         out["members"] = list(self.members)
         out["assets"] = None if self.assets is None else list(self.assets)
         out["health_ttl_s"] = self.health_ttl_s
+        out["lease_tick_s"] = self.lease_tick_s
         out["params"] = self.params.to_dict()
         out["tls_auth"] = describe(dict(self.tls_auth))  # secrets redacted
         out["lease_ttl_s"] = self.lease_settings().ttl_s

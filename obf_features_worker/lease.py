@@ -7,7 +7,8 @@ entry (key ``leader``) in ``DOLPHIN_OBF_STATE`` whose JSON value is::
      "ttl_s": lease seconds, "renewed_at": unix s, "expires_at": unix s}
     or, after a clean release: {"holder": null, "token": null, "epoch": n, "released_by": id, ...}
 
-Protocol (every contender calls ``LeaderLease.tick()`` once per bar, leader or not):
+Protocol (every contender calls ``LeaderLease.tick()`` at least once per bar, leader or not; the
+worker ticks every quarter bar so a standby takes over within ttl + half a bar of a crash):
 - read the entry, then ``decide()`` (pure) what to do;
 - mine                         -> ``replace_if_same(current, renewed)`` (a refresh);
 - released                     -> ``replace_if_same(released, mine)`` at once (epoch + 1);
@@ -356,7 +357,7 @@ class LeaseStatus:
 class LeaderLease:
     """One contender for the lease in ``state_map`` (a blocking IMap proxy).
 
-    Call ``tick()`` once per bar (leader or standby), ``may_write()`` right before each write,
+    Call ``tick()`` at least once per bar (leader or standby), ``may_write()`` right before each write,
     ``release()`` on a clean shutdown. tick() never raises: grid errors are logged and counted,
     and leadership then ends at the term's local deadline at the latest. ``tick``/``release``
     are serialised by a lock; ``may_write``/``epoch`` never wait for it (no I/O, no lock).

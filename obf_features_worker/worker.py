@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 LATEST_PLACEMENT = ("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps")
 LATEST_SIGNAL = ("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry", "withdrawal_velocity")
 _RETRY_SUBSCRIBE_S = 1.0
+# A periodic action is due once this fraction of its interval has passed: the wait that ends on
+# its deadline may wake a hair early, and running it a little early beats a whole period late.
+_DUE_TOLERANCE = 0.95
 
 
 # Health cold_start_reason when the checkpoint could not even be read at the first bar.
@@ -149,6 +152,9 @@ class Worker:
         self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
         self.checkpoint_failures = 0
         self.backfill_present = 0  # back-filled records whose key another writer had written
+        self._monotonic: Callable[[], float] = time.monotonic  # schedules idle work (a seam for tests)
+        self._last_lease_tick = -math.inf  # self._monotonic() s
+        self._last_health_put = -math.inf
 
     # --- seams ------------------------------------------------------------------------
 
@@ -163,7 +169,7 @@ class Worker:
 
     def may_write(self, tick: BarTick | None) -> bool:
         """Gate of every shared write (checked right before each one): holding the lease, or no
-        lease at all. ``tick`` is None outside a bar (idle heartbeat, shutdown)."""
+        lease at all. ``tick`` is None outside a bar (idle lease tick, shutdown)."""
         return self.lease is None or self.lease.may_write()
 
     def make_lease(self, min_epoch: int) -> LeaderLease:
@@ -228,16 +234,23 @@ class Worker:
         return rc
 
     def _loop(self) -> None:
-        heartbeat = min(self.config.bar_seconds, self.config.health_ttl_s / 3.0)
         while not self.stop_event.is_set():
-            tick = self.clock.wait_tick(self.stop_event, heartbeat)
+            tick = self.clock.wait_tick(self.stop_event, self._idle_due_in())
             if self.grid.closed:
                 raise GridClosed("client", "the client shut down (connect timeout ran out?)")
             if tick is None:
                 if not self.stop_event.is_set():
-                    self._idle()  # scan clock idle: keep the lease and stay visible
+                    self._idle()  # between bars: keep (or watch) the lease and stay visible
                 continue
             self.process_bar(tick)
+
+    def _idle_due_in(self) -> float:
+        """Seconds until the next lease tick or health write is due (>= 0)."""
+        now = self._monotonic()
+        due = self._last_health_put + self.config.health_interval_s
+        if self.lease is not None:
+            due = min(due, self._last_lease_tick + self.config.lease_tick_s)
+        return max(0.0, due - now)
 
     def _subscribe(self) -> bool:
         """Initial read, asset listener, scan listener; retried until done or stopped.
@@ -272,10 +285,17 @@ class Worker:
         self.book.offer(key, value, received_at=received_at)
 
     def _idle(self) -> None:
-        if self.lease is not None and self._tick_lease():
-            self._write_cycle(None)
-        self.health.role = self.role
-        self._put_health()
+        """Between bars. The lease is ticked every ``lease_tick_s`` (a quarter bar), not only at
+        bar close, so a standby notices a dead leader's last refresh, and takes over after it,
+        within a quarter bar each (the takeover bound, docs/reliability.md)."""
+        now = self._monotonic()
+        role = self.role
+        if self.lease is not None and now - self._last_lease_tick >= self.config.lease_tick_s * _DUE_TOLERANCE:
+            if self._tick_lease():
+                self._write_cycle(None)
+        if self.role != role or now - self._last_health_put >= self.config.health_interval_s * _DUE_TOLERANCE:
+            self.health.role = self.role
+            self._put_health()
 
     def _shutdown(self, rc: int) -> None:
         self.health.state = "stopping"
@@ -567,6 +587,7 @@ class Worker:
     def _tick_lease(self) -> bool:
         """Tick the lease (never raises); True if a new term of mine began."""
         assert self.lease is not None
+        self._last_lease_tick = self._monotonic()
         self.lease.tick()
         return self._sync_term()
 
@@ -698,6 +719,7 @@ class Worker:
             self._warn("latest", "latest write failed error=%s", exc)
 
     def _put_health(self) -> None:
+        self._last_health_put = self._monotonic()
         doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors)
         if self.metrics is not None:
             self.metrics.update_from_health(doc)

@@ -142,6 +142,7 @@ class ClockedWorker(Worker):
     def __init__(self, config: WorkerConfig, grid: FakeGrid, clock: FakeClock) -> None:
         self._fake_clock = clock
         super().__init__(config, grid=grid)  # type: ignore[arg-type]
+        self._monotonic = clock.mono  # idle lease ticks and health writes on the same clock
 
     def make_lease(self, min_epoch: int) -> LeaderLease:
         return LeaderLease(self.grid.lease_map(), self.config.worker_id, self.config.lease_settings(),
@@ -275,6 +276,53 @@ def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(
     assert {producers[B0 + i]["worker_id"] for i in range(11, 25)} == {"w2"}
     assert {producers[B0 + i]["epoch"] for i in range(11, 25)} == {2}
     assert w2.health.document(0.0, {}, 0)["epoch"] == 2
+
+
+@pytest.mark.parametrize("standby_first", [True, False])
+@pytest.mark.parametrize("kill_phase", [0.0, 0.1, 0.26, 0.5, 0.74, 0.99])
+def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(kill_phase: float,
+                                                                          standby_first: bool) -> None:
+    """The worker loop on a fake clock: bars close every BAR_S, and between them each worker
+    runs ``_idle`` whenever ``_idle_due_in`` says so (as ``_loop`` does). The leader dies at
+    ``kill_phase`` of a bar; the standby must lead within ttl + one bar of the crash (issue 7).
+    ``standby_first``: at each close the standby reads the lease before the leader refreshes it
+    (the usual order live: the leader refreshes after its writes). Ticking the lease once per bar
+    only fails this test: the standby would first see the last refresh a bar after it was made."""
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, _ = start(cluster, clock, "w1")
+    w2, _ = start(cluster, clock, "w2")
+    ttl = w1.config.lease_settings().ttl_s
+    dt = 0.01  # the simulation step (s); the loop's own wake-ups are at most this late
+    live = [w2, w1] if standby_first else [w1, w2]
+    t_kill = took = None
+    t0 = clock.t
+    i = 0
+    while took is None and i < 30:
+        bar_end = t0 + (i + 1) * BAR_S
+        for w in live:
+            offer(w, i)
+            w.process_bar(tick(i))
+        if i == 8:
+            assert (w1.role, w2.role) == ("leader", "standby")
+            t_kill = clock.t + kill_phase * BAR_S
+        while clock.t < bar_end - 1e-9 and took is None:
+            clock.t = round(clock.t + dt, 9)
+            if t_kill is not None and w1 in live and clock.t >= t_kill:
+                live.remove(w1)  # SIGKILL: never called again
+            for w in live:
+                if w._idle_due_in() == 0.0:
+                    w._idle()
+            if t_kill is not None and w2.role == "leader":
+                took = clock.t - t_kill
+        clock.t = bar_end
+        i += 1
+    assert took is not None
+    # Not before the dead leader's term can have ended (its last refresh: a quarter bar before the
+    # crash at most); within ttl + half a bar (a quarter bar to see the last refresh, a quarter bar
+    # to the first tick after ttl), plus the simulation's step for each of the two wake-ups.
+    assert ttl - w1.config.lease_tick_s - dt <= took <= ttl + BAR_S / 2 + 2 * dt, (took, ttl)
+    assert w2.health.document(0.0, {}, 0)["role"] == "leader"
 
 
 @pytest.mark.parametrize("kill_at", ["put_checkpoint", "write_bar", "put_latest", "before_bar"])
