@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "obf_checkpoint"
 CHECKPOINT_VERSION = 1
-# Key of the checkpoint entry in DOLPHIN_OBF_STATE (one shared entry: a standby restores the
-# leader's checkpoint on takeover).
-CHECKPOINT_KEY = "checkpoint"
 # Far above any real state (10k assets x lookback 10 x 2 histories is ~5 MB of JSON) and far
 # below what would hurt the process.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

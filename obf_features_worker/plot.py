@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from obf_features_worker import inspect_grid
+from obf_features_worker import cluster_args, grid
 from obf_features_worker.record import loads_record
 
 log = logging.getLogger(__name__)
@@ -194,14 +194,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--assets", default=None, help="comma-separated symbols to draw (default: the most present)")
     p.add_argument("--max-assets", type=int, default=8, help="assets drawn when --assets is not given (default 8)")
     p.add_argument("--title", default=None, help="figure title")
-    inspect_grid.add_cluster_options(p, maps=("features",))
+    cluster_args.add_cluster_options(p, maps=("features",))
     p.set_defaults(func=run)
 
 
 def _records_from_map(args: argparse.Namespace) -> Iterable[dict[str, Any]]:
-    client = inspect_grid.connect_from_args(args)
+    client = cluster_args.connect_from_args(args)
     try:
-        return inspect_grid.InspectionReader(client).last_bars(inspect_grid.map_name(args, "features"), args.last)
+        return grid.InspectionReader(client).last_bars(cluster_args.map_name(args, "features"), args.last)
     finally:
         client.shutdown()
 
@@ -218,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
             source = str(args.from_file)
         else:
             records = list(_records_from_map(args))
-            source = f"map {inspect_grid.map_name(args, 'features')}"
-    except inspect_grid.ConnectFailed as exc:
+            source = f"map {cluster_args.map_name(args, 'features')}"
+    except cluster_args.ConnectFailed as exc:
         print(str(exc))
         return exc.exit_code
     except (OSError, ValueError) as exc:

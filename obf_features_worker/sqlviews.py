@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from obf_features_worker import inspect_grid
+from obf_features_worker import cluster_args, grid
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def apply_statements(reader: Any, statements: Sequence[SqlStatement], *,
                      stop_on_error: bool = True) -> list[tuple[SqlStatement, Exception | None]]:
     """Execute the mapping and view statements in file order: (statement, error or None) each.
 
-    ``reader`` is an ``inspect_grid.InspectionReader``. With ``stop_on_error`` the first
+    ``reader`` is an ``grid.InspectionReader``. With ``stop_on_error`` the first
     failure is raised (the client's HazelcastSqlError); otherwise every statement is tried.
     """
     done: list[tuple[SqlStatement, Exception | None]] = []
@@ -244,12 +244,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --run: print one JSON object per row, {\"query\": NAME, \"row\": {...}}")
     parser.add_argument("--query-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="cancel an example query after this many seconds (default 30)")
-    inspect_grid.add_cluster_options(parser, maps=("features", "health", "latest"))
+    cluster_args.add_cluster_options(parser, maps=("features", "health", "latest"))
     parser.set_defaults(func=run)
 
 
 def _cell(value: Any) -> str:
-    text = inspect_grid.json_text(value) if not isinstance(value, str) else value
+    text = grid.json_text(value) if not isinstance(value, str) else value
     if text is not None:
         return text if len(text) <= 80 else text[:77] + "..."
     if isinstance(value, float):
@@ -264,8 +264,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     console = Console()
     try:
-        rename = map_renames(inspect_grid.map_name(args, "features"), inspect_grid.map_name(args, "health"),
-                             inspect_grid.map_name(args, "latest"), view_suffix=args.map_suffix or "")
+        rename = map_renames(cluster_args.map_name(args, "features"), cluster_args.map_name(args, "health"),
+                             cluster_args.map_name(args, "latest"), view_suffix=args.map_suffix or "")
         statements = load_statements(args.file, rename)
     except (OSError, SqlFileError) as exc:
         print(f"cannot read SQL file {args.file}: {exc}")
@@ -296,13 +296,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        client = inspect_grid.connect_from_args(args)
-    except inspect_grid.ConnectFailed as exc:
+        client = cluster_args.connect_from_args(args)
+    except cluster_args.ConnectFailed as exc:
         print(str(exc))
         return exc.exit_code
     failures = 0
     try:
-        reader = inspect_grid.InspectionReader(client)
+        reader = grid.InspectionReader(client)
         if args.apply:
             for st, error in apply_statements(reader, statements, stop_on_error=False):
                 if error is None:
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             if args.json:
                 for row in rows:
-                    print(json.dumps({"query": st.name, "row": {n: inspect_grid.decode_json_column(v) for n, v in zip(names, row, strict=True)}},
+                    print(json.dumps({"query": st.name, "row": {n: grid.decode_json_column(v) for n, v in zip(names, row, strict=True)}},
                                      default=str))
                 continue
             console.print(f"[bold]{st.name}[/bold]  {st.title}", highlight=False)

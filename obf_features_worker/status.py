@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from obf_features_worker import inspect_grid
+from obf_features_worker import cluster_args, grid
 
 log = logging.getLogger(__name__)
 
@@ -298,23 +298,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object (for scripts)")
     p.add_argument("--max-assets", type=int, default=40, help="asset rows shown (default 40; stale ones first)")
-    inspect_grid.add_cluster_options(p, maps=("features", "health", "latest"))
+    cluster_args.add_cluster_options(p, maps=("features", "health", "latest"))
     p.set_defaults(func=run)
 
 
 def collect(args: argparse.Namespace, now: float | None = None) -> StatusReport:
     """Read the grid and evaluate; an unreachable cluster or failed read gives an UNKNOWN report."""
-    target = inspect_grid.target_from_args(args)
+    target = cluster_args.target_from_args(args)
     try:
-        client = inspect_grid.connect(target)
-    except inspect_grid.ClusterUnreachable as exc:
+        client = grid.connect(target)
+    except grid.ClusterUnreachable as exc:
         return unreachable_report(target.cluster_name, list(target.members), str(exc), now or time.time())
     try:
-        reader = inspect_grid.InspectionReader(client)
-        health = reader.health_docs(inspect_grid.map_name(args, "health"))
-        newest = reader.newest_bar(inspect_grid.map_name(args, "features"))
-        latest = reader.latest_docs(inspect_grid.map_name(args, "latest"))
-    except inspect_grid.GRID_ERRORS as exc:
+        reader = grid.InspectionReader(client)
+        health = reader.health_docs(cluster_args.map_name(args, "health"))
+        newest = reader.newest_bar(cluster_args.map_name(args, "features"))
+        latest = reader.latest_docs(cluster_args.map_name(args, "latest"))
+    except grid.GRID_ERRORS as exc:
         return unreachable_report(target.cluster_name, list(target.members), f"grid read failed: {exc}",
                                   now or time.time())
     finally:

@@ -25,7 +25,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from obf_features_worker import inspect_grid
+from obf_features_worker import cluster_args, grid
 from obf_features_worker.record import loads_record
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rows", type=int, default=None,
                    help="asset rows shown (default: what fits the terminal; all when not a TTY)")
     p.add_argument("--plain", action="store_true", help="plain lines per bar even on a terminal")
-    inspect_grid.add_cluster_options(p, maps=("features",), connect_timeout=30.0)
+    cluster_args.add_cluster_options(p, maps=("features",), connect_timeout=30.0)
     p.set_defaults(func=run)
 
 
@@ -261,13 +261,13 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 on Ctrl-C/SIGTERM or after --once, 1 if --once saw no bar, 2 on bad settings, 3 if unreachable."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        client = inspect_grid.connect_from_args(args)
-    except inspect_grid.ConnectFailed as exc:
+        client = cluster_args.connect_from_args(args)
+    except cluster_args.ConnectFailed as exc:
         print(str(exc))
         return exc.exit_code
-    features_map = inspect_grid.map_name(args, "features")
+    features_map = cluster_args.map_name(args, "features")
     inbox = BarInbox()
-    listener = inspect_grid.BarListener(client, features_map, inbox.offer)
+    listener = grid.BarListener(client, features_map, inbox.offer)
     previous_term = signal.getsignal(signal.SIGTERM)
     try:
         # A supervisor or the demo stops us with SIGTERM: leave like Ctrl-C.
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         previous_term = None
     try:
         listener.start()  # before the seed read, so no bar falls between the two
-        reader = inspect_grid.InspectionReader(client)
+        reader = grid.InspectionReader(client)
         seed = reader.newest_bar(features_map)
         if args.once:
             return _once(args, features_map, inbox, seed)

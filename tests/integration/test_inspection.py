@@ -23,7 +23,7 @@ from hazelcast.core import HazelcastJsonValue
 
 from obf_features_worker import cli
 from obf_features_worker.devmember import free_port
-from obf_features_worker.inspect_grid import InspectionReader
+from obf_features_worker.grid import InspectionReader
 from obf_features_worker.sqlviews import StatementKind, apply_statements, load_statements, map_renames
 from tests.cluster import HzCluster
 from tests.inspection_records import engine_records, health_doc, with_producer

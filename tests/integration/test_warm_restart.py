@@ -23,6 +23,7 @@ import orjson
 from hazelcast.core import HazelcastJsonValue
 
 from obf_features_worker import checkpoint
+from obf_features_worker.grid import CHECKPOINT_KEY
 from obf_features_worker.engine import FeatureEngine
 from obf_features_worker.params import FeatureParams
 from obf_features_worker.record import dumps_record
@@ -142,13 +143,13 @@ def test_sigkill_and_restart_continue_bit_identically(hz_cluster, hz_client, map
         for bar in range(115, 119):
             run.close_bar(bar, symbols_for(bar))
             if bar == 117:  # the checkpoint is written before the record: this is bar 117's
-                checkpoint_117 = run.state.get(checkpoint.CHECKPOINT_KEY).to_string()
+                checkpoint_117 = run.state.get(CHECKPOINT_KEY).to_string()
         assert run.record(114) is not None  # written from the checkpoint by the next leader
         assert run.health()["restored_from_bar"] == 114
         # 4. Crash after scan 118 arrived, before its checkpoint: the grid then holds bar 117's
         # checkpoint and no record 118, and the scan key still says 118.
         run.kill()
-        run.state.set(checkpoint.CHECKPOINT_KEY, HazelcastJsonValue(checkpoint_117))
+        run.state.set(CHECKPOINT_KEY, HazelcastJsonValue(checkpoint_117))
         run.features.delete(118)
         run.start("wr4")
         wait_for(lambda: run.record(118), 20, "bar 118 closed again by the restarted worker")
@@ -187,7 +188,7 @@ def test_refused_checkpoints_start_cold_without_crashing(hz_cluster, hz_client, 
     try:
         for reason, (stored, extra) in cases.items():
             run = Run(hz_cluster, hz_client, f"{map_suffix}_{reason}", tmp_path)
-            run.state.set(checkpoint.CHECKPOINT_KEY, HazelcastJsonValue(stored))
+            run.state.set(CHECKPOINT_KEY, HazelcastJsonValue(stored))
             run.start(f"cold-{reason}", *extra)
             runs[reason] = run
         for run in runs.values():
@@ -218,7 +219,7 @@ def test_checkpoint_in_the_grid_is_the_engine_state_after_the_bar(hz_cluster, hz
         run.start("cp1")
         for bar in range(100, 104):
             rec = run.close_bar(bar)
-        raw = run.state.get(checkpoint.CHECKPOINT_KEY).to_string()
+        raw = run.state.get(CHECKPOINT_KEY).to_string()
         cp = checkpoint.decode(raw, params=FeatureParams(), now_bar_idx=103, max_age_bars=0)
         assert cp.worker_id == run.worker_id and cp.bar_idx == 103 and cp.epoch == rec["producer"]["epoch"]
         assert orjson.loads(cp.records[103])["bar_idx"] == 103

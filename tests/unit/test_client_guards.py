@@ -14,7 +14,7 @@ from hazelcast.errors import HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.serialization.service import SerializationServiceV1
 
-from obf_features_worker import inspect_grid
+from obf_features_worker import cluster_args, grid
 from obf_features_worker.config import ConfigError, WorkerConfig, build_parser, config_from_args
 from obf_features_worker.grid import Grid, Publisher, UnreadableValue
 from obf_features_worker.pickle_guard import is_guarded
@@ -72,19 +72,19 @@ def test_feeder_publisher_takes_tls_settings_from_the_environment(monkeypatch) -
 
 def test_inspection_client_is_guarded_and_gets_the_tls_settings(monkeypatch) -> None:
     made: list[FakeClient] = []
-    monkeypatch.setattr(inspect_grid.hazelcast, "HazelcastClient",
+    monkeypatch.setattr(grid.hazelcast, "HazelcastClient",
                         lambda **s: made.append(FakeClient(**s)) or made[-1])
     for k, v in AUTH_ENV.items():
         monkeypatch.setenv(k, v)
     parser = __import__("argparse").ArgumentParser()
-    inspect_grid.add_cluster_options(parser)
-    target = inspect_grid.target_from_args(parser.parse_args(["--members", "h:1"]))
-    client = inspect_grid.connect(target)
+    cluster_args.add_cluster_options(parser)
+    target = cluster_args.target_from_args(parser.parse_args(["--members", "h:1"]))
+    client = grid.connect(target)
     assert client is made[0] and is_guarded(client)
     assert client.settings["creds_password"] == "s3cret" and client.settings["ssl_enabled"] is True
     monkeypatch.setenv("HZ_SSL_ENABLED", "maybe")
     with pytest.raises(ValueError, match="HZ_SSL_ENABLED"):
-        inspect_grid.target_from_args(parser.parse_args([]))
+        cluster_args.target_from_args(parser.parse_args([]))
 
 
 def test_adapter_guards_the_traders_client_before_reading() -> None:
