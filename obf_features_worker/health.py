@@ -121,6 +121,7 @@ class HealthStats:
                 "received": int(book_stats.get("received", 0)),
                 "accepted": int(book_stats.get("accepted", 0)),
                 "ignored": int(book_stats.get("ignored", 0)),
+                "read_echoes": int(book_stats.get("read_echoes", 0)),
                 "rejected": {str(k): int(v) for k, v in dict(book_stats.get("rejected", {})).items()},
                 "listener_errors": int(listener_errors),
             },

@@ -123,12 +123,18 @@ class SnapshotBook:
         self._accepted = 0
         self._ignored = 0
         self._seq_resets = 0
+        self._read_echoes = 0
+        self._read_unechoed: set[str] = set()  # symbols whose stored snapshot came from a read, no event since
         self.rejects = RejectStats(sample_size, clock=clock)
 
-    def offer(self, key: object, value: object, *, received_at: float | None = None) -> bool:
-        """Validate and store one map entry; True if accepted. Never raises."""
+    def offer(self, key: object, value: object, *, received_at: float | None = None, from_read: bool = False) -> bool:
+        """Validate and store one map entry; True if accepted. Never raises.
+
+        from_read: the value was read from the map (initial read, bar-close re-read), not
+        delivered as an event. Its own entry event may still be in flight; when it arrives it
+        is counted as a ``read_echo``, not as a ``stale_seq`` reject (it is no duplicate push)."""
         try:
-            return self._offer(key, value, received_at)
+            return self._offer(key, value, received_at, from_read)
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
             try:
                 self.rejects.record(INTERNAL_ERROR, key, f"{type(exc).__name__}: {exc}")
@@ -136,7 +142,7 @@ class SnapshotBook:
                 log.exception("snapshot reject accounting failed")
             return False
 
-    def _offer(self, key: object, value: object, received_at: float | None) -> bool:
+    def _offer(self, key: object, value: object, received_at: float | None, from_read: bool) -> bool:
         with self._lock:
             self._received += 1
         try:
@@ -149,7 +155,14 @@ class SnapshotBook:
             snap = parse_payload(symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
                                  max_payload_bytes=self._max_payload_bytes)
             with self._lock:
+                if not from_read and self._is_read_echo(snap):
+                    self._read_echoes += 1
+                    return False
                 self._check_order(snap)
+                if from_read:
+                    self._read_unechoed.add(symbol)
+                else:
+                    self._read_unechoed.discard(symbol)
                 self._latest[symbol] = snap
                 self._received_at[symbol] = now if received_at is None else float(received_at)
                 if snap.seq is not None:
@@ -159,6 +172,17 @@ class SnapshotBook:
         except SnapshotRejected as exc:
             self.rejects.record(exc.reason, key, exc.detail)
             return False
+
+    def _is_read_echo(self, snap: Snapshot) -> bool:
+        # The event of the very entry a read already stored: same push (seq and timestamp), and
+        # only the first such event (a second one is a real duplicate push: stale_seq).
+        if snap.seq is None or snap.symbol not in self._read_unechoed:
+            return False  # without a seq an equal timestamp is accepted anyway: nothing to tell apart
+        last = self._latest[snap.symbol]
+        if snap.seq != last.seq or snap.ts != last.ts:
+            return False
+        self._read_unechoed.discard(snap.symbol)
+        return True
 
     def _check_order(self, snap: Snapshot) -> None:
         # Called with the lock held, so ordering holds across listener threads.
@@ -193,7 +217,8 @@ class SnapshotBook:
             return self._received_at.get(symbol)
 
     def stats(self) -> dict[str, Any]:
-        """``{"received", "accepted", "ignored", "seq_resets", "rejected": {reason: n}, "samples": [...]}``."""
+        """``{"received", "accepted", "ignored", "seq_resets", "read_echoes", "rejected": {reason: n},
+        "samples": [...]}``; received = accepted + ignored + read_echoes + rejected."""
         rejects = self.rejects.snapshot()
         with self._lock:
             return {
@@ -201,6 +226,7 @@ class SnapshotBook:
                 "accepted": self._accepted,
                 "ignored": self._ignored,
                 "seq_resets": self._seq_resets,
+                "read_echoes": self._read_echoes,
                 "rejected": rejects["by_reason"],
                 "samples": rejects["samples"],
             }

@@ -418,7 +418,8 @@ class Worker:
     def _offer_read(self, entries: dict[Any, Any], *, count_invalid: bool = False) -> list[str]:
         """Offer entries read from the map (not events) to the book, only where they are newer
         than what the book holds: an entry the listener already delivered is not a new event
-        (offering it again would count a stale_seq reject). A malformed entry is offered (so
+        (offering it again would count a stale_seq reject), and the event of an entry read here
+        that arrives afterwards is a ``read_echo``, not a reject. A malformed entry is offered (so
         counted by reason) only if ``count_invalid`` (the initial read); on a re-read its event
         was already counted. Returns the symbols refreshed."""
         cfg = self.config
@@ -430,7 +431,7 @@ class Worker:
                 # place it is seen: counted once (bad_json) like an event, never fatal.
                 if key not in self._unreadable:
                     self._unreadable.add(key)
-                    self.book.offer(key, value, received_at=now)
+                    self.book.offer(key, value, received_at=now, from_read=True)
                 self._warn("unreadable", "unreadable input value key=%s detail=%s", key, value.detail)
                 continue
             self._unreadable.discard(key)
@@ -439,12 +440,13 @@ class Worker:
                                       max_payload_bytes=cfg.max_payload_bytes)
             except SnapshotRejected:
                 if count_invalid:
-                    self.book.offer(key, value, received_at=now)
+                    self.book.offer(key, value, received_at=now, from_read=True)
                 continue
             if cfg.assets is not None and snap.symbol not in cfg.assets:
                 continue
             current: Snapshot | None = self.book.get(snap.symbol)
-            if (current is None or snap.ts > current.ts) and self.book.offer(key, value, received_at=now):
+            if (current is None or snap.ts > current.ts) and self.book.offer(key, value, received_at=now,
+                                                                             from_read=True):
                 refreshed.append(snap.symbol)
         return refreshed
 

@@ -50,11 +50,11 @@ def test_document_shape_and_events():
     h = HealthStats(worker_id="w", host="h", pid=42, version="0.1.0", clock="scan", bar_seconds=2.0,
                     started_at=100.0)
     h.compute_ms.add(3.0)
-    book = {"received": 10, "accepted": 6, "ignored": 1, "seq_resets": 0,
+    book = {"received": 11, "accepted": 6, "ignored": 1, "seq_resets": 0, "read_echoes": 1,
             "rejected": {"bad_json": 2, "negative": 1}, "samples": [{"x": 1}]}
     doc = h.document(123.0, book, listener_errors=4)
     assert set(doc) == DOC_KEYS
-    assert doc["events"] == {"received": 10, "accepted": 6, "ignored": 1,
+    assert doc["events"] == {"received": 11, "accepted": 6, "ignored": 1, "read_echoes": 1,
                              "rejected": {"bad_json": 2, "negative": 1}, "listener_errors": 4}
     assert (doc["state"], doc["role"], doc["started_at"], doc["updated_at"]) == ("starting", "leader", 100.0, 123.0)
     assert doc["compute_ms"] == {"p50": 3.0, "p99": 3.0}

@@ -69,6 +69,27 @@ def test_duplicate_and_out_of_order_seq_are_stale() -> None:
     assert b.stats()["rejected"] == {"stale_seq": 2}
 
 
+def test_the_event_of_an_entry_already_read_is_an_echo_not_a_reject() -> None:
+    # The bar-close re-read took seq 5 from the map while its entry event was still in flight.
+    b, _ = book()
+    assert b.offer("asset_BTCUSDT_ob", payload(seq=4, bid=4.0))
+    assert b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0), from_read=True)
+    assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # its event: an echo
+    assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # again: a duplicate push
+    assert not b.offer("asset_BTCUSDT_ob", payload(seq=3, bid=3.0))  # older: stale
+    assert b.get("BTCUSDT").bid_notional[0] == 5.0
+    # A read value whose event carries another timestamp under the same seq is no echo.
+    assert b.offer("asset_ETHUSDT_ob", payload(seq=9), from_read=True)
+    assert not b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 0.05, seq=9))
+    # After an event the read flag is gone: the same seq later is a duplicate.
+    assert b.offer("asset_XRPUSDT_ob", payload(seq=1), from_read=True)
+    assert b.offer("asset_XRPUSDT_ob", payload(seq=2))
+    assert not b.offer("asset_XRPUSDT_ob", payload(seq=2))
+    st = b.stats()
+    assert st["read_echoes"] == 1 and st["rejected"] == {"stale_seq": 4}
+    assert st["received"] == st["accepted"] + st["ignored"] + st["read_echoes"] + sum(st["rejected"].values())
+
+
 def test_without_seq_older_timestamp_is_stale_equal_is_not() -> None:
     b, _ = book()
     assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 1.0))
