@@ -131,8 +131,9 @@ class SnapshotBook:
         """Validate and store one map entry; True if accepted. Never raises.
 
         from_read: the value was read from the map (initial read, bar-close re-read), not
-        delivered as an event. Its own entry event may still be in flight; when it arrives it
-        is counted as a ``read_echo``, not as a ``stale_seq`` reject (it is no duplicate push)."""
+        delivered as an event. Its own entry event, and those of older pushes, may still be in
+        flight; until its own arrives (or a newer push is accepted) they are counted as
+        ``read_echoes``, not as ``stale_seq`` rejects: they are no duplicate or reordered pushes."""
         try:
             return self._offer(key, value, received_at, from_read)
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
@@ -174,15 +175,20 @@ class SnapshotBook:
             return False
 
     def _is_read_echo(self, snap: Snapshot) -> bool:
-        # The event of the very entry a read already stored: same push (seq and timestamp), and
-        # only the first such event (a second one is a real duplicate push: stale_seq).
+        # Events still in flight when a read took the entry: those of older pushes (the read
+        # overtook them) and the first event of the very push it took (same seq and timestamp),
+        # which closes the window; a second one is a real duplicate push (stale_seq).
         if snap.seq is None or snap.symbol not in self._read_unechoed:
             return False  # without a seq an equal timestamp is accepted anyway: nothing to tell apart
         last = self._latest[snap.symbol]
-        if snap.seq != last.seq or snap.ts != last.ts:
+        if last.seq is None:
             return False
-        self._read_unechoed.discard(snap.symbol)
-        return True
+        if snap.seq < last.seq:
+            return True
+        if snap.seq == last.seq and snap.ts == last.ts:
+            self._read_unechoed.discard(snap.symbol)
+            return True
+        return False
 
     def _check_order(self, snap: Snapshot) -> None:
         # Called with the lock held, so ordering holds across listener threads.

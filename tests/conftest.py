@@ -65,7 +65,22 @@ def map_suffix() -> str:
     return "_T" + uuid.uuid4().hex[:10].upper()
 
 
+# Figures tests report with ``record_property`` (bars missed in a member restart, soak RSS growth,
+# burst rates): shown in the terminal summary, so a green CI log still carries them.
+_reported: list[tuple[str, str, str]] = []
+_REPORT_SKIP = {"rss_samples"}  # raw series: in the JUnit XML (--junitxml) only
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _reported.extend((report.nodeid, str(k), str(v)) for k, v in report.user_properties if k not in _REPORT_SKIP)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    if _reported:
+        terminalreporter.section("reported figures")
+        for nodeid, key, value in _reported:
+            terminalreporter.write_line(f"{nodeid} {key}: {value}")
     for cluster in _started:
         terminalreporter.write_line(
             f"Hazelcast member tested against: version={cluster.version or 'unknown'} "

@@ -170,8 +170,11 @@ def test_member_restart_worker_and_adapter_recover(how: str, private_cluster: Hz
         # The outage really spanned bar closes: the worker's writes failed and the trader noticed.
         assert h_end["write_failures"] >= 1 and not_exact, summary
         assert all(kind == "exact" for _, kind, at in steps if at < restart_at), summary
-        assert len(missed) <= bound, summary
-        assert len(not_exact) <= bound, summary
+        # Missed: none, the outage's bars are back-filled from the worker's backlog, except at most
+        # one record acknowledged in the instant before the member died (lost with the member's
+        # data: a single member has no backup) whose event did not reach the adapter either.
+        assert len(missed) <= 1, summary
+        assert len(not_exact) <= bound, summary  # late, not lost: the adapter's fallback/default steps
         # Every bar after the restart that the worker wrote is in the map, in order.
         assert_contiguous(sorted(k for k in post_keys if k > before["last_bar_idx"]))
     finally:
@@ -236,6 +239,12 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
             h = wait_for(lambda: (h := h_now()) and h["stale_assets"] == sorted(dead) and h, 15,
                          "dead assets listed as stale")
             assert h["state"] == "running" and h["n_present"] == len(alive)
+            # The adapter, live: defaults for the dead assets only, and the bar says what is missing.
+            assert eng.wait_for_bar(h["last_bar_idx"], 15)
+            bar = eng.get_bar(h["last_bar_idx"])
+            assert bar is not None and not bar.degraded and bar.n_present == len(alive)
+            assert all(eng.get_placement(sym, h["last_bar_idx"]) == NEUTRAL_PLACEMENT for sym in dead)
+            assert all(eng.get_asset(sym, h["last_bar_idx"]) is not None for sym in alive)
             after_bars(h, DEGRADED_AFTER_BARS + 1, "bars with assets missing")
             lat = {s: _json(latest.get(s))["bar_idx"] for s in ALL}
             assert max(lat[s] for s in dead) < min(lat[s] for s in alive), lat  # dead assets' entries froze
@@ -244,6 +253,10 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
             feeder.active = ()
             h = wait_for(lambda: (h := h_now()) and h["state"] == "degraded" and h, 15, "health degraded")
             assert h["n_present"] == 0 and h["stale_assets"] == sorted(ALL)
+            assert eng.wait_for_bar(h["last_bar_idx"], 15)
+            bar = eng.get_bar(h["last_bar_idx"])
+            assert bar is not None and bar.degraded and bar.n_present == 0
+            assert eng.get_market(h["last_bar_idx"]) == NEUTRAL_MARKET
             after_bars(h, 2, "degraded bars")
 
             # The feed returns: running again with every asset.
@@ -312,9 +325,9 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
 BURST_BAR_S = 2.0  # interval bars >= ~1.8 s (bar_idx below 1e9, config.py)
 NORMAL_HZ = 10.0
 BURST_HZ = 500.0  # per asset: 50x the normal rate
-MIN_BURST_FACTOR = 20  # the publisher must reach at least this multiple of the normal rate
-# A bar closes "on time" if its record is computed within 0.5 s of its close (measured: <= 15 ms).
-MAX_LATENESS_S = 0.5
+MIN_BURST_FACTOR = 40  # the publisher must reach at least this multiple of the normal rate (measured: 50)
+# A bar closes "on time" if its record is computed within 0.25 s of its close (measured: <= 15 ms).
+MAX_LATENESS_S = 0.25
 # The snapshot a bar uses is at most one normal feed period old plus delivery: anything older
 # means events queued up somewhere between the member and the book.
 MAX_AGE_MS = 1000.0 / NORMAL_HZ + 250.0

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from obf_features_worker.snapshot import parse_snapshot
 from tests.cluster import HzCluster
 from tests.integration.fault_tools import AdapterProbe, BarWitness, ControlledFeeder, proc_status_kb
 from tests.integration.feeder import WorkerProcess, wait_for
@@ -41,14 +42,14 @@ BLOCK = 300  # bars per join/leave block
 RETAIN = 50  # --retain-bars
 CACHE_BARS = 100  # adapter cache
 MAX_AGE_S = 1.0  # --max-age-s: an asset whose feed stopped is absent from bars closing 1 s later
-# A block lasts at least this long (wall time), so a leaver has aged out and a joiner has been
-# published before the block's last bar: waiting for it is part of the scenario, not a sync.
-MIN_BLOCK_S = MAX_AGE_S + 0.6
+AGE_MARGIN_S = 0.2  # input entries this much past (or within) MAX_AGE_S count as aged out (fresh)
 SAMPLE_EVERY = 120  # bars between memory / map-size samples
-# Memory "flat after warm-up": growth of RSS between the first and the last samples after
-# warm-up. A leak of one record per bar (a few KB of Python objects for 7-10 assets) over the
-# CI variant's post-warm-up bars would exceed it several times over.
-RSS_GROWTH_LIMIT_KB = 6 * 1024
+# Memory "flat after warm-up": RSS growth between the first and the last samples after warm-up
+# may not exceed RSS_NOISE_KB (allocator arenas, measured < 0.3 MB) or RSS_LEAK_KB_PER_BAR per
+# bar between them, whichever is larger. A decoded record is ~9.5 kB and its JSON text ~4.6 kB,
+# so keeping one of either per bar fails the CI variant (>= 840 bars between the samples).
+RSS_NOISE_KB = 1024
+RSS_LEAK_KB_PER_BAR = 1.0
 SOAK_DAY_BARS = 17_280  # a day of 5 s bars
 
 
@@ -61,6 +62,23 @@ def active_for(block: int) -> frozenset[str]:
 def growth_kb(samples: list[int]) -> float:
     """Median of the last three samples minus median of the first three (kB)."""
     return statistics.median(samples[-3:]) - statistics.median(samples[:3])
+
+
+def snapshot_ts(key: str, value: Any) -> float:
+    return parse_snapshot(key, value, now=math.inf).ts
+
+
+def block_settled(inp: Any, active: frozenset[str], removed_ts: dict[str, float]) -> bool:
+    """The block's last bar may close: every active symbol's entry is fresh, every other one
+    aged out of the bars (with AGE_MARGIN_S on each side). A removed entry's age is that of the
+    value removed: the worker still holds it."""
+    now = time.time()
+    ts = dict(removed_ts)
+    ts.update({k[len("asset_"):-len("_ob")]: snapshot_ts(k, v)
+               for k, v in inp.get_all([f"asset_{s}_ob" for s in POOL]).items()})
+    ages = {sym: now - t for sym, t in ts.items()}
+    return (all(ages.get(s, math.inf) < MAX_AGE_S - AGE_MARGIN_S for s in active)
+            and all(ages[s] > MAX_AGE_S + AGE_MARGIN_S for s in ages.keys() - active))
 
 
 @pytest.mark.parametrize(("min_bars", "max_bars", "budget_s"), [
@@ -91,6 +109,7 @@ def test_soak_memory_flat_and_maps_at_retention(min_bars: int, max_bars: int, bu
     samples: list[dict[str, Any]] = []
     block_active: dict[int, frozenset[str]] = {}
     block_seconds: list[float] = []
+    removed_ts: dict[str, float] = {}  # symbol -> timestamp of the input entry the test removed
     t_run = time.monotonic()
     try:
         with WorkerProcess(args, worker_env(hz_cluster, map_suffix), tmp_path) as w, \
@@ -111,9 +130,12 @@ def test_soak_memory_flat_and_maps_at_retention(min_bars: int, max_bars: int, bu
                     feeder.active = block_active[block]
                     if block % 2:  # upstream may also delete a dead asset's entry
                         for sym in leaving:
-                            inp.remove(f"asset_{sym}_ob")
-                if i % BLOCK == 0:  # the block's last bar: leavers must have aged out by now
-                    time.sleep(max(0.0, block_start + MIN_BLOCK_S - time.monotonic()))  # scenario, see MIN_BLOCK_S
+                            old = inp.remove(f"asset_{sym}_ob")
+                            if old is not None:
+                                removed_ts[sym] = snapshot_ts(f"asset_{sym}_ob", old)
+                if i % BLOCK == 0:  # the block's last bar: leavers aged out, joiners published
+                    wait_for(lambda b=block: block_settled(inp, block_active[b], removed_ts), 15,
+                             f"block {block} settled", interval=0.05)
                 inp.put("latest_eigen_scan", json.dumps({"scan_number": i}))
                 assert witness.wait_for(i, 30), f"bar {i} not written:\n{w.log_text()[-3000:]}"
                 if i % SAMPLE_EVERY == 0:
@@ -138,13 +160,15 @@ def test_soak_memory_flat_and_maps_at_retention(min_bars: int, max_bars: int, bu
         assert sorted(witness.bars) == list(range(1, n_bars + 1)) and witness.errors == 0
         assert sorted(records(client, map_suffix)) == list(range(n_bars - RETAIN + 1, n_bars + 1))
         assert h is not None and h["bars_written"] == n_bars and h["write_failures"] == 0
-        # The only reject: an asset's first event after a (re)join that the bar-close re-read had
-        # already delivered (a duplicate counted as stale_seq; see the report): at most one per join.
+        # No rejects. An asset's first events after a (re)join may race the bar-close re-read that
+        # already took a newer or the same entry: counted as read_echoes, a few per join at most.
         joins = sum(len(block_active[b] - block_active[b - 1]) for b in block_active if b)
-        rejected = h["events"]["rejected"]
-        assert h["events"]["listener_errors"] == 0 and set(rejected) <= {"stale_seq"}, rejected
-        assert rejected.get("stale_seq", 0) <= joins, (rejected, joins)
+        events = h["events"]
+        assert events["listener_errors"] == 0 and events["rejected"] == {}, events
+        assert events["read_echoes"] <= 3 * joins, (events, joins)
         assert health_map.size() == 1
+        assert sorted(client.get_map("DOLPHIN_OBF_STATE" + map_suffix).blocking().key_set()) == \
+            ["checkpoint", "leader"]
         for s in samples:
             if s["bar"] > RETAIN:
                 # Retention runs right after each write: at most the bar just written is extra.
@@ -174,20 +198,23 @@ def test_soak_memory_flat_and_maps_at_retention(min_bars: int, max_bars: int, bu
 
         # Memory flat after warm-up.
         after = [s for s in samples if s["bar"] > warmup]
+        # Bars between the first three and the last three samples' medians.
+        span_bars = statistics.median(s["bar"] for s in after[-3:]) - statistics.median(s["bar"] for s in after[:3])
+        limit_kb = max(RSS_NOISE_KB, RSS_LEAK_KB_PER_BAR * span_bars)
         worker_growth = growth_kb([s["worker_kb"] for s in after])
         adapter_growth = growth_kb([s["adapter_kb"] for s in after])
         summary = (f"soak bars={n_bars} run_s={run_s:.1f} bars_per_s={n_bars / run_s:.0f} "
                    f"block_s={[round(b, 1) for b in block_seconds]} warmup_bars={warmup} "
                    f"worker_rss_kb={after[0]['worker_kb']}->{after[-1]['worker_kb']} growth_kb={worker_growth:.0f} "
                    f"adapter_rss_kb={after[0]['adapter_kb']}->{after[-1]['adapter_kb']} "
-                   f"growth_kb={adapter_growth:.0f} limit_kb={RSS_GROWTH_LIMIT_KB} "
+                   f"growth_kb={adapter_growth:.0f} limit_kb={limit_kb:.0f} over_bars={span_bars:.0f} "
                    f"bar_to_write_p50_ms={after[0]['bar_to_write_p50_ms']}->{after[-1]['bar_to_write_p50_ms']} "
-                   f"stale_seq_rejects={rejected.get('stale_seq', 0)} joins={joins}")
+                   f"read_echoes={events['read_echoes']} joins={joins}")
         print(summary)
         record_property("soak_summary", summary)
         record_property("rss_samples", json.dumps(samples))
-        assert worker_growth <= RSS_GROWTH_LIMIT_KB, summary
-        assert adapter_growth <= RSS_GROWTH_LIMIT_KB, summary
+        assert worker_growth <= limit_kb, summary
+        assert adapter_growth <= limit_kb, summary
     finally:
         witness.close()
         feeder.stop()

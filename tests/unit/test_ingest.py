@@ -74,6 +74,7 @@ def test_the_event_of_an_entry_already_read_is_an_echo_not_a_reject() -> None:
     b, _ = book()
     assert b.offer("asset_BTCUSDT_ob", payload(seq=4, bid=4.0))
     assert b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0), from_read=True)
+    assert not b.offer("asset_BTCUSDT_ob", payload(seq=4, bid=4.0))  # overtaken by the read: an echo
     assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # its event: an echo
     assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # again: a duplicate push
     assert not b.offer("asset_BTCUSDT_ob", payload(seq=3, bid=3.0))  # older: stale
@@ -86,7 +87,7 @@ def test_the_event_of_an_entry_already_read_is_an_echo_not_a_reject() -> None:
     assert b.offer("asset_XRPUSDT_ob", payload(seq=2))
     assert not b.offer("asset_XRPUSDT_ob", payload(seq=2))
     st = b.stats()
-    assert st["read_echoes"] == 1 and st["rejected"] == {"stale_seq": 4}
+    assert st["read_echoes"] == 2 and st["rejected"] == {"stale_seq": 4}
     assert st["received"] == st["accepted"] + st["ignored"] + st["read_echoes"] + sum(st["rejected"].values())
 
 
