@@ -170,9 +170,9 @@ class WorkerConfig:
 
     @property
     def lease_tick_s(self) -> float:
-        """How often (s) every worker reads or refreshes the lease between bars: a quarter bar.
-        A standby then sees a leader's last refresh within a quarter bar and takes over within
-        ttl + half a bar of the leader's crash (docs/reliability.md, "Takeover bound")."""
+        """How often (s) a standby reads the lease between bars: a quarter bar. It then sees a
+        leader's last refresh within a quarter bar and takes over within ttl + half a bar of the
+        leader's crash (docs/reliability.md, "Takeover bound"). A leader refreshes once per bar."""
         return self.bar_seconds / 4.0
 
     @property

@@ -131,9 +131,10 @@ class SnapshotBook:
         """Validate and store one map entry; True if accepted. Never raises.
 
         from_read: the value was read from the map (initial read, bar-close re-read), not
-        delivered as an event. Its own entry event, and those of older pushes, may still be in
-        flight; until its own arrives (or a newer push is accepted) they are counted as
-        ``read_echoes``, not as ``stale_seq`` rejects: they are no duplicate or reordered pushes."""
+        delivered as an event. Reads and events race: a read of a push the listener already
+        delivered (or a newer one), and the events a read overtook (older pushes, and the first
+        event of the push it took) are counted as ``read_echoes``, not ``stale_seq`` rejects. An
+        echo is never newer than the held snapshot, so no good data is dropped."""
         try:
             return self._offer(key, value, received_at, from_read)
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
@@ -156,7 +157,7 @@ class SnapshotBook:
             snap = parse_payload(symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
                                  max_payload_bytes=self._max_payload_bytes)
             with self._lock:
-                if not from_read and self._is_read_echo(snap):
+                if self._is_read_echo(snap, from_read):
                     self._read_echoes += 1
                     return False
                 self._check_order(snap)
@@ -174,19 +175,23 @@ class SnapshotBook:
             self.rejects.record(exc.reason, key, exc.detail)
             return False
 
-    def _is_read_echo(self, snap: Snapshot) -> bool:
-        # Events still in flight when a read took the entry: those of older pushes (the read
-        # overtook them) and the first event of the very push it took (same seq and timestamp),
-        # which closes the window; a second one is a real duplicate push (stale_seq).
-        if snap.seq is None or snap.symbol not in self._read_unechoed:
-            return False  # without a seq an equal timestamp is accepted anyway: nothing to tell apart
-        last = self._latest[snap.symbol]
-        if last.seq is None:
+    def _is_read_echo(self, snap: Snapshot, from_read: bool) -> bool:
+        # A map read (initial read, bar-close re-read) races the entry events: the same push can
+        # reach the book twice, or an older push after the newer one the read took. Neither is a
+        # duplicate or reordered push of the producer, so neither is a stale_seq reject. Only a
+        # value no newer than the held one (timestamp and seq) qualifies: a newer timestamp under
+        # a lower seq goes to _check_order (an upstream restart, or stale_seq).
+        last = self._latest.get(snap.symbol)
+        if last is None or snap.ts > last.ts:
             return False
+        if from_read:  # the listener already delivered this push or a newer one
+            return snap.seq is None or last.seq is None or snap.seq <= last.seq
+        if snap.seq is None or last.seq is None or snap.symbol not in self._read_unechoed:
+            return False  # the held value came from an event: a real duplicate or reorder
         if snap.seq < last.seq:
-            return True
+            return True  # a push the read overtook
         if snap.seq == last.seq and snap.ts == last.ts:
-            self._read_unechoed.discard(snap.symbol)
+            self._read_unechoed.discard(snap.symbol)  # the read push's own event; a second is a duplicate
             return True
         return False
 

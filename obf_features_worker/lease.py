@@ -7,8 +7,8 @@ entry (key ``leader``) in ``DOLPHIN_OBF_STATE`` whose JSON value is::
      "ttl_s": lease seconds, "renewed_at": unix s, "expires_at": unix s}
     or, after a clean release: {"holder": null, "token": null, "epoch": n, "released_by": id, ...}
 
-Protocol (every contender calls ``LeaderLease.tick()`` at least once per bar, leader or not; the
-worker ticks every quarter bar so a standby takes over within ttl + half a bar of a crash):
+Protocol (every contender calls ``LeaderLease.tick()`` at least once per bar, leader or not; a
+worker on standby ticks every quarter bar, so it takes over within ttl + half a bar of a crash):
 - read the entry, then ``decide()`` (pure) what to do;
 - mine                         -> ``replace_if_same(current, renewed)`` (a refresh);
 - released                     -> ``replace_if_same(released, mine)`` at once (epoch + 1);
@@ -63,8 +63,9 @@ _MAX_ID_LEN = 200
 class LeaseSettings:
     """Lease timing, in seconds.
 
-    ttl_s: a lease not refreshed for this long may be taken over (> 0); a takeover after the
-        leader dies happens within ttl_s + one tick interval.
+    ttl_s: a lease not refreshed for this long may be taken over (> 0); after the holder's last
+        refresh, a contender ticking every T seconds takes over within ttl_s + 2 T (one T to see
+        that refresh, one to reach its first tick after ttl_s).
     guard_s: the holder stops writing this long before its term ends, covering the latency of
         the write it gates (0 <= guard_s < ttl_s / 2).
     backstop_ttl_s: server-side TTL of the entry, only so a lease nobody holds disappears

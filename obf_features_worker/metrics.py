@@ -39,6 +39,7 @@ class _TotalsCollector(Collector):
         self.received = 0
         self.accepted = 0
         self.ignored = 0
+        self.read_echoes = 0
         self.listener_errors = 0
         self.write_failures = 0
         self.rejected: dict[str, int] = {}
@@ -57,8 +58,11 @@ class _TotalsCollector(Collector):
                                       value=self.received)
             yield CounterMetricFamily("obf_events_accepted", "Snapshot events accepted (valid and newest)",
                                       value=self.accepted)
-            yield CounterMetricFamily("obf_events_ignored", "Snapshot events ignored (e.g. older _push_seq)",
+            yield CounterMetricFamily("obf_events_ignored", "Snapshot events ignored (symbols outside --assets)",
                                       value=self.ignored)
+            yield CounterMetricFamily("obf_events_read_echoes",
+                                      "Snapshots not taken because a map read and the listener delivered "
+                                      "the same or an older push (not rejects)", value=self.read_echoes)
             rejected = CounterMetricFamily("obf_events_rejected", "Snapshot events rejected, by reason",
                                            labels=["reason"])
             for reason, n in sorted(self.rejected.items()):
@@ -147,10 +151,11 @@ class WorkerMetrics:
         if bar_ts is not None:
             self._last_bar_ts.set(bar_ts)
 
-    def set_event_totals(self, *, received: int, accepted: int, ignored: int = 0,
+    def set_event_totals(self, *, received: int, accepted: int, ignored: int = 0, read_echoes: int = 0,
                          rejected: Mapping[str, int] | None = None, listener_errors: int = 0) -> None:
         """The ingest path's cumulative event counts (since process start)."""
         self._totals.update(received=int(received), accepted=int(accepted), ignored=int(ignored),
+                            read_echoes=int(read_echoes),
                             rejected={str(k): int(v) for k, v in (rejected or {}).items()},
                             listener_errors=int(listener_errors))
 
@@ -164,7 +169,7 @@ class WorkerMetrics:
             rejected = events.get("rejected") or {}
             self.set_event_totals(
                 received=events.get("received", 0), accepted=events.get("accepted", 0),
-                ignored=events.get("ignored", 0), rejected=rejected,
+                ignored=events.get("ignored", 0), read_echoes=events.get("read_echoes", 0), rejected=rejected,
                 listener_errors=events.get("listener_errors", 0),
             )
             values: dict[str, Any] = {"write_failures": int(doc.get("write_failures", 0) or 0)}

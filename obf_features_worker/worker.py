@@ -249,8 +249,18 @@ class Worker:
         now = self._monotonic()
         due = self._last_health_put + self.config.health_interval_s
         if self.lease is not None:
-            due = min(due, self._last_lease_tick + self.config.lease_tick_s)
+            due = min(due, self._last_lease_tick + self._lease_interval())
         return max(0.0, due - now)
+
+    def _lease_interval(self) -> float:
+        """Seconds between lease ticks outside bar closes. A worker that may not write (standby,
+        or a term still settling) reads the lease every ``lease_tick_s`` (a quarter bar): it sees a
+        dead leader's last refresh within a quarter bar and takes over within ttl + half a bar of
+        the crash. A leader refreshes once per bar (at each close; between closes only if none
+        came, e.g. the scan clock): refreshing more often would not move the takeover bound, which
+        counts from the leader's last refresh, and would only add grid calls to the writer's loop."""
+        assert self.lease is not None
+        return self.config.bar_seconds if self.lease.may_write() else self.config.lease_tick_s
 
     def _subscribe(self) -> bool:
         """Initial read, asset listener, scan listener; retried until done or stopped.
@@ -285,12 +295,11 @@ class Worker:
         self.book.offer(key, value, received_at=received_at)
 
     def _idle(self) -> None:
-        """Between bars. The lease is ticked every ``lease_tick_s`` (a quarter bar), not only at
-        bar close, so a standby notices a dead leader's last refresh, and takes over after it,
-        within a quarter bar each (the takeover bound, docs/reliability.md)."""
+        """Between bars: tick the lease when due (``_lease_interval``: a quarter bar for a
+        standby) and keep the health entry fresh."""
         now = self._monotonic()
         role = self.role
-        if self.lease is not None and now - self._last_lease_tick >= self.config.lease_tick_s * _DUE_TOLERANCE:
+        if self.lease is not None and now - self._last_lease_tick >= self._lease_interval() * _DUE_TOLERANCE:
             if self._tick_lease():
                 self._write_cycle(None)
         if self.role != role or now - self._last_health_put >= self.config.health_interval_s * _DUE_TOLERANCE:

@@ -69,25 +69,33 @@ def test_duplicate_and_out_of_order_seq_are_stale() -> None:
     assert b.stats()["rejected"] == {"stale_seq": 2}
 
 
-def test_the_event_of_an_entry_already_read_is_an_echo_not_a_reject() -> None:
-    # The bar-close re-read took seq 5 from the map while its entry event was still in flight.
+def test_reads_racing_events_are_echoes_not_rejects() -> None:
     b, _ = book()
-    assert b.offer("asset_BTCUSDT_ob", payload(seq=4, bid=4.0))
-    assert b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0), from_read=True)
-    assert not b.offer("asset_BTCUSDT_ob", payload(seq=4, bid=4.0))  # overtaken by the read: an echo
-    assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # its event: an echo
-    assert not b.offer("asset_BTCUSDT_ob", payload(seq=5, bid=5.0))  # again: a duplicate push
-    assert not b.offer("asset_BTCUSDT_ob", payload(seq=3, bid=3.0))  # older: stale
+    # The bar-close re-read took seq 5 while the events of seq 4 and 5 were still in flight.
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.4, seq=4, bid=4.0))
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=5, bid=5.0), from_read=True)
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.3, seq=4, bid=4.0))  # overtaken by the read
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=5, bid=5.0))  # the read push's event
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=5, bid=5.0))  # again: a duplicate push
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.5, seq=3, bid=3.0))  # older, after the echo: stale
     assert b.get("BTCUSDT").bid_notional[0] == 5.0
-    # A read value whose event carries another timestamp under the same seq is no echo.
-    assert b.offer("asset_ETHUSDT_ob", payload(seq=9), from_read=True)
-    assert not b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 0.05, seq=9))
-    # After an event the read flag is gone: the same seq later is a duplicate.
+    # The reverse race: the listener took seq 7 before a read of seq 6 (or 7 again) was offered.
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.1, seq=7, bid=7.0))
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.15, seq=6, bid=6.0), from_read=True)
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.1, seq=7, bid=7.0), from_read=True)
+    assert b.get("BTCUSDT").seq == 7
+    # After a read, a push with a lower seq but a newer timestamp is no echo: stale_seq ...
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 40.0, seq=9), from_read=True)
+    assert not b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 39.0, seq=8))
+    # ... or, over 30 s newer, an upstream restart, accepted: the read never hides fresh data.
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 1.0, seq=1))
+    assert b.get("ETHUSDT").seq == 1
+    # Once an event was accepted the read is history: the same seq again is a duplicate.
     assert b.offer("asset_XRPUSDT_ob", payload(seq=1), from_read=True)
     assert b.offer("asset_XRPUSDT_ob", payload(seq=2))
     assert not b.offer("asset_XRPUSDT_ob", payload(seq=2))
     st = b.stats()
-    assert st["read_echoes"] == 2 and st["rejected"] == {"stale_seq": 4}
+    assert st["read_echoes"] == 4 and st["seq_resets"] == 1 and st["rejected"] == {"stale_seq": 4}, st
     assert st["received"] == st["accepted"] + st["ignored"] + st["read_echoes"] + sum(st["rejected"].values())
 
 

@@ -78,11 +78,13 @@ def test_update_from_health_doc(served):
     doc = {
         "worker_id": "w-test", "state": "degraded", "n_assets": 7, "n_present": 5, "last_bar_idx": 42,
         "last_bar_ts": 1.7e9, "write_failures": 2,
-        "events": {"received": 50, "accepted": 40, "ignored": 3, "rejected": {"no_levels": 7}, "listener_errors": 0},
+        "events": {"received": 52, "accepted": 40, "ignored": 3, "read_echoes": 2, "rejected": {"no_levels": 7},
+                   "listener_errors": 0},
     }
     m.update_from_health(doc)
     s = scrape(port)
-    assert s[("obf_events_received_total", ())] == 50
+    assert s[("obf_events_received_total", ())] == 52
+    assert s[("obf_events_read_echoes_total", ())] == 2
     assert s[("obf_events_rejected_total", (("reason", "no_levels"),))] == 7
     assert s[("obf_write_failures_total", ())] == 2
     assert s[("obf_worker_state", (("state", "degraded"),))] == 1
