@@ -99,11 +99,6 @@ class IntervalClock:
         self._skipped_total = 0
         self._ticks = 0
 
-    @property
-    def last_bar_idx(self) -> int | None:
-        """The last bar closed (or the start position), None before ``start``."""
-        return self._last
-
     def start(self, now: float | None = None) -> None:
         """Bars closing at or before ``now`` are in the past: the first tick is the next close."""
         self._last = floor_index(self._now() if now is None else now, self.bar_seconds)
@@ -235,10 +230,6 @@ class ScanClock:
         self._dropped = 0
         self._rejected: dict[str, int] = {}
 
-    @property
-    def last_bar_idx(self) -> int | None:
-        return self._last
-
     def trigger(self, value: object, received_at: float | None = None) -> None:
         """Enqueue one scan update (listener thread). Never blocks on the bar loop, never raises."""
         try:
@@ -309,10 +300,6 @@ class ScanClock:
     def interrupt(self) -> None:
         """Wake ``wait_tick`` (call after setting its stop event)."""
         self._wake.set()
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._queue)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

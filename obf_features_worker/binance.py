@@ -465,8 +465,7 @@ def iter_book_payloads(source: BookSource, spec: BandSpec, *, every_ms: int = 10
         seq += 1
         ts = t_ms / 1000.0
         payload = snapshot.payload_json(
-            ts, bands.bid_notional.tolist(), bands.ask_notional.tolist(),
-            bands.bid_depth.tolist(), bands.ask_depth.tolist(),
+            ts, bands.bid_notional, bands.ask_notional, bands.bid_depth, bands.ask_depth,
             seq=seq, pushed_at=snapshot.format_timestamp(recv_ns / 1e9),
         )
         rep.emitted += 1

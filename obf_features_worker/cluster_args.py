@@ -9,17 +9,18 @@ HZ_PASSWORD).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Iterable
 
 import hazelcast
 
 from obf_features_worker.client_security import tls_auth_settings
+from obf_features_worker.config import WorkerConfig
 from obf_features_worker.grid import ClusterTarget, ClusterUnreachable, connect
 
-DEFAULT_FEATURES_MAP = "DOLPHIN_OBF_FEATURES"
-DEFAULT_HEALTH_MAP = "DOLPHIN_OBF_HEALTH"
-DEFAULT_LATEST_MAP = "DOLPHIN_OBF_LATEST"
+# The worker's own map-name defaults (``features_map``, ``health_map``, ...): one source.
+_WORKER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}
 DEFAULT_MEMBERS = "127.0.0.1:5701"
 DEFAULT_CLUSTER = "dev"
 
@@ -38,10 +39,10 @@ def add_cluster_options(parser: argparse.ArgumentParser, *, maps: Iterable[str] 
                         help=f"cluster name (env HZ_CLUSTER, default {DEFAULT_CLUSTER})")
     parser.add_argument("--connect-timeout", type=float, default=connect_timeout, metavar="SECONDS",
                         help=f"give up connecting after this many seconds (default {connect_timeout:g})")
-    defaults = {"features": DEFAULT_FEATURES_MAP, "health": DEFAULT_HEALTH_MAP, "latest": DEFAULT_LATEST_MAP}
     for name in maps:
-        parser.add_argument(f"--{name}-map", default=os.environ.get(f"OBF_{name.upper()}_MAP", defaults[name]),
-                            help=f"{name} map name (env OBF_{name.upper()}_MAP, default {defaults[name]})")
+        default = _WORKER_DEFAULTS[f"{name}_map"]
+        parser.add_argument(f"--{name}-map", default=os.environ.get(f"OBF_{name.upper()}_MAP", default),
+                            help=f"{name} map name (env OBF_{name.upper()}_MAP, default {default})")
     parser.add_argument("--map-suffix", default=os.environ.get("OBF_MAP_SUFFIX", ""),
                         help="appended to every map name, as for the worker (env OBF_MAP_SUFFIX)")
 

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from obf_features_worker.logs import RateLimiter
 from obf_features_worker.snapshot import (
     RejectReason,
     Snapshot,
@@ -30,6 +31,12 @@ REJECT_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval
 _SAMPLE_TEXT_LIMIT = 160
 
 
+def present_at(latest: Mapping[str, Snapshot], bar_ts: float, max_age_s: float) -> dict[str, Snapshot]:
+    """The snapshots present in the bar closing at ``bar_ts`` (unix s): those at most ``max_age_s``
+    old then. The one presence rule of live bars, the stale re-read and replay."""
+    return {s: snap for s, snap in latest.items() if bar_ts - snap.ts <= max_age_s}
+
+
 class RejectStats:
     """Thread-safe reject counters per reason plus the last few samples, with rate-limited logging."""
 
@@ -39,9 +46,7 @@ class RejectStats:
         self._counts: dict[str, int] = {}
         self._samples: deque[dict[str, Any]] = deque(maxlen=max(0, int(sample_size)))
         self._clock = clock
-        self._log_interval_s = log_interval_s
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._limiter = RateLimiter(log_interval_s, clock=clock)
 
     def record(self, reason: RejectReason | str, key: object, detail: str) -> None:
         """Count one reject; ``reason`` is a RejectReason or ``"internal"``."""
@@ -53,12 +58,9 @@ class RejectStats:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + 1
             self._samples.append({"reason": name, "key": key_text, "detail": detail, "at": now})
-            last = self._last_log.get(name)
-            if last is not None and now - last < self._log_interval_s:
-                self._suppressed[name] = self._suppressed.get(name, 0) + 1
-                return
-            self._last_log[name] = now
-            suppressed = self._suppressed.pop(name, 0)
+        suppressed = self._limiter.allow(name)
+        if suppressed is None:
+            return
         log_fn = log.error if name == INTERNAL_ERROR else log.warning
         log_fn("snapshot rejected reason=%s key=%s detail=%s suppressed_since_last=%d",
                name, key_text, detail, suppressed)
@@ -127,8 +129,12 @@ class SnapshotBook:
         self._read_unechoed: set[str] = set()  # symbols whose stored snapshot came from a read, no event since
         self.rejects = RejectStats(sample_size, clock=clock)
 
-    def offer(self, key: object, value: object, *, received_at: float | None = None, from_read: bool = False) -> bool:
+    def offer(self, key: object, value: object, *, received_at: float | None = None, from_read: bool = False,
+              parsed: Snapshot | None = None) -> bool:
         """Validate and store one map entry; True if accepted. Never raises.
+
+        parsed: the caller already validated ``value`` into this snapshot (``parse_snapshot`` with
+        this book's limits): it is counted, ordered and stored the same way, not decoded again.
 
         from_read: the value was read from the map (initial read, bar-close re-read), not
         delivered as an event. Reads and events race: a read of a push the listener already
@@ -136,7 +142,7 @@ class SnapshotBook:
         event of the push it took) are counted as ``read_echoes``, not ``stale_seq`` rejects. An
         echo is never newer than the held snapshot, so no good data is dropped."""
         try:
-            return self._offer(key, value, received_at, from_read)
+            return self._offer(key, value, received_at, from_read, parsed)
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
             try:
                 self.rejects.record(INTERNAL_ERROR, key, f"{type(exc).__name__}: {exc}")
@@ -144,18 +150,20 @@ class SnapshotBook:
                 log.exception("snapshot reject accounting failed")
             return False
 
-    def _offer(self, key: object, value: object, received_at: float | None, from_read: bool) -> bool:
+    def _offer(self, key: object, value: object, received_at: float | None, from_read: bool,
+               parsed: Snapshot | None) -> bool:
         with self._lock:
             self._received += 1
         try:
-            symbol = symbol_from_key(key)
+            symbol = symbol_from_key(key) if parsed is None else parsed.symbol
             if self._assets is not None and symbol not in self._assets:
                 with self._lock:
                     self._ignored += 1
                 return False
             now = self._clock()
-            snap = parse_payload(symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
-                                 max_payload_bytes=self._max_payload_bytes)
+            snap = parsed if parsed is not None else parse_payload(
+                symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
+                max_payload_bytes=self._max_payload_bytes)
             with self._lock:
                 if self._is_read_echo(snap, from_read):
                     self._read_echoes += 1

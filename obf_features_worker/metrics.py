@@ -22,9 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from obf_features_worker.health import STATES
+
 log = logging.getLogger(__name__)
 
-WORKER_STATES = ("starting", "running", "degraded", "stopping")
+WORKER_STATES = STATES  # the health document's states, one gauge label each
 
 # Seconds. Bar compute is sub-millisecond to tens of ms; event-to-write spans one bar (~1 s).
 COMPUTE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)

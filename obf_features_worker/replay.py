@@ -31,7 +31,7 @@ import orjson
 
 from obf_features_worker import snapshot
 from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.ingest import SnapshotBook
+from obf_features_worker.ingest import SnapshotBook, present_at
 from obf_features_worker.params import FeatureParams
 from obf_features_worker.record import dumps_record
 
@@ -88,7 +88,7 @@ def _ceil_index(ts: float, s: float) -> int:
 class _Entry:
     ts: float
     key: str
-    value: Any
+    snap: snapshot.Snapshot
     line: int
 
 
@@ -120,7 +120,7 @@ def _read_entries(lines: Iterable[str | bytes], stats: ReplayStats, max_payload_
             _reject(stats, exc.reason.value, n, exc.detail)
             continue
         stats.valid += 1
-        entries.append(_Entry(snap.ts, key, value, n))
+        entries.append(_Entry(snap.ts, key, snap, n))
     entries.sort(key=lambda e: e.ts)  # list.sort is stable: equal timestamps keep input order
     return entries
 
@@ -168,9 +168,9 @@ def _replay(lines: Iterable[str | bytes], s: float, age_limit: float, params: Fe
         close = k * s
         while i < len(entries) and entries[i].ts <= close:
             e = entries[i]
-            book.offer(e.key, e.value, received_at=e.ts)
+            book.offer(e.key, None, received_at=e.ts, parsed=e.snap)
             i += 1
-        present = {sym: snap for sym, snap in book.latest().items() if close - snap.ts <= age_limit}
+        present = present_at(book.latest(), close, age_limit)
         rec = engine.step(k, close, present)
         stats.bars += 1
         if not present:

@@ -198,7 +198,6 @@ def parse_payload(
     if not 1 <= n <= MAX_LEVELS:
         raise SnapshotRejected(RejectReason.BAD_LENGTH, f"{n} levels, need 1..{MAX_LEVELS}")
     flat = bid + ask
-    n_lists = 2
     bid_depth = obj.get("bid_depth")
     ask_depth = obj.get("ask_depth")
     has_bid_depth = bid_depth is not None
@@ -211,7 +210,6 @@ def parse_payload(
         if len(lst) != n:
             raise SnapshotRejected(RejectReason.BAD_LENGTH, f"{name} has {len(lst)} levels, expected {n}")
         flat += lst
-        n_lists += 1
 
     arr = _numbers(flat)
     status = _check_levels(arr, MIN_VALUE, MAX_VALUE)

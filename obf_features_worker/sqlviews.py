@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SQL_FILE = Path(os.environ.get("OBF_SQL_FILE", REPO_ROOT / "deploy" / "sql" / "obf_mappings.sql"))
 
-# Objects the file creates/reads under their default names (renamable with --*-map options).
-DEFAULT_OBJECT_NAMES = ("DOLPHIN_OBF_FEATURES", "DOLPHIN_OBF_HEALTH", "DOLPHIN_OBF_LATEST", "obf_bars", "obf_workers")
-
 _NAME_TAG = re.compile(r"^name:\s*([A-Za-z0-9_.-]+)\s*$")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BLANK_LINE = re.compile(r"[ \t\r]*(\n|$)")
@@ -249,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cell(value: Any) -> str:
-    text = grid.json_text(value) if not isinstance(value, str) else value
+    text = grid.json_text(value)
     if text is not None:
         return text if len(text) <= 80 else text[:77] + "..."
     if isinstance(value, float):

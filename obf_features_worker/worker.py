@@ -49,9 +49,9 @@ from obf_features_worker.bars import BarClock, BarTick, IntervalClock, ScanClock
 from obf_features_worker.checkpoint import Checkpoint, CheckpointRejected
 from obf_features_worker.config import ConfigError, WorkerConfig, load_config
 from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.grid import Grid, GridClosed, GridError, UnreadableValue
+from obf_features_worker.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
 from obf_features_worker.health import HealthStats
-from obf_features_worker.ingest import SnapshotBook
+from obf_features_worker.ingest import SnapshotBook, present_at
 from obf_features_worker.lease import LeaderLease
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.metrics import WorkerMetrics
@@ -87,14 +87,6 @@ class PendingRecord:
     term: int | None
     payload: str | None = None
     epoch: int | None = None
-
-
-def _text_of(value: Any) -> str | None:
-    if value is None:
-        return None
-    to_string = getattr(value, "to_string", None)
-    text = to_string() if to_string is not None else value
-    return text if isinstance(text, str) else None
 
 
 def make_clock(config: WorkerConfig) -> BarClock:
@@ -139,7 +131,6 @@ class Worker:
         self.backlog_dropped = 0
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
-        self._last_written: int | None = None
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
         self._epoch: int | None = None  # my epoch at the last lease tick
         self._restore_pending = False  # the first bar still has to decide: warm or cold
@@ -342,7 +333,7 @@ class Worker:
             return None
         self._reread_stale(tick.bar_ts)
         latest = self.book.latest()
-        present = {s: snap for s, snap in latest.items() if tick.bar_ts - snap.ts <= cfg.max_age_s}
+        present = present_at(latest, tick.bar_ts, cfg.max_age_s)
         known = set(cfg.assets) if cfg.assets is not None else set(latest)
         stale = sorted(known - present.keys())
 
@@ -399,9 +390,7 @@ class Worker:
     def _restart_bar_numbering(self, tick: BarTick) -> None:
         # The scan count restarted at UTC midnight: bar_idx goes back to 0 while the feature
         # histories must carry on, so the engine keeps its state and forgets only its last bar.
-        state = self.engine.export_state()
-        state["last_bar_idx"] = None
-        self.engine = FeatureEngine.from_state(state, self.config.params)
+        self.engine.last_bar_idx = None
         self._numbering_restarted = True  # the next retention removes every key above the new bar
         log.info("bar numbering restarted bar_idx=%d", tick.bar_idx)
 
@@ -411,7 +400,8 @@ class Worker:
         cfg = self.config
         latest = self.book.latest()
         symbols = cfg.assets if cfg.assets is not None else tuple(latest)
-        stale = [s for s in symbols if s not in latest or bar_ts - latest[s].ts > cfg.max_age_s]
+        present = present_at(latest, bar_ts, cfg.max_age_s)
+        stale = [s for s in symbols if s not in present]
         if not stale:
             return
         try:
@@ -455,7 +445,7 @@ class Worker:
                 continue
             current: Snapshot | None = self.book.get(snap.symbol)
             if (current is None or snap.ts > current.ts) and self.book.offer(key, value, received_at=now,
-                                                                             from_read=True):
+                                                                             from_read=True, parsed=snap):
                 refreshed.append(snap.symbol)
         return refreshed
 
@@ -564,7 +554,6 @@ class Worker:
             flushed += 1
             if ok:
                 self.health.bars_written += 1
-                self._last_written = bar_idx
                 written.append(bar_idx)
             else:
                 self.backfill_present += 1
@@ -684,7 +673,7 @@ class Worker:
             if first:
                 self._start_cold(COLD_UNAVAILABLE, str(exc))
             return
-        text = _text_of(raw)
+        text = json_text(raw)
         if not first and text is not None and text == self._last_cp_text:
             return  # unchanged since the last look
         self._last_cp_text = text
