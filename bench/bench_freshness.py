@@ -104,9 +104,7 @@ def measure(cluster: H.Cluster, client: Any, n: int, n_bars: int, log_dir: Path,
         for _ in range(5):
             decode_bar(text)
         decode_ms = (time.perf_counter() - t0) / 5 * 1000.0
-    for base in ("DOLPHIN_FEATURES", "DOLPHIN_OBF_FEATURES", "DOLPHIN_OBF_HEALTH", "DOLPHIN_OBF_LATEST",
-                 "DOLPHIN_OBF_STATE"):
-        client.get_map(base + suffix).blocking().destroy()
+    H.destroy_maps(client, suffix)
     return Row(n, n_bars, close_ms, put_ms, computed_ms, after_ms, doc.get("compute_ms", {}),
                doc.get("bar_to_write_ms", {}), decode_ms, len(bars), gc_ms)
 

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     for rate in rates:
                         levels.append(run_level(cluster, client, suffix, worker.pid, n, rate, warm_s, window_s,
                                                 log_dir))
-                _destroy(client, suffix)
+                H.destroy_maps(client, suffix)
             if not args.no_profile:
                 profile_text = profile_listener(cluster, 2000, 10.0, 4.0 if args.quick else 8.0, log_dir)
         finally:
@@ -288,12 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     if profile_text:
         print(profile_text)
     return 0
-
-
-def _destroy(client: Any, suffix: str) -> None:
-    for base in ("DOLPHIN_FEATURES", "DOLPHIN_OBF_FEATURES", "DOLPHIN_OBF_HEALTH", "DOLPHIN_OBF_LATEST",
-                 "DOLPHIN_OBF_STATE"):
-        client.get_map(base + suffix).blocking().destroy()
 
 
 if __name__ == "__main__":

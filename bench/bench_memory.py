@@ -87,9 +87,7 @@ def run_size(cluster: H.Cluster, client: Any, n: int, duration_s: float, log_dir
         tracemalloc.stop()
         del bar
         out["text"] = text
-    for base in ("DOLPHIN_FEATURES", "DOLPHIN_OBF_FEATURES", "DOLPHIN_OBF_HEALTH", "DOLPHIN_OBF_LATEST",
-                 "DOLPHIN_OBF_STATE"):
-        client.get_map(base + suffix).blocking().destroy()
+    H.destroy_maps(client, suffix)
     return out
 
 

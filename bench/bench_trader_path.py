@@ -30,11 +30,8 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import harness as H
@@ -42,21 +39,18 @@ import numpy as np
 import orjson
 from hazelcast.core import HazelcastJsonValue
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.reference (the plain-Python feature definitions)
-
-from engine_adapter import AdapterConfig, HazelcastOBEngine  # noqa: E402
-from engine_adapter.features import (  # noqa: E402
+from engine_adapter import AdapterConfig, HazelcastOBEngine
+from engine_adapter.features import (
     OBMacroFeatures,
     OBMarketFeatures,
     OBPlacementFeatures,
     OBSignalFeatures,
     decode_bar,
 )
-from obf_features_worker.engine import FeatureEngine  # noqa: E402
-from obf_features_worker.record import dumps_record  # noqa: E402
-from obf_features_worker.snapshot import Snapshot, payload_json  # noqa: E402
-from tests.reference import ReferenceFeatures  # noqa: E402
+from obf_features_worker.engine import FeatureEngine
+from obf_features_worker.record import dumps_record
+from obf_features_worker.snapshot import Snapshot, payload_json
+from tests.reference import ReferenceFeatures
 
 T0 = 1_723_161_000.0
 LEVELS = 20  # bands per side in the synthetic books
@@ -165,7 +159,7 @@ def timed(fn: Any, reps: list[Any]) -> list[float]:
 
 def bench_n(client: Any, cluster: str, members: list[str], n: int, n_bars: int, n_inproc: int,
             rng: np.random.Generator) -> Row:
-    suffix = "_BENCH" + uuid.uuid4().hex[:8].upper()
+    suffix = H.map_suffix()
     input_name, bars_name = "DOLPHIN_FEATURES" + suffix, "DOLPHIN_OBF_FEATURES" + suffix
     assets = [f"A{i:04d}USDT" for i in range(n)]
     input_map = client.get_map(input_name).blocking()

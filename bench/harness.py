@@ -102,6 +102,13 @@ def map_suffix() -> str:
     return "_BENCH" + uuid.uuid4().hex[:8].upper()
 
 
+def destroy_maps(client: hazelcast.HazelcastClient, suffix: str) -> None:
+    """Destroy the input, features, health, latest and state maps of one run (``suffix``)."""
+    for base in ("DOLPHIN_FEATURES", "DOLPHIN_OBF_FEATURES", "DOLPHIN_OBF_HEALTH", "DOLPHIN_OBF_LATEST",
+                 "DOLPHIN_OBF_STATE"):
+        client.get_map(base + suffix).blocking().destroy()
+
+
 # -- processes -----------------------------------------------------------------------------------
 
 

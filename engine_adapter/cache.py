@@ -207,11 +207,6 @@ class BarCache:
             return False
         return True
 
-    def count_ignored(self, reason: str) -> None:
-        """Count a record that never became a bar (e.g. it failed to decode)."""
-        with self._cond:
-            self._ignored[reason] += 1
-
     # -- readers (trader thread) -----------------------------------------------------------
 
     def get(self, bar_idx: int) -> BarFeatures | None:

@@ -360,7 +360,7 @@ class Grid(_Connection):
 
 
 class BoundedMap:
-    """Blocking get / put_if_absent / replace_if_same / remove_if_same / set_ttl on one map of a
+    """Blocking get / put_if_absent / replace_if_same / set_ttl (the lease's ops) on one map of a
     connection, each waiting at most ``op_timeout_s`` (GridError otherwise)."""
 
     def __init__(self, conn: _Connection, name: str) -> None:
@@ -377,10 +377,6 @@ class BoundedMap:
     def replace_if_same(self, key: Any, old_value: Any, new_value: Any) -> bool:
         fut = self._conn._map(self._name).replace_if_same(key, old_value, new_value)
         return bool(self._conn._wait(fut, f"replace_if_same {self._name}[{key}]"))
-
-    def remove_if_same(self, key: Any, value: Any) -> bool:
-        fut = self._conn._map(self._name).remove_if_same(key, value)
-        return bool(self._conn._wait(fut, f"remove_if_same {self._name}[{key}]"))
 
     def set_ttl(self, key: Any, ttl: float) -> None:
         self._conn._wait(self._conn._map(self._name).set_ttl(key, ttl), f"set_ttl {self._name}[{key}]")

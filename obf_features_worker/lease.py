@@ -337,7 +337,6 @@ class LeaseMap(Protocol):
     def get(self, key: Any) -> Any: ...
     def put_if_absent(self, key: Any, value: Any, ttl: float | None = None) -> Any: ...
     def replace_if_same(self, key: Any, old_value: Any, new_value: Any) -> bool: ...
-    def remove_if_same(self, key: Any, value: Any) -> bool: ...
     def set_ttl(self, key: Any, ttl: float) -> None: ...
 
 
@@ -437,8 +436,7 @@ class LeaderLease:
             except Exception as exc:  # noqa: BLE001
                 self._note_error("release", exc)
                 return False
-            log.info("lease released worker_id=%s epoch=%s ok=%s", self.me.worker_id,
-                     term.epoch if term else value.epoch, ok)
+            log.info("lease released worker_id=%s epoch=%s ok=%s", self.me.worker_id, term.epoch, ok)
             return ok
 
     def status(self) -> LeaseStatus:
@@ -466,7 +464,6 @@ class LeaderLease:
         decision = decide(text, now, self._wall(), self._view, self.me, self.settings, held_epoch)
         self._view = decision.view
         self._seen = parse_lease(text) if text is not None else None
-        held = self._term
         if decision.action is Action.WAIT:
             if held is not None:
                 self._lose(held, decision.reason)

@@ -19,9 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hazelcast.core import HazelcastJsonValue
-
-from tests.integration.feeder import REPO_ROOT, TestFeeder
+from tests.integration.feeder import REPO_ROOT, TestFeeder, json_value
 
 
 def proc_status_kb(pid: int, field: str = "VmRSS") -> int:
@@ -145,7 +143,7 @@ class BarWitness:
     def _on(self, event: Any) -> None:
         try:
             value = event.value
-            rec = json.loads(value.to_string() if isinstance(value, HazelcastJsonValue) else value)
+            rec = json_value(value)
             entry = (frozenset(rec["assets"]), tuple(rec["producer"]["stale_assets"]), bool(rec["degraded"]))
             with self._cond:
                 self.bars[int(event.key)] = entry

@@ -25,11 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hazelcast.core import HazelcastJsonValue
 
 from obf_features_worker.snapshot import Snapshot, parse_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
+
+
+def json_value(value: Any) -> Any:
+    """A map or event value (HazelcastJsonValue or JSON text) decoded."""
+    return json.loads(value.to_string() if isinstance(value, HazelcastJsonValue) else value)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, message: str = "condition", interval: float = 0.1) -> Any:

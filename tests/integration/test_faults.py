@@ -30,9 +30,9 @@ from engine_adapter.features import (
 )
 from tests.cluster import HzCluster
 from tests.integration.fault_tools import ControlledFeeder, Scanner, proc_status_kb, reset_peak_rss
-from tests.integration.feeder import DEFAULT_SYMBOLS, WorkerProcess, wait_for
+from tests.integration.feeder import DEFAULT_SYMBOLS, WorkerProcess, json_value, wait_for
 from tests.integration.test_adapter import config_for
-from tests.integration.test_worker import _json, assert_contiguous, health, records, worker_env
+from tests.integration.test_worker import assert_contiguous, health, records, worker_env
 
 ALL = frozenset(DEFAULT_SYMBOLS)
 
@@ -246,7 +246,7 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
             assert all(eng.get_placement(sym, h["last_bar_idx"]) == NEUTRAL_PLACEMENT for sym in dead)
             assert all(eng.get_asset(sym, h["last_bar_idx"]) is not None for sym in alive)
             after_bars(h, DEGRADED_AFTER_BARS + 1, "bars with assets missing")
-            lat = {s: _json(latest.get(s))["bar_idx"] for s in ALL}
+            lat = {s: json_value(latest.get(s))["bar_idx"] for s in ALL}
             assert max(lat[s] for s in dead) < min(lat[s] for s in alive), lat  # dead assets' entries froze
 
             # All die: degraded after 3 empty bars.

@@ -29,7 +29,7 @@ from obf_features_worker.params import FeatureParams
 from obf_features_worker.record import dumps_record
 from obf_features_worker.snapshot import Snapshot
 from tests.cluster import HzCluster
-from tests.integration.feeder import TestFeeder, WorkerProcess, wait_for
+from tests.integration.feeder import TestFeeder, WorkerProcess, json_value, wait_for
 from tests.integration.test_worker import worker_env
 
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
@@ -37,10 +37,6 @@ SCAN_KEY = "latest_eigen_scan"
 # 0.25 s heartbeats: health (and its event counts) is refreshed 4x a second while waiting.
 BASE_ARGS = ["--clock", "scan", "--scan-key", SCAN_KEY, "--scan-field", "scan_number", "--bar-seconds", "0.25",
              "--max-age-s", "3600"]
-
-
-def _json(value: Any) -> dict[str, Any]:
-    return json.loads(value.to_string() if isinstance(value, HazelcastJsonValue) else value)
 
 
 class Run:
@@ -62,7 +58,7 @@ class Run:
 
     def health(self) -> dict[str, Any] | None:
         v = self.health_map.get(self.worker_id)
-        return None if v is None else _json(v)
+        return None if v is None else json_value(v)
 
     def start(self, worker_id: str, *extra: str) -> WorkerProcess:
         self.worker_id = worker_id + self.suffix
@@ -94,7 +90,7 @@ class Run:
 
     def record(self, bar: int) -> dict[str, Any] | None:
         v = self.features.get(bar)
-        return None if v is None else _json(v)
+        return None if v is None else json_value(v)
 
     def kill(self) -> None:
         assert self.worker is not None
@@ -162,7 +158,7 @@ def test_sigkill_and_restart_continue_bit_identically(hz_cluster, hz_client, map
         if run.worker is not None:
             run.worker.stop(signal.SIGKILL)
 
-    recs = {k: _json(v) for k, v in run.features.entry_set()}
+    recs = {k: json_value(v) for k, v in run.features.entry_set()}
     assert sorted(recs) == bars
     expected = run.expected(bars, {b: recs[b]["bar_ts"] for b in bars})
     for bar in bars:

@@ -20,7 +20,7 @@ from hazelcast.core import HazelcastJsonValue
 from obf_features_worker.engine import FeatureEngine
 from obf_features_worker.params import FeatureParams
 from tests.cluster import HzCluster
-from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess, wait_for
+from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess, json_value, wait_for
 
 HEALTH_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
@@ -35,18 +35,14 @@ LATEST_KEYS = {
 }
 
 
-def _json(value: Any) -> dict[str, Any]:
-    return json.loads(value.to_string() if isinstance(value, HazelcastJsonValue) else value)
-
-
 def records(client: Any, suffix: str) -> dict[int, dict[str, Any]]:
     m = client.get_map("DOLPHIN_OBF_FEATURES" + suffix).blocking()
-    return {k: _json(v) for k, v in m.entry_set()}
+    return {k: json_value(v) for k, v in m.entry_set()}
 
 
 def health(client: Any, suffix: str, worker_id: str) -> dict[str, Any] | None:
     v = client.get_map("DOLPHIN_OBF_HEALTH" + suffix).blocking().get(worker_id)
-    return None if v is None else _json(v)
+    return None if v is None else json_value(v)
 
 
 def worker_env(cluster: HzCluster, suffix: str) -> dict[str, str]:
@@ -143,7 +139,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     latest = hz_client.get_map("DOLPHIN_OBF_LATEST" + map_suffix).blocking()
     last = recs[keys[-1]]
     for sym in DEFAULT_SYMBOLS:
-        doc = _json(latest.get(sym))
+        doc = json_value(latest.get(sym))
         assert set(doc) == LATEST_KEYS
         a = last["assets"][sym]
         assert (doc["symbol"], doc["bar_idx"], doc["seq"], doc["age_ms"]) == (sym, keys[-1], a["seq"], a["age_ms"])

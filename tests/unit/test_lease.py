@@ -237,7 +237,6 @@ class FakeMap:
         self.clock = clock
         self.data: dict[Any, tuple[Any, float]] = {}
         self.fail: Exception | None = None
-        self.calls: list[str] = []
 
     @staticmethod
     def _ser(v: Any) -> tuple[str, str]:
@@ -252,17 +251,16 @@ class FakeMap:
             return None
         return entry[0]
 
-    def _op(self, name: str) -> None:
-        self.calls.append(name)
+    def _fail_if_set(self) -> None:
         if self.fail is not None:
             raise self.fail
 
     def get(self, key):
-        self._op("get")
+        self._fail_if_set()
         return self._live(key)
 
     def put_if_absent(self, key, value, ttl=None):
-        self._op("put_if_absent")
+        self._fail_if_set()
         cur = self._live(key)
         if cur is not None:
             return cur
@@ -270,23 +268,15 @@ class FakeMap:
         return None
 
     def replace_if_same(self, key, old, new):
-        self._op("replace_if_same")
+        self._fail_if_set()
         cur = self._live(key)
         if cur is None or self._ser(cur) != self._ser(old):
             return False
         self.data[key] = (new, math.inf)
         return True
 
-    def remove_if_same(self, key, value):
-        self._op("remove_if_same")
-        cur = self._live(key)
-        if cur is None or self._ser(cur) != self._ser(value):
-            return False
-        del self.data[key]
-        return True
-
     def set_ttl(self, key, ttl):
-        self._op("set_ttl")
+        self._fail_if_set()
         cur = self._live(key)
         if cur is not None:
             self.data[key] = (cur, self.clock.t + ttl if ttl else math.inf)

@@ -69,7 +69,6 @@ class FakeGrid:
         self.inputs: dict[str, Any] = {}
         self.latest: dict[str, Any] = {}
         self.health: list[dict[str, Any]] = []
-        self._bar: int | None = None
 
     def _op(self, name: str, bar: int | None = None) -> None:
         if self.kill_at is not None and self.kill_at[0] == name and self.kill_at[1] in (None, bar):
