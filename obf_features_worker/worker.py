@@ -294,7 +294,6 @@ class Worker:
             if self._tick_lease():
                 self._write_cycle(None)
         if self.role != role or now - self._last_health_put >= self.config.health_interval_s * _DUE_TOLERANCE:
-            self.health.role = self.role
             self._put_health()
 
     def _shutdown(self, rc: int) -> None:
@@ -302,9 +301,7 @@ class Worker:
         if self.grid.connected:
             if self._backlog:
                 self._write_cycle(None)
-            # The last health doc shows the role this worker stopped in (state "stopping").
-            self.health.role = self.role
-            self._put_health()
+            self._put_health()  # the role this worker stopped in, state "stopping"
             if self.lease is not None:
                 self.lease.release()  # after the last write: a standby takes over at its next tick
         self.grid.shutdown()
@@ -373,7 +370,6 @@ class Worker:
                 self._put_latest(record)
 
         h = self.health
-        h.role = self.role
         h.state = "degraded" if self.engine.degraded else "running"
         h.last_bar_idx = tick.bar_idx
         h.last_bar_ts = tick.bar_ts
@@ -720,6 +716,7 @@ class Worker:
 
     def _put_health(self) -> None:
         self._last_health_put = self._monotonic()
+        self.health.role = self.role  # every document shows the role of its moment
         doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors)
         if self.metrics is not None:
             self.metrics.update_from_health(doc)

@@ -277,6 +277,24 @@ def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(
     assert w2.health.document(0.0, {}, 0)["epoch"] == 2
 
 
+def test_every_health_document_shows_the_role_of_its_moment() -> None:
+    # The first document (written right after start, before any bar) once said "leader" for
+    # every worker: the role was only copied into health at some call sites. At start nobody
+    # may write yet (the first term settles one ttl), so both are standbys.
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, g1 = start(cluster, clock, "w1")
+    w2, g2 = start(cluster, clock, "w2")
+    for w in (w1, w2):
+        w._put_health()
+    assert (g1.health[-1]["role"], g2.health[-1]["role"]) == ("standby", "standby")
+    for i in range(6):
+        run_bar([w1, w2], clock, i)
+    for w in (w1, w2):
+        w._put_health()
+    assert (g1.health[-1]["role"], g2.health[-1]["role"]) == ("leader", "standby")
+
+
 @pytest.mark.parametrize("standby_first", [True, False])
 @pytest.mark.parametrize("kill_phase", [0.0, 0.1, 0.26, 0.5, 0.74, 0.99])
 def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(kill_phase: float,
