@@ -16,18 +16,13 @@ from collections.abc import Iterable
 import hazelcast
 
 from obf_features_worker.client_security import tls_auth_settings
-from obf_features_worker.config import WorkerConfig
+from obf_features_worker.config import WorkerConfig, comma_list
 from obf_features_worker.grid import ClusterTarget, ClusterUnreachable, connect
 
 # The worker's own map-name defaults (``features_map``, ``health_map``, ...): one source.
 _WORKER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}
 DEFAULT_MEMBERS = "127.0.0.1:5701"
 DEFAULT_CLUSTER = "dev"
-
-
-def parse_members(text: str) -> tuple[str, ...]:
-    """``"a:5701, b:5701"`` -> ``("a:5701", "b:5701")``."""
-    return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, *, maps: Iterable[str] = ("features",),
@@ -55,7 +50,7 @@ def map_name(args: argparse.Namespace, kind: str) -> str:
 def target_from_args(args: argparse.Namespace) -> ClusterTarget:
     """The validated target from parsed ``add_cluster_options`` arguments and the TLS/auth
     environment (ValueError if bad)."""
-    return ClusterTarget(parse_members(args.members), args.cluster, float(args.connect_timeout),
+    return ClusterTarget(comma_list(args.members), args.cluster, float(args.connect_timeout),
                          tls_auth_settings())
 
 

@@ -230,7 +230,8 @@ def _float(s: str) -> float:
         raise ValueError(f"not a number: {s!r}") from None
 
 
-def _list(s: str) -> tuple[str, ...]:
+def comma_list(s: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: the comma-separated lists of flags and env vars."""
     return tuple(p.strip() for p in s.split(",") if p.strip())
 
 
@@ -251,7 +252,7 @@ def _assets(s: str) -> tuple[str, ...] | None:
     v = s.strip()
     if v in {"", "*", "all"}:
         return None
-    return _list(v)
+    return comma_list(v)
 
 
 def _metrics_port(s: str) -> int | None:
@@ -264,7 +265,7 @@ def _connect_timeout(s: str) -> float | None:
 
 
 _OPTIONS: tuple[_Option, ...] = (
-    _Option("members", "--members", "HZ_MEMBERS", _list,
+    _Option("members", "--members", "HZ_MEMBERS", comma_list,
             "comma-separated host[:port] of cluster members (default 127.0.0.1:5701)", "HOST:PORT,..."),
     _Option("cluster_name", "--cluster", "HZ_CLUSTER", _text, "cluster name (default dev)", "NAME"),
     _Option("worker_id", "--worker-id", "OBF_WORKER_ID", _text,

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from obf_features_worker import snapshot
+from obf_features_worker.config import comma_list
 from obf_features_worker.grid import GridClosed, GridError, Publisher
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.synthetic import DEFAULT_SYMBOLS, DrainSchedule, SyntheticMarket
@@ -241,7 +242,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when stopped or done, 1 if the cluster connection was given up, 2 on bad arguments."""
     try:
-        members = [m.strip() for m in args.members.split(",") if m.strip()]
+        members = list(comma_list(args.members))
         if not members:
             raise ValueError("--members is empty")
         if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
@@ -254,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         market = recs = None
         bad = 0
         if args.input is None:
-            symbols = [s.strip() for s in args.assets.split(",") if s.strip()]
+            symbols = list(comma_list(args.assets))
             for sym in symbols:
                 snapshot.asset_key(sym)
             drain = DrainSchedule(args.drain_at, args.drain_every, args.drain_ramp_s, args.drain_hold_s,

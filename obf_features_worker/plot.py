@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from obf_features_worker import cluster_args, grid
+from obf_features_worker.config import comma_list
 from obf_features_worker.record import loads_record
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print(f"plot: no bar records in {source}")
         return 1
-    wanted = [a.strip() for a in args.assets.split(",") if a.strip()] if args.assets else None
+    wanted = list(comma_list(args.assets)) if args.assets else None
     summary = plot_records(records, args.output, assets=wanted, max_assets=args.max_assets, title=args.title)
     bands = Counter(b.regime for b in summary.bands)
     print(f"plot written: {summary.path}  bars={summary.n_bars} ({summary.first_bar_idx}..{summary.last_bar_idx}) "
