@@ -22,10 +22,10 @@ from collections import deque
 
 import numpy as np
 
-from obf_features_worker import kernels as K
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.snapshot import Snapshot, parse_snapshot, payload_json
+from obf_features_worker.engine import kernels as K
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
 
 T0 = 1_723_161_000.0
 

@@ -130,10 +130,10 @@ def profile_listener(cluster: H.Cluster, n: int, rate: float, seconds: float, lo
     """cProfile of the client's reactor thread running the worker's listener callback."""
     from hazelcast import predicate as P
 
-    from obf_features_worker.grid import ASSET_KEY_PATTERN
-    from obf_features_worker.ingest import SnapshotBook
+    from obf_features_worker.service.grid import ASSET_KEY_PATTERN
+    from obf_features_worker.engine.ingest import SnapshotBook
 
-    from obf_features_worker.snapshot import parse_snapshot
+    from obf_features_worker.engine.snapshot import parse_snapshot
 
     parse_snapshot("asset_BTCUSDT_ob", '{"timestamp": 1.0, "bid_notional": [1.0], "ask_notional": [1.0]}', now=2.0)
     suffix = H.map_suffix()
@@ -203,8 +203,8 @@ def offer_cost_us(n_payloads: int = 200, rounds: int = 20) -> float:
     """Unprofiled cost of ``SnapshotBook.offer`` per event (us) on the publisher's payloads."""
     from publisher import book_fragments
 
-    from obf_features_worker.ingest import SnapshotBook
-    from obf_features_worker.snapshot import format_timestamp
+    from obf_features_worker.engine.ingest import SnapshotBook
+    from obf_features_worker.engine.snapshot import format_timestamp
 
     iso = format_timestamp(time.time())
     frags = book_fragments(n_payloads, 10)

@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 import hazelcast  # noqa: E402
 from hazelcast.config import IntType  # noqa: E402
 
-from obf_features_worker.devmember import LocalMember, free_port  # noqa: E402
+from obf_features_worker.dev.member import LocalMember, free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -137,8 +137,8 @@ class Experiment:
 
     def command(self) -> list[str]:
         if self == Experiment():
-            return [sys.executable, "-m", "obf_features_worker.worker"]
-        code = ["import gc, sys", "import obf_features_worker.worker as w"]
+            return [sys.executable, "-m", "obf_features_worker.service.worker"]
+        code = ["import gc, sys", "import obf_features_worker.service.worker as w"]
         if self.switch_interval_s is not None:
             code.append(f"sys.setswitchinterval({float(self.switch_interval_s)!r})")
         if self.no_lease:
@@ -146,7 +146,8 @@ class Experiment:
         if self.gc_freeze:
             code.append("first = w.Worker.before_first_bar")
             code.append("w.Worker.before_first_bar = lambda self: (first(self), gc.freeze())[0]")
-        code.append("sys.exit(w.main([]))")
+        code.append("from obf_features_worker.cli import worker_main")
+        code.append("sys.exit(worker_main([]))")
         return [sys.executable, "-c", "; ".join(code)]
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hazelcast  # noqa: E402
 from hazelcast.config import IntType  # noqa: E402
 
-from obf_features_worker.snapshot import format_timestamp  # noqa: E402
+from obf_features_worker.engine.snapshot import format_timestamp  # noqa: E402
 
 VARIANTS = 8  # pre-built books per asset, cycled
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import hazelcast
 from hazelcast import HazelcastClient
-from hazelcast.config import IntType
 
 from engine_adapter.cache import DEFAULT, EXACT, FALLBACK, BarCache, CacheStats, Resolution, parse_key
 from engine_adapter.features import (
@@ -41,13 +40,20 @@ from engine_adapter.features import (
 )
 from engine_adapter.grid import FeatureMapReader, GridStats
 # The only worker modules the adapter loads: stdlib + hazelcast only, no numpy/numba.
-from obf_features_worker.client_security import tls_auth_settings
-from obf_features_worker.pickle_guard import refuse_pickle
+from obf_contract.client import client_settings as contract_client_settings
+from obf_contract.client import make_client, reconnect_settings
+from obf_contract.cluster import (
+    DEFAULT_CLUSTER_NAME,
+    DEFAULT_MEMBER,
+    FEATURES_MAP,
+    check_cluster_name,
+    check_map_name,
+    check_members,
+)
+from obf_contract.pickle_guard import refuse_pickle
 
 log = logging.getLogger(__name__)
 
-_MEMBER_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?$")
-_MAP_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +74,9 @@ class AdapterConfig:
     reconnect_backoff_max_s: own client only: longest pause between reconnect attempts, s.
     """
 
-    cluster_name: str = "dev"
-    members: tuple[str, ...] = ("127.0.0.1:5701",)
-    map_name: str = "DOLPHIN_OBF_FEATURES"
+    cluster_name: str = DEFAULT_CLUSTER_NAME
+    members: tuple[str, ...] = (DEFAULT_MEMBER,)
+    map_name: str = FEATURES_MAP
     cache_bars: int = 500
     seed_bars: int | None = None
     stale_after_bars: int = 2
@@ -79,18 +85,12 @@ class AdapterConfig:
     reconnect_backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if type(self.cluster_name) is not str or not self.cluster_name.strip():
-            raise ValueError(f"AdapterConfig.cluster_name must be a non-empty string, got {self.cluster_name!r}")
-        members = (self.members,) if isinstance(self.members, str) else tuple(self.members)
-        if not members:
-            raise ValueError("AdapterConfig.members must name at least one member (host:port)")
-        for m in members:
-            match = _MEMBER_RE.fullmatch(m) if type(m) is str else None
-            if match is None or (match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535):
-                raise ValueError(f"AdapterConfig.members: {m!r} is not host[:port] with port 1..65535")
-        object.__setattr__(self, "members", members)
-        if type(self.map_name) is not str or _MAP_NAME_RE.fullmatch(self.map_name) is None:
-            raise ValueError(f"AdapterConfig.map_name must match {_MAP_NAME_RE.pattern}, got {self.map_name!r}")
+        for name, check in (("cluster_name", check_cluster_name), ("members", check_members),
+                            ("map_name", check_map_name)):
+            try:
+                object.__setattr__(self, name, check(getattr(self, name)))
+            except ValueError as exc:
+                raise ValueError(f"AdapterConfig.{name}: {exc}") from None
         for name, value, low in (("cache_bars", self.cache_bars, 1), ("stale_after_bars", self.stale_after_bars, 0)):
             if type(value) is not int or value < low:
                 raise ValueError(f"AdapterConfig.{name} must be an int >= {low}, got {value!r}")
@@ -185,8 +185,9 @@ class HazelcastOBEngine:
         cfg = self.config
         self._owns_client = client is None
         if client is None:
-            client = hazelcast.HazelcastClient(**client_settings(cfg), **tls_auth_settings())
-        refuse_pickle(client)  # own or the trader's client: a pickled record must never be unpickled
+            client = make_client(**_own_client(cfg))
+        else:
+            refuse_pickle(client)  # the trader's client: a pickled record must never be unpickled
         self._client = client
         # The current-bar memo, by lookup key: {None: cur, bar_idx: cur}, or empty once the cache
         # changed. Replaced whole (never mutated), so a reader sees one consistent dict.
@@ -490,23 +491,16 @@ _NO_CURRENT = _CurrentBar(None, Resolution(DEFAULT, None, None, None), None)  # 
 _NO_FAST: dict[Any, _CurrentBar] = {}  # shared and never mutated: "no memo"
 
 
-def client_settings(config: AdapterConfig) -> dict[str, Any]:
-    """``hazelcast.HazelcastClient`` keyword arguments for the adapter's own client.
+def _own_client(config: AdapterConfig) -> dict[str, Any]:
+    # Starts synchronously (the constructor returns connected and seeded), reconnects with a
+    # backoff capped at reconnect_backoff_max_s, forever unless connect_timeout_s is set.
+    return dict(cluster_name=config.cluster_name, members=config.members, client_name="obf-engine-adapter",
+                **reconnect_settings(config.connect_timeout_s, config.reconnect_backoff_max_s))
 
-    Starts synchronously (the constructor returns connected and seeded), reconnects with a
-    backoff capped at ``reconnect_backoff_max_s``, forever unless ``connect_timeout_s`` is set.
-    """
-    return dict(
-        cluster_name=config.cluster_name,
-        cluster_members=list(config.members),
-        client_name="obf-engine-adapter",
-        default_int_type=IntType.LONG,
-        cluster_connect_timeout=-1 if config.connect_timeout_s is None else config.connect_timeout_s,
-        retry_initial_backoff=min(0.5, config.reconnect_backoff_max_s),
-        retry_max_backoff=config.reconnect_backoff_max_s,
-        retry_multiplier=1.5,
-        retry_jitter=0.2,
-    )
+
+def client_settings(config: AdapterConfig) -> dict[str, Any]:
+    """``hazelcast.HazelcastClient`` keyword arguments of the adapter's own client."""
+    return contract_client_settings(**_own_client(config))
 
 
 def _market_key(asset_or_key: Any = None, timestamp_or_idx: Any = None) -> Any:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import orjson
 
-SCHEMA_VERSION = 1  # the record schema this adapter reads (obf_features_worker.record)
+SCHEMA_VERSION = 1  # the record schema this adapter reads (obf_contract.record)
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})

@@ -31,7 +31,6 @@ from hazelcast.lifecycle import LifecycleState
 
 from engine_adapter.cache import BarCache
 from engine_adapter.features import BarFeatures, RecordRejected, decode_bar
-import obf_features_worker.reactor_fix  # noqa: F401 - installs the client fix on import
 
 log = logging.getLogger(__name__)
 

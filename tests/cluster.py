@@ -4,7 +4,7 @@ Chosen by settings, in this order:
 1. ``OBF_TEST_HZ_MEMBERS=host:port[,host:port]`` (+ ``OBF_TEST_HZ_CLUSTER``, default ``dev``):
    an external cluster; nothing is started or stopped.
 2. A Docker engine that answers: the official ``hazelcast/hazelcast`` image via testcontainers.
-3. Otherwise: a local member JVM from the open-source jars (``obf_features_worker.devmember``),
+3. Otherwise: a local member JVM from the open-source jars (``obf_features_worker.dev.member``),
    on a free port with a unique cluster name, stopped at the end even if tests fail.
 ``OBF_TEST_HZ_MODE=external|docker|local`` forces one of them.
 """
@@ -23,7 +23,8 @@ from typing import Any
 import hazelcast
 from hazelcast.config import IntType
 
-from obf_features_worker.devmember import LocalMember, free_port
+from obf_contract.client import make_client
+from obf_features_worker.dev.member import LocalMember, free_port
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,13 @@ class HzCluster:
 
     def client(self, **overrides: Any) -> hazelcast.HazelcastClient:
         """A connected client; LONG int keys as everywhere in the product."""
-        settings: dict[str, Any] = dict(
-            cluster_members=list(self.members),
-            cluster_name=self.cluster_name,
-            default_int_type=IntType.LONG,
-            cluster_connect_timeout=30.0,
-        )
-        settings.update(overrides)
-        return hazelcast.HazelcastClient(**settings)
+        return make_client(self.cluster_name, self.members, security={},
+                           **{"cluster_connect_timeout": 30.0, **overrides})
+
+    def foreign_client(self) -> hazelcast.HazelcastClient:
+        """A client that is not ours (no pickle guard): stands for any other writer of the maps."""
+        return hazelcast.HazelcastClient(cluster_name=self.cluster_name, cluster_members=list(self.members),
+                                         default_int_type=IntType.LONG, cluster_connect_timeout=30.0)
 
     @property
     def owned(self) -> bool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.snapshot import parse_snapshot
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.snapshot import parse_snapshot
 
 
 def engine_records(n_bars: int, symbols: list[str], *, seed: int = 1, start_idx: int = 1_000,

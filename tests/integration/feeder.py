@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from hazelcast.core import HazelcastJsonValue
 
-from obf_features_worker.snapshot import Snapshot, parse_snapshot
+from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
@@ -133,7 +133,7 @@ class WorkerProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-m", "obf_features_worker.worker", *args], env=full_env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "obf_features_worker.service.worker", *args], env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         self.stop_seconds: float | None = None
 

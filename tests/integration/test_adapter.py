@@ -486,8 +486,8 @@ def _worker_cmd() -> list[str]:
 
 
 def test_end_to_end_with_the_real_worker(hz_cluster, hz_client, map_suffix: str, tmp_path: Path) -> None:
-    from obf_features_worker.engine import FeatureEngine
-    from obf_features_worker.snapshot import parse_snapshot, payload_json
+    from obf_features_worker.engine.feature_engine import FeatureEngine
+    from obf_features_worker.engine.snapshot import parse_snapshot, payload_json
 
     input_map = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
     features_map = hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking()

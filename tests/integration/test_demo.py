@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.cluster import HzCluster
 from tests.integration.feeder import wait_for
 
-DEMO_ASSETS = 8  # the demo feeder's synthetic universe (obf_features_worker/demo.py)
+DEMO_ASSETS = 8  # the demo feeder's synthetic universe (obf_features_worker/dev/demo.py)
 FRAME_RE = re.compile(r"^bar (\d+)\b.*\bpresent (\d+)/(\d+)")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_features_worker.lease import LeaderLease, LeaseSettings, Term, parse_lease
+from obf_features_worker.service.lease import LeaderLease, LeaseSettings, Term, parse_lease
 from tests.cluster import HzCluster
 
 TTL = 2.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from obf_features_worker.ingest import SnapshotBook
-from obf_features_worker.pickle_guard import RefusedPickle, refuse_pickle
+from obf_features_worker.engine.ingest import SnapshotBook
+from obf_contract.pickle_guard import RefusedPickle, refuse_pickle
 from tests.cluster import HzCluster
 
 
@@ -21,10 +21,9 @@ class Evil:
 def test_pickled_event_value_is_refused(hz_cluster: HzCluster, map_suffix: str, tmp_path: Path) -> None:
     Evil.path = str(tmp_path / "ran")
     name = "DOLPHIN_FEATURES" + map_suffix
-    writer = hz_cluster.client()  # unguarded: stands for any client that can write the map
-    reader = hz_cluster.client()
+    writer = hz_cluster.foreign_client()  # unguarded: stands for any client that can write the map
+    reader = hz_cluster.client()  # ours: guarded by make_client
     try:
-        refuse_pickle(reader)
         book = SnapshotBook(clock=lambda: 1.7e9)
         seen: list[object] = []
         done = threading.Event()

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from obf_features_worker.snapshot import parse_snapshot
+from obf_features_worker.engine.snapshot import parse_snapshot
 from tests.cluster import HzCluster
 from tests.integration.fault_tools import AdapterProbe, BarWitness, ControlledFeeder, proc_status_kb
 from tests.integration.feeder import WorkerProcess, wait_for

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.params import FeatureParams
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
 from tests.cluster import HzCluster
 from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess, json_value, wait_for
 
@@ -245,7 +245,7 @@ def test_worker_survives_a_member_restart(private_cluster: HzCluster, map_suffix
 
 
 def test_connect_timeout_exits_non_zero_with_the_reason(tmp_path: Path):
-    from obf_features_worker.devmember import free_port
+    from obf_features_worker.dev.member import free_port
 
     env = {"HZ_MEMBERS": f"127.0.0.1:{free_port()}", "HZ_CLUSTER": "nobody"}
     w = WorkerProcess(["--connect-timeout-s", "1", "--reconnect-backoff-max-s", "0.2"], env, tmp_path)
@@ -272,7 +272,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_metrics_endpoint_scrapes(hz_cluster, hz_client, feeder, map_suffix, tmp_path: Path):
-    from obf_features_worker.devmember import free_port
+    from obf_features_worker.dev.member import free_port
 
     port = free_port()
     worker_id = "t-metrics" + map_suffix

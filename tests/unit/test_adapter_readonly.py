@@ -36,8 +36,8 @@ SQL_DML = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|SINK\s+INTO|CREATE|DROP|TRU
 ALLOWED_TOP_IMPORTS = {"hazelcast", "orjson", "engine_adapter"} | set(sys.stdlib_module_names)
 # Shared with the worker so every client refuses pickles, takes the same TLS/auth settings and
 # gets the same client fix (all three import only stdlib + hazelcast).
-ALLOWED_WORKER_MODULES = {"obf_features_worker.pickle_guard", "obf_features_worker.client_security",
-                          "obf_features_worker.reactor_fix"}
+ALLOWED_WORKER_MODULES = {"obf_contract.pickle_guard", "obf_contract.security",
+                          "obf_contract.reactor_fix"}
 
 
 def _event_attributes(tree: ast.AST) -> set[str]:

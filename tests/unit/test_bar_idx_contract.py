@@ -14,8 +14,8 @@ import time
 import pytest
 
 from engine_adapter.cache import parse_key
-from obf_features_worker.bars import IntervalClock
-from obf_features_worker.config import ConfigError, WorkerConfig
+from obf_features_worker.service.bars import IntervalClock
+from obf_features_worker.service.config import ConfigError, WorkerConfig
 
 @pytest.mark.parametrize("bar_seconds", [
     0.2,

@@ -11,7 +11,7 @@ from hazelcast.core import HazelcastJsonValue
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obf_features_worker.bars import (
+from obf_features_worker.service.bars import (
     SCAN_BAD_FIELD,
     SCAN_BAD_JSON,
     SCAN_MISSING_FIELD,

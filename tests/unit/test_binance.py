@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from obf_features_worker import binance, cli, snapshot
-from obf_features_worker.binance import (
+from obf_features_worker.offline import import_binance as binance
+
+from obf_features_worker import cli
+
+from obf_features_worker.engine import snapshot
+from obf_features_worker.offline.import_binance import (
     BandSpec,
     DepthBook,
     DepthDiff,

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obf_features_worker import checkpoint
-from obf_features_worker.checkpoint import CheckpointRejected
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.ingest import SnapshotBook
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import dumps_record
-from obf_features_worker.snapshot import Snapshot, parse_payload, payload_json
+from obf_features_worker.engine import checkpoint
+from obf_features_worker.engine.checkpoint import CheckpointRejected
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.ingest import SnapshotBook
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import dumps_record
+from obf_features_worker.engine.snapshot import Snapshot, parse_payload, payload_json
 
 BAR_S = 5.0
 T0 = 1_700_000_000.0

@@ -14,10 +14,12 @@ from hazelcast.errors import HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.serialization.service import SerializationServiceV1
 
-from obf_features_worker import cluster_args, grid
-from obf_features_worker.config import ConfigError, WorkerConfig, build_parser, config_from_args
-from obf_features_worker.grid import Grid, Publisher, UnreadableValue
-from obf_features_worker.pickle_guard import is_guarded
+from obf_features_worker.inspection import cluster_args
+
+from obf_features_worker.service import grid
+from obf_features_worker.service.config import ConfigError, WorkerConfig, build_parser, config_from_args
+from obf_features_worker.service.grid import Grid, Publisher, UnreadableValue
+from obf_contract.pickle_guard import is_guarded
 
 AUTH_ENV = {"HZ_USERNAME": "trader", "HZ_PASSWORD": "s3cret", "HZ_SSL_ENABLED": "true"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hazelcast.config import Config
 
-from obf_features_worker.client_security import describe, tls_auth_settings
+from obf_contract.security import describe, tls_auth_settings
 
 
 def test_nothing_set_means_nothing_passed() -> None:

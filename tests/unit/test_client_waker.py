@@ -9,7 +9,7 @@ soak: the worker's ~10 grid calls per bar went from ~1 ms to ~10 ms each for the
 process's life (bar_to_write p50 5 ms -> 110 ms), at a random moment after seconds to minutes.
 
 The invariant checked: after ``handle_read`` returns, ``awake`` implies a byte is waiting in the
-pipe. obf_features_worker/reactor_fix.py (installed when the product's grid modules are imported)
+pipe. obf_contract/reactor_fix.py (installed when the product's grid modules are imported)
 drains before clearing the flag; without it this test fails.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from hazelcast import reactor
 
 import engine_adapter.grid  # noqa: F401 - a client fix would be applied on import
-import obf_features_worker.grid  # noqa: F401 - idem
+import obf_features_worker.service.grid  # noqa: F401 - idem
 
 
 def _pipe_has_byte(waker: reactor._PipedWaker) -> bool:  # noqa: SLF001 - the client's internals

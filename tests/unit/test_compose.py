@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from obf_features_worker import cli, config
+from obf_features_worker import cli
+
+from obf_features_worker.service import config
 from tests.cluster import HZ_IMAGE_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from obf_features_worker import config as C
-from obf_features_worker import worker
-from obf_features_worker.params import FeatureParams
+from obf_features_worker.service import config as C
+from obf_features_worker import cli
+from obf_features_worker.engine.params import FeatureParams
 
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> C.WorkerConfig:
@@ -114,7 +114,7 @@ def test_main_exits_2_before_connecting(monkeypatch, capsys):
 
     monkeypatch.setattr(hazelcast, "HazelcastClient", no_client)
     monkeypatch.setenv("OBF_RETAIN_BARS", "-5")
-    assert worker.main([]) == 2
+    assert cli.worker_main([]) == 2
     err = capsys.readouterr().err
     assert "OBF_RETAIN_BARS" in err and "-5" in err
 
@@ -122,7 +122,7 @@ def test_main_exits_2_before_connecting(monkeypatch, capsys):
 def test_check_config_prints_the_resolved_config(monkeypatch, capsys):
     for var in [v for v in os.environ if v.startswith(("OBF_", "HZ_"))]:
         monkeypatch.delenv(var)
-    assert worker.main(["--check-config", "--bar-seconds", "2", "--assets", "BTCUSDT"]) == 0
+    assert cli.worker_main(["--check-config", "--bar-seconds", "2", "--assets", "BTCUSDT"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["bar_seconds"] == 2.0 and doc["assets"] == ["BTCUSDT"] and doc["max_age_s"] == 4.0
     assert doc["params"]["ma_window"] == 5 and doc["health_ttl_s"] == 15.0

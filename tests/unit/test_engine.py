@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obf_features_worker.engine import FeatureEngine, StateMismatch
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import SCHEMA_VERSION, dumps_record, loads_record
-from obf_features_worker.snapshot import MIN_VALUE, Snapshot
+from obf_features_worker.engine.feature_engine import FeatureEngine, StateMismatch
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record
+from obf_features_worker.engine.snapshot import MIN_VALUE, Snapshot
 from tests.reference import ReferenceFeatures
 
 T0 = 1_723_161_000.0
@@ -268,7 +268,7 @@ def test_histories_use_only_bars_where_the_asset_was_present() -> None:
 
 
 def test_degraded_after_consecutive_empty_bars_logs_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="obf_features_worker.engine")
+    caplog.set_level(logging.INFO, logger="obf_features_worker.engine.feature_engine")
     r = Runner()
     r.step(books(D1=([1], [1])))
     flags = [r.step({})["degraded"] for _ in range(6)]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from obf_features_worker.health import HealthStats, LatencyWindow, percentile
+from obf_features_worker.service.health import HealthStats, LatencyWindow, percentile
 
 DOC_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",

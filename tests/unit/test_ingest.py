@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from obf_features_worker.ingest import INTERNAL_ERROR, RejectStats, SnapshotBook
-from obf_features_worker.snapshot import RejectReason, payload_json
+from obf_features_worker.engine.ingest import INTERNAL_ERROR, RejectStats, SnapshotBook
+from obf_features_worker.engine.snapshot import RejectReason, payload_json
 
 T0 = 1_723_161_254.0
 
@@ -192,7 +192,7 @@ def test_internal_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -
     def boom(*args: object, **kw: object) -> None:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("obf_features_worker.ingest.parse_payload", boom)
+    monkeypatch.setattr("obf_features_worker.engine.ingest.parse_payload", boom)
     assert b.offer("asset_BTCUSDT_ob", payload()) is False
     assert b.stats()["rejected"] == {INTERNAL_ERROR: 1}
 
@@ -200,7 +200,7 @@ def test_internal_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -
 def test_reject_logging_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     stats = RejectStats(5, clock=clock, log_interval_s=10.0)
-    caplog.set_level(logging.WARNING, logger="obf_features_worker.ingest")
+    caplog.set_level(logging.WARNING, logger="obf_features_worker.engine.ingest")
     for _ in range(50):
         stats.record(RejectReason.BAD_JSON, "k", "x")
     stats.record(RejectReason.NEGATIVE, "k", "x")  # another reason has its own budget

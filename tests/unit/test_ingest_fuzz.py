@@ -26,7 +26,7 @@ from hazelcast.core import HazelcastJsonValue
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from obf_features_worker.ingest import INTERNAL_ERROR, SnapshotBook
+from obf_features_worker.engine.ingest import INTERNAL_ERROR, SnapshotBook
 
 NOW = 1_723_161_254.0  # 2024-08-08T23:54:14Z, the book's clock
 SKEW = 5.0  # SnapshotBook default max_future_skew_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from obf_features_worker import kernels as K
+from obf_features_worker.engine import kernels as K
 
 
 def arr(*values: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from hazelcast.core import HazelcastJsonValue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obf_features_worker.lease import (
+from obf_features_worker.service.lease import (
     Action,
     Identity,
     LeaderLease,

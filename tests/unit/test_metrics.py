@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from obf_features_worker.metrics import COMPUTE_BUCKETS, WorkerMetrics
+from obf_features_worker.service.metrics import COMPUTE_BUCKETS, WorkerMetrics
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from obf_features_worker import cli
-from obf_features_worker.binance import BandSpec, import_binance
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.plot import build_figure, load_records, plot_records, regime_bands
-from obf_features_worker.record import dumps_record, loads_record
-from obf_features_worker.replay import replay_records
+from obf_features_worker.offline.import_binance import BandSpec, import_binance
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.inspection.plot import build_figure, load_records, plot_records, regime_bands
+from obf_contract.record import dumps_record, loads_record
+from obf_features_worker.offline.replay import replay_records
 from tests.conftest import SHARED_DATA
 
 RECORDINGS = SHARED_DATA / "binance-hftbacktest"

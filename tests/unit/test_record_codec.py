@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from obf_features_worker.record import dumps_record, loads_record
+from obf_contract.record import dumps_record, loads_record
 
 
 def record(seq: int | None = 7, with_market: bool = True) -> dict[str, Any]:

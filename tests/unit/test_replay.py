@@ -8,10 +8,14 @@ import random
 
 import pytest
 
-from obf_features_worker import cli, replay, snapshot
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import dumps_record, loads_record
+from obf_features_worker import cli
+
+from obf_features_worker.offline import replay
+
+from obf_features_worker.engine import snapshot
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import dumps_record, loads_record
 
 
 def line(sym: str, ts: float | str, bid=(300.0,), ask=(100.0,), seq: int | None = None, *,

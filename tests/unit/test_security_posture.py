@@ -69,8 +69,8 @@ def test_no_source_file_evaluates_or_unpickles() -> None:
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.parametrize("module", ["obf_features_worker.ingest", "obf_features_worker.snapshot",
-                                    "obf_features_worker.checkpoint", "obf_features_worker.lease"])
+@pytest.mark.parametrize("module", ["obf_features_worker.engine.ingest", "obf_features_worker.engine.snapshot",
+                                    "obf_features_worker.engine.checkpoint", "obf_features_worker.service.lease"])
 def test_decoders_use_json_only(module: str) -> None:
     """The modules that decode grid values import no serialiser but JSON ones."""
     path = REPO / (module.replace(".", "/") + ".py")

@@ -11,12 +11,12 @@ import orjson
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_features_worker.snapshot import (
+from obf_contract.keys import asset_key
+from obf_features_worker.engine.snapshot import (
     MAX_LEVELS,
     RejectReason,
     Snapshot,
     SnapshotRejected,
-    asset_key,
     format_timestamp,
     parse_snapshot,
     parse_timestamp,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from obf_features_worker.sqlviews import (
+from obf_features_worker.inspection.sql import (
     DEFAULT_SQL_FILE,
     SqlFileError,
     StatementKind,

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from obf_features_worker.watch import COLUMNS, BarInbox, asset_rows, header_lines, plain_lines, render_text
+from obf_features_worker.inspection.watch import COLUMNS, BarInbox, asset_rows, header_lines, plain_lines, render_text
 from tests.inspection_records import engine_records, with_producer
 
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from obf_features_worker.bars import BarTick, ScanClock
-from obf_features_worker.config import WorkerConfig
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.grid import GridError
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.snapshot import parse_snapshot
-from obf_features_worker.worker import Worker
+from obf_features_worker.service.bars import BarTick, ScanClock
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.service.grid import GridError
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.engine.snapshot import parse_snapshot
+from obf_features_worker.service.worker import Worker
 
 
 class FakeGrid:

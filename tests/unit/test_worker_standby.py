@@ -22,16 +22,16 @@ import orjson
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_features_worker import checkpoint
-from obf_features_worker.bars import BarTick
-from obf_features_worker.config import WorkerConfig
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.grid import GridError, UnreadableValue
-from obf_features_worker.lease import LeaderLease
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import dumps_record
-from obf_features_worker.snapshot import Snapshot, parse_snapshot, payload_json
-from obf_features_worker.worker import Worker
+from obf_features_worker.engine import checkpoint
+from obf_features_worker.service.bars import BarTick
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.service.grid import GridError, UnreadableValue
+from obf_features_worker.service.lease import LeaderLease
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import dumps_record
+from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
+from obf_features_worker.service.worker import Worker
 from tests.unit.test_lease import FakeClock, FakeMap
 
 BAR_S = 1.0
@@ -476,7 +476,7 @@ def test_an_unreadable_input_value_is_counted_once_and_never_fatal() -> None:
 
 
 def test_reliability_settings_from_flags_and_env_fail_fast() -> None:
-    from obf_features_worker.config import ConfigError, build_parser, config_from_args
+    from obf_features_worker.service.config import ConfigError, build_parser, config_from_args
 
     args = build_parser().parse_args(["--bar-seconds", "2", "--lease-ttl-s", "6"])
     cfg = config_from_args(args, {"OBF_CHECKPOINT_MAX_AGE_BARS": "7"})

@@ -29,11 +29,12 @@ from typing import Any
 
 import orjson
 
-from obf_features_worker import snapshot
-from obf_features_worker.config import comma_list
-from obf_features_worker.grid import GridClosed, GridError, Publisher
+from obf_contract.keys import SYMBOL_RE, asset_key
+from obf_features_worker.engine import snapshot
+from obf_features_worker.service.config import comma_list
+from obf_features_worker.service.grid import GridClosed, GridError, Publisher
 from obf_features_worker.logs import RateLimiter, setup_logging
-from obf_features_worker.synthetic import DEFAULT_SYMBOLS, DrainSchedule, SyntheticMarket
+from obf_features_worker.offline.synthetic import DEFAULT_SYMBOLS, DrainSchedule, SyntheticMarket
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def synthetic_payloads(market: SyntheticMarket, ts: float, seq: int) -> dict[str
     """One tick of ``market`` as ``{asset key: payload JSON string}`` stamped ``ts`` / ``seq``."""
     pushed = _now_iso()
     return {
-        snapshot.asset_key(b.symbol): snapshot.payload_json(
+        asset_key(b.symbol): snapshot.payload_json(
             ts, b.bid_notional, b.ask_notional, b.bid_depth, b.ask_depth, seq=seq, pushed_at=pushed)
         for b in market.step()
     }
@@ -198,11 +199,9 @@ class Feeder:
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "feed", help="publish synthetic (or recorded) order-book snapshots to the input map",
-        description=__doc__.split("\n\n")[0] + " Synthetic books by default; --input publishes a recording.",
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features feed` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[0] + " Synthetic books by default; --input publishes a recording."
     g = p.add_argument_group("cluster")
     g.add_argument("--members", default=os.environ.get("HZ_MEMBERS", "127.0.0.1:5701"),
                    help="comma-separated host[:port] (default 127.0.0.1:5701, env HZ_MEMBERS)")
@@ -257,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         if args.input is None:
             symbols = list(comma_list(args.assets))
             for sym in symbols:
-                snapshot.asset_key(sym)
+                asset_key(sym)
             drain = DrainSchedule(args.drain_at, args.drain_every, args.drain_ramp_s, args.drain_hold_s,
                                   args.drain_recover_s, args.drain_floor, args.drain_share)
             market = SyntheticMarket(symbols, levels=args.levels, band_span_bps=args.band_span_bps, hz=args.hz,

@@ -25,8 +25,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from obf_features_worker import cluster_args, grid
-from obf_features_worker.record import loads_record
+from obf_features_worker.inspection import cluster_args
+
+from obf_features_worker.service import grid
+from obf_contract.record import loads_record
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +242,9 @@ class BarInbox:
 # --- `obf-features watch` -----------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "watch", help="live terminal table of the features, refreshed on every bar (Ctrl-C to exit)",
-        description=__doc__.split("\n\n")[1],
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features watch` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("--once", action="store_true",
                    help="print one frame (the newest bar, or the next one if the map is empty) and exit")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",

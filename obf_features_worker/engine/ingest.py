@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from obf_features_worker.logs import RateLimiter
-from obf_features_worker.snapshot import (
+from obf_features_worker.engine.snapshot import (
     RejectReason,
     Snapshot,
     SnapshotRejected,

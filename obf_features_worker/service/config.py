@@ -2,7 +2,7 @@
 
 Every option comes from, in this order of precedence: a command-line flag, an environment
 variable (``HZ_CLUSTER``, ``HZ_MEMBERS``, otherwise ``OBF_<OPTION_NAME_UPPER>``), the default.
-A bad value raises ``ConfigError`` naming the flag and the variable; ``worker.main`` turns it
+A bad value raises ``ConfigError`` naming the flag and the variable; ``cli.worker_main`` turns it
 into exit code 2 before anything connects.
 """
 
@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from obf_features_worker.bars import BAR_IDX_LIMIT
-from obf_features_worker.client_security import describe, tls_auth_settings
-from obf_features_worker.lease import LeaseSettings
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.snapshot import SYMBOL_RE
+from obf_features_worker.service.bars import BAR_IDX_LIMIT
+from obf_contract.security import describe, tls_auth_settings
+from obf_features_worker.service.lease import LeaseSettings
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.keys import SYMBOL_RE
 
 CLOCKS = ("interval", "scan")
 LOG_FORMATS = ("text", "json")

@@ -26,8 +26,8 @@ import numpy as np
 import orjson
 from numba import njit
 
-KEY_RE = re.compile(r"^asset_([A-Z0-9]{2,30})_ob$")
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+from obf_contract.keys import SYMBOL_RE, asset_key, symbol_of_key
+
 MAX_LEVELS = 64
 # Values above this are not a plausible USD notional or base quantity; the cap also keeps
 # every feature sum finite over thousands of assets.
@@ -95,17 +95,10 @@ def symbol_from_key(key: object) -> str:
     """``asset_BTCUSDT_ob`` -> ``BTCUSDT``; raises SnapshotRejected(BAD_KEY) for anything else."""
     if type(key) is not str:
         raise SnapshotRejected(RejectReason.BAD_KEY, f"key is not a string: {type(key).__name__}")
-    m = KEY_RE.fullmatch(key)
-    if m is None:
+    symbol = symbol_of_key(key)
+    if symbol is None:
         raise SnapshotRejected(RejectReason.BAD_KEY, f"key does not match asset_<SYMBOL>_ob: {key[:80]!r}")
-    return m.group(1)
-
-
-def asset_key(symbol: str) -> str:
-    """``BTCUSDT`` -> ``asset_BTCUSDT_ob``; raises ValueError for an invalid symbol."""
-    if type(symbol) is not str or SYMBOL_RE.fullmatch(symbol) is None:
-        raise ValueError(f"invalid symbol {symbol!r}: must match {SYMBOL_RE.pattern}")
-    return f"asset_{symbol}_ob"
+    return symbol
 
 
 def parse_timestamp(value: object) -> float:

@@ -29,11 +29,11 @@ from typing import Any
 
 import orjson
 
-from obf_features_worker import snapshot
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.ingest import SnapshotBook, present_at
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import dumps_record
+from obf_features_worker.engine import snapshot
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.ingest import SnapshotBook, present_at
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import dumps_record
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +201,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "replay",
-        help="replay snapshot JSONL through the feature engine into BarRecord JSONL (backtest parity)",
-        description=__doc__.split("\n\n")[0],
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features replay` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[0]
     p.add_argument("input", metavar="INPUT.jsonl", help="snapshot lines ('-' for stdin)")
     p.add_argument("--bar-seconds", type=float, required=True, help="bar length in seconds (> 0)")
     p.add_argument("--max-age-s", type=float, default=None,

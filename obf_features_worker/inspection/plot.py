@@ -23,9 +23,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from obf_features_worker import cluster_args, grid
-from obf_features_worker.config import comma_list
-from obf_features_worker.record import loads_record
+from obf_features_worker.inspection import cluster_args
+
+from obf_features_worker.service import grid
+from obf_features_worker.service.config import comma_list
+from obf_contract.record import loads_record
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +185,9 @@ def plot_records(records: Sequence[Mapping[str, Any]], output: Path | str, *,
 # --- `obf-features plot` -------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "plot", help="PNG of the last N bars (from the features map or a replay output file)",
-        description=__doc__.split("\n\n")[1],
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features plot` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("--last", type=int, default=300, metavar="N", help="number of bars (default 300)")
     p.add_argument("--from-file", type=Path, default=None, metavar="REPLAY.jsonl",
                    help="read BarRecord JSONL (obf-features replay output) instead of the map")

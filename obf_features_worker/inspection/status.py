@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from obf_features_worker import cluster_args, grid
+from obf_features_worker.inspection import cluster_args
+
+from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +292,10 @@ def render(report: StatusReport, max_assets: int = 40) -> Any:
 # --- `obf-features status` ------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "status", help="one-screen health of the pipeline; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features status` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--json", action="store_true", help="print the report as one JSON object (for scripts)")
     p.add_argument("--max-assets", type=int, default=40, help="asset rows shown (default 40; stale ones first)")
     cluster_args.add_cluster_options(p, maps=("features", "health", "latest"))

@@ -30,19 +30,19 @@ from typing import Any
 import hazelcast
 from hazelcast import predicate as P
 from hazelcast.aggregator import max_
-from hazelcast.config import IntType, ReconnectMode
+from hazelcast.config import ReconnectMode
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError, HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
 
-from obf_features_worker.client_security import describe, tls_auth_settings
-from obf_features_worker.config import WorkerConfig
+from obf_contract.security import describe, tls_auth_settings
+from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.logs import RateLimiter
-from obf_features_worker.pickle_guard import refuse_pickle
-import obf_features_worker.reactor_fix  # noqa: F401 - installs the client fix on import
-from obf_features_worker.record import loads_record
-from obf_features_worker.snapshot import asset_key
+from obf_contract.client import make_client, reconnect_settings
+from obf_contract.cluster import check_cluster_name, check_members
+from obf_contract.record import loads_record
+from obf_contract.keys import asset_key
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +84,17 @@ def asset_key_regex(assets: Iterable[str] | None) -> str:
 def client_settings(cluster_name: str, members: Iterable[str], client_name: str, *,
                     connect_timeout_s: float | None = None, reconnect_backoff_max_s: float = 5.0,
                     security: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``hazelcast.HazelcastClient`` with the reconnect behaviour made explicit:
-    start without blocking, never block calls while disconnected (they fail at once), retry the
-    connection with backoff up to ``reconnect_backoff_max_s`` forever (``connect_timeout_s`` None).
-    security: TLS/authentication keywords (``client_security.tls_auth_settings``), passed through."""
+    """The worker's and the feeder's client: start without blocking, never block calls while
+    disconnected (they fail at once), reconnect with backoff up to ``reconnect_backoff_max_s``,
+    forever (``connect_timeout_s`` None). security: TLS/authentication keywords, passed through."""
     return dict(
-        **dict(security or {}),
         cluster_name=cluster_name,
-        cluster_members=list(members),
+        members=list(members),
         client_name=client_name,
-        default_int_type=IntType.LONG,
+        security=dict(security or {}),
         async_start=True,
         reconnect_mode=ReconnectMode.ASYNC,
-        cluster_connect_timeout=-1 if connect_timeout_s is None else connect_timeout_s,
-        retry_initial_backoff=min(0.5, reconnect_backoff_max_s),
-        retry_max_backoff=reconnect_backoff_max_s,
-        retry_multiplier=1.5,
-        retry_jitter=0.2,
+        **reconnect_settings(connect_timeout_s, reconnect_backoff_max_s),
     )
 
 
@@ -108,7 +102,7 @@ class _Connection:
     """A client with connection-state tracking and bounded waits; base of Grid and Publisher."""
 
     def __init__(self, settings: dict[str, Any], *, op_timeout_s: float,
-                 client_factory: Callable[..., Any] = hazelcast.HazelcastClient) -> None:
+                 client_factory: Callable[..., Any] | None = None) -> None:
         self._settings = settings
         self.op_timeout_s = op_timeout_s
         self._client_factory = client_factory
@@ -136,15 +130,9 @@ class _Connection:
         """
         s = self._settings
         timeout = s["cluster_connect_timeout"]
-        security = {k: v for k, v in s.items() if k.startswith(("ssl_", "creds_"))}
         log.info("connecting cluster=%s members=%s connect_timeout_s=%s security=%s", s["cluster_name"],
-                 ",".join(s["cluster_members"]), "never" if timeout == -1 else timeout, describe(security))
-        self._client = self._client_factory(**s, lifecycle_listeners=[self._on_lifecycle])
-        try:
-            refuse_pickle(self._client)  # before any read or listener can deliver a value
-        except RuntimeError:
-            self.shutdown()
-            raise
+                 ",".join(s["members"]), "never" if timeout == -1 else timeout, describe(s["security"]))
+        self._client = make_client(**s, factory=self._client_factory, lifecycle_listeners=[self._on_lifecycle])
         while not stop.is_set():
             if self._connected.wait(0.2):
                 self._open_maps()
@@ -225,7 +213,7 @@ class Grid(_Connection):
     """The worker's view of the cluster. Create, ``connect()``, use, ``shutdown()``."""
 
     def __init__(self, config: WorkerConfig, *,
-                 client_factory: Callable[..., Any] = hazelcast.HazelcastClient) -> None:
+                 client_factory: Callable[..., Any] | None = None) -> None:
         super().__init__(
             client_settings(config.cluster_name, config.members, f"obf-features-worker:{config.worker_id}",
                             connect_timeout_s=config.connect_timeout_s,
@@ -433,42 +421,22 @@ class ClusterTarget:
     security: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.members:
-            raise ValueError("members: at least one host:port is required")
-        for m in self.members:
-            host, sep, port = m.rpartition(":")
-            if not m or (sep and (not host or not port.isdigit())):
-                raise ValueError(f"members: {m!r} is not host or host:port")
-        if not self.cluster_name.strip():
-            raise ValueError("cluster name must not be empty")
+        object.__setattr__(self, "members", check_members(self.members))
+        check_cluster_name(self.cluster_name)
         if not self.connect_timeout_s > 0:
             raise ValueError(f"connect timeout must be > 0 s, got {self.connect_timeout_s!r}")
 
 
 def connect(target: ClusterTarget, **overrides: Any) -> hazelcast.HazelcastClient:
-    """A connected client (IntType.LONG, as everywhere) that refuses pickled values;
+    """A connected client (``make_client``: LONG ints, pickled values refused);
     ClusterUnreachable after the timeout."""
-    settings: dict[str, Any] = dict(
-        **dict(target.security),
-        cluster_members=list(target.members),
-        cluster_name=target.cluster_name,
-        default_int_type=IntType.LONG,
-        cluster_connect_timeout=target.connect_timeout_s,
-    )
-    settings.update(overrides)
     try:
-        client = hazelcast.HazelcastClient(**settings)
+        return make_client(target.cluster_name, target.members, security=target.security,
+                           **{"cluster_connect_timeout": target.connect_timeout_s, **overrides})
     except HazelcastError as exc:
         raise ClusterUnreachable(
             f"cannot reach cluster {target.cluster_name!r} at {','.join(target.members)}: {exc}"
         ) from exc
-    try:
-        # Connected synchronously, but no value has been read yet: guard before the first read.
-        refuse_pickle(client)
-    except RuntimeError:
-        client.shutdown()
-        raise
-    return client
 
 
 def decode_value(value: Any) -> dict[str, Any] | None:

@@ -199,11 +199,9 @@ class LocalMember:
 # --- `obf-features member ...` -------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "member", help="start/stop/status of a local development Hazelcast member (JVM)",
-        description="Run a local Hazelcast member from the open-source jars in .hazelcast/lib.",
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The `obf-features member` options on the parser the CLI made for it."""
+    parser.description = "Run a local Hazelcast member from the open-source jars in .hazelcast/lib."
     actions = parser.add_subparsers(dest="action", required=True)
     for name, text in (("start", "start and wait until ready"), ("stop", "stop (SIGTERM, then SIGKILL)"),
                        ("status", "exit 0 if running")):

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from obf_features_worker import kernels as K
-from obf_features_worker.params import FeatureParams
-from obf_features_worker.record import SCHEMA_VERSION, BarRecord
-from obf_features_worker.snapshot import MAX_LEVELS, SYMBOL_RE, Snapshot
+from obf_features_worker.engine import kernels as K
+from obf_features_worker.engine.params import FeatureParams
+from obf_contract.record import SCHEMA_VERSION, BarRecord
+from obf_contract.keys import SYMBOL_RE
+from obf_features_worker.engine.snapshot import MAX_LEVELS, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -44,19 +44,22 @@ from typing import Any
 
 import orjson
 
-from obf_features_worker import __version__, checkpoint
-from obf_features_worker.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
-from obf_features_worker.checkpoint import Checkpoint, CheckpointRejected
-from obf_features_worker.config import ConfigError, WorkerConfig, load_config
-from obf_features_worker.engine import FeatureEngine
-from obf_features_worker.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
-from obf_features_worker.health import HealthStats
-from obf_features_worker.ingest import SnapshotBook, present_at
-from obf_features_worker.lease import LeaderLease
+from obf_features_worker import __version__
+
+from obf_features_worker.engine import checkpoint
+from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
+from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
+from obf_features_worker.service.config import ConfigError, WorkerConfig, load_config
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
+from obf_features_worker.service.health import HealthStats
+from obf_features_worker.engine.ingest import SnapshotBook, present_at
+from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.logs import RateLimiter, setup_logging
-from obf_features_worker.metrics import WorkerMetrics
-from obf_features_worker.record import dumps_record
-from obf_features_worker.snapshot import Snapshot, SnapshotRejected, asset_key, parse_snapshot
+from obf_features_worker.service.metrics import WorkerMetrics
+from obf_contract.record import dumps_record
+from obf_contract.keys import asset_key
+from obf_features_worker.engine.snapshot import Snapshot, SnapshotRejected, parse_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -750,24 +753,16 @@ def install_signal_handlers(worker: Worker) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``obf-features-worker``: 0 = stopped by a signal, 1 = fatal error, 2 = bad configuration."""
-    try:
-        config, args = load_config(argv)
-    except ConfigError as exc:
-        print(f"obf-features-worker: error: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(orjson.dumps(config.summary(), default=str, option=orjson.OPT_INDENT_2).decode())
-        return 0
+def serve(config: WorkerConfig) -> int:
+    """Run a worker until a signal stops it: 0 = stopped by a signal, 1 = fatal error."""
     setup_logging(config.log_level, config.log_format)
     worker = Worker(config)
     install_signal_handlers(worker)
     return worker.run()
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m obf_features_worker.worker`
-    # Run the module under its package name so its loggers are named obf_features_worker.worker.
-    from obf_features_worker.worker import main as _main
+if __name__ == "__main__":  # pragma: no cover - `python -m obf_features_worker.service.worker`
+    # Run under the package's name so the loggers are named obf_features_worker.service.worker.
+    from obf_features_worker.cli import worker_main
 
-    sys.exit(_main())
+    sys.exit(worker_main())

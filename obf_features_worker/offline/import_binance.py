@@ -37,11 +37,11 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from obf_features_worker import snapshot
+from obf_contract.keys import SYMBOL_RE, asset_key
+from obf_features_worker.engine import snapshot
 
 log = logging.getLogger(__name__)
 
-SYMBOL_RE = snapshot.SYMBOL_RE
 MAX_LEVELS = snapshot.MAX_LEVELS
 # Buffered diffs while waiting for a snapshot; a real recording needs a few dozen.
 DEFAULT_MAX_BUFFERED = 100_000
@@ -452,7 +452,7 @@ def iter_book_payloads(source: BookSource, spec: BandSpec, *, every_ms: int = 10
     rep = report if report is not None else BookReport(source.symbol, source.market,
                                                        tuple(map(str, source.files)))
     book = DepthBook(source.market, max_buffered=max_buffered)
-    key = snapshot.asset_key(source.symbol)
+    key = asset_key(source.symbol)
     next_grid: int | None = None  # next grid time to emit, ms
     seq = 0
 
@@ -573,12 +573,9 @@ def import_binance(paths: Iterable[Path | str], out: IO[bytes], spec: BandSpec, 
 # CLI
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "import-binance",
-        help="rebuild Binance books from recorded snapshot + depth diffs into replay input (JSONL)",
-        description=__doc__.split("\n\n")[0],
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features import-binance` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[0]
     p.add_argument("files", nargs="+", metavar="FILE", help="recorder files (.gz or plain), any order")
     p.add_argument("--band-span-bps", type=float, default=100.0,
                    help="bands cover (0, B] bps from the mid (default 100); keep B within the snapshot's reach")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from obf_features_worker.devmember import DEFAULT_RUN_DIR, LocalMember, MemberError, free_port
+from obf_features_worker.dev.member import DEFAULT_RUN_DIR, LocalMember, MemberError, free_port
 
 DEMO_CLUSTER = "obf-demo"
 
@@ -53,11 +53,9 @@ def _stop(proc: subprocess.Popen, out: IO[bytes], timeout: float) -> tuple[int, 
     return proc.returncode, killed
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "demo", help="run member + worker + synthetic feeder + live view locally (Ctrl-C stops all)",
-        description=__doc__.split("\n\n")[1],
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `obf-features demo` options on the parser the CLI made for it."""
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("--members", default=None,
                    help="use this cluster (host:port,...) instead of starting a local member")
     p.add_argument("--cluster", default=None, help=f"cluster name (default {DEMO_CLUSTER} / HZ_CLUSTER with --members)")
@@ -106,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     rc = 0
     try:
         worker_log, feed_log = run_dir / f"worker-{stamp}.log", run_dir / f"feed-{stamp}.log"
-        worker = _start(_python_module("obf_features_worker.worker", "--bar-seconds", str(args.bar_seconds),
+        worker = _start(_python_module("obf_features_worker.service.worker", "--bar-seconds", str(args.bar_seconds),
                                        "--worker-id", "demo-worker"), worker_log, env)
         print(f"  worker  pid={worker[0].pid:<7} log={worker_log}")
         feeder = _start(_python_module(

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from obf_features_worker.health import STATES
+from obf_features_worker.service.health import STATES
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import hazelcast
 
-from obf_features_worker.client_security import tls_auth_settings
-from obf_features_worker.config import WorkerConfig, comma_list
-from obf_features_worker.grid import ClusterTarget, ClusterUnreachable, connect
+from obf_contract.security import tls_auth_settings
+from obf_features_worker.service.config import WorkerConfig, comma_list
+from obf_features_worker.service.grid import ClusterTarget, ClusterUnreachable, connect
 
 # The worker's own map-name defaults (``features_map``, ``health_map``, ...): one source.
 _WORKER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}

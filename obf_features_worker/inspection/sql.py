@@ -20,7 +20,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from obf_features_worker import cluster_args, grid
+from obf_features_worker.inspection import cluster_args
+
+from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +223,11 @@ def apply_statements(reader: Any, statements: Sequence[SqlStatement], *,
 # --- `obf-features sql` --------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "sql", help="SQL mappings/views for Management Center: list, print, apply, run examples",
-        description=("Work with the SQL views file (default deploy/sql/obf_mappings.sql). "
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The `obf-features sql` options on the parser the CLI made for it."""
+    parser.description = ("Work with the SQL views file (default deploy/sql/obf_mappings.sql). "
                      "Without options: list its statements. Map-name options rename the maps in every "
-                     "statement (for non-default names)."),
-    )
+                     "statement (for non-default names).")
     parser.add_argument("--file", type=Path, default=DEFAULT_SQL_FILE,
                         help="SQL file (env OBF_SQL_FILE, default the shipped obf_mappings.sql)")
     parser.add_argument("--print", dest="print_sql", action="store_true",

@@ -1,0 +1,1 @@
+"""Development tooling: a local member from the open-source jars, the synthetic feeder, the demo."""

@@ -1,0 +1,1 @@
+"""Read-only inspection commands: ``status``, ``watch``, ``plot``, ``sql``."""
