@@ -48,9 +48,9 @@ from bench_engine import make_bars
 from hazelcast.core import HazelcastJsonValue
 
 from engine_adapter.features import decode_bar
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.feature_engine import FeatureEngine
-from obf_contract.record import dumps_record
 
 BAR_SECONDS = 2.0  # bar_idx = unix s / 2 stays < 1e9, which the adapter reads as a bar_idx (1 s bars: >= 1e9)
 RATE_HZ = 10.0

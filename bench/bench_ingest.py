@@ -130,10 +130,9 @@ def profile_listener(cluster: H.Cluster, n: int, rate: float, seconds: float, lo
     """cProfile of the client's reactor thread running the worker's listener callback."""
     from hazelcast import predicate as P
 
-    from obf_features_worker.service.grid import ASSET_KEY_PATTERN
     from obf_features_worker.engine.ingest import SnapshotBook
-
     from obf_features_worker.engine.snapshot import parse_snapshot
+    from obf_features_worker.service.grid import ASSET_KEY_PATTERN
 
     parse_snapshot("asset_BTCUSDT_ob", '{"timestamp": 1.0, "bid_notional": [1.0], "ask_notional": [1.0]}', now=2.0)
     suffix = H.map_suffix()

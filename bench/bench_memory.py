@@ -46,7 +46,7 @@ LONG_CACHE = 10  # adapter cache_bars in the long run: full after 10 bars, then 
 
 def run_size(cluster: H.Cluster, client: Any, n: int, duration_s: float, log_dir: Path, *,
              cache_bars: int = 500, sample_every_s: float | None = None,
-             experiment: H.Experiment = H.Experiment()) -> dict[str, Any]:
+             experiment: H.Experiment = H.Experiment()) -> dict[str, Any]:  # noqa: B008 - a frozen dataclass: one shared default is fine
     suffix = H.map_suffix()
     features_map = "DOLPHIN_OBF_FEATURES" + suffix
     out: dict[str, Any] = {"n": n, "samples": []}

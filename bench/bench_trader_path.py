@@ -47,8 +47,8 @@ from engine_adapter.features import (
     OBSignalFeatures,
     decode_bar,
 )
-from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_contract.record import dumps_record
+from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.snapshot import Snapshot, payload_json
 from tests.reference import ReferenceFeatures
 
@@ -112,11 +112,11 @@ def trader_bar_bulk(ob: HazelcastOBEngine, assets: list[str], bar_idx: int) -> N
     for a in assets:
         f = feats.get(a)
         if f is not None:  # None: the neutral defaults
-            f.placement
-            f.signal
+            f.placement  # noqa: B018 - the attribute reads are what is measured
+            f.signal  # noqa: B018 - the attribute reads are what is measured
     if bar is not None:
-        bar.market
-        bar.macro
+        bar.market  # noqa: B018 - the attribute reads are what is measured
+        bar.macro  # noqa: B018 - the attribute reads are what is measured
 
 
 class EmptyOBEngine:

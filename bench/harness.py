@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import hazelcast  # noqa: E402
-from hazelcast.config import IntType  # noqa: E402
+import hazelcast
+from hazelcast.config import IntType
 
-from obf_features_worker.dev.member import LocalMember, free_port  # noqa: E402
+from obf_features_worker.dev.member import LocalMember, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -156,7 +156,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
 
 
 @contextlib.contextmanager
-def worker_process(cluster: Cluster, suffix: str, log_dir: Path, *, experiment: Experiment = Experiment(),
+def worker_process(cluster: Cluster, suffix: str, log_dir: Path, *, experiment: Experiment = Experiment(),  # noqa: B008 - a frozen dataclass: one shared default is fine
                    **settings: Any) -> Iterator[subprocess.Popen]:
     """``obf-features-worker`` as a subprocess configured by env (``bar_seconds=2`` ->
     OBF_BAR_SECONDS=2); its log goes to ``log_dir/worker.log``. SIGTERM on exit."""

@@ -29,10 +29,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hazelcast  # noqa: E402
-from hazelcast.config import IntType  # noqa: E402
+import hazelcast
+from hazelcast.config import IntType
 
-from obf_features_worker.engine.snapshot import format_timestamp  # noqa: E402
+from obf_features_worker.engine.snapshot import format_timestamp
 
 VARIANTS = 8  # pre-built books per asset, cycled
 

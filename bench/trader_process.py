@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hazelcast  # noqa: E402
-import orjson  # noqa: E402
-from hazelcast.config import IntType  # noqa: E402
+import hazelcast
+import orjson
+from hazelcast.config import IntType
 
-from engine_adapter import AdapterConfig, HazelcastOBEngine  # noqa: E402
+from engine_adapter import AdapterConfig, HazelcastOBEngine
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import hazelcast
 from hazelcast import HazelcastClient
 
 from engine_adapter.cache import DEFAULT, EXACT, FALLBACK, BarCache, CacheStats, Resolution, parse_key
@@ -39,6 +37,7 @@ from engine_adapter.features import (
     OBSignalFeatures,
 )
 from engine_adapter.grid import FeatureMapReader, GridStats
+
 # The only worker modules the adapter loads: stdlib + hazelcast only, no numpy/numba.
 from obf_contract.client import client_settings as contract_client_settings
 from obf_contract.client import make_client, reconnect_settings
@@ -85,10 +84,11 @@ class AdapterConfig:
     reconnect_backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name, check in (("cluster_name", check_cluster_name), ("members", check_members),
-                            ("map_name", check_map_name)):
+        for name, value, check in (("cluster_name", self.cluster_name, check_cluster_name),
+                                   ("members", self.members, check_members),
+                                   ("map_name", self.map_name, check_map_name)):
             try:
-                object.__setattr__(self, name, check(getattr(self, name)))
+                object.__setattr__(self, name, check(value))
             except ValueError as exc:
                 raise ValueError(f"AdapterConfig.{name}: {exc}") from None
         for name, value, low in (("cache_bars", self.cache_bars, 1), ("stale_after_bars", self.stale_after_bars, 0)):

@@ -33,7 +33,7 @@ class ExampleTradingEngine:
 
     def step_bar(self, bar_idx: int, assets: Sequence[str]) -> None:
         ob = self.ob_engine
-        assert ob is not None, "call set_ob_engine first"
+        assert ob is not None, "call set_ob_engine first"  # noqa: S101 - narrows the type; holds by construction
         macro = ob.get_macro(bar_idx)
         market = ob.get_market(bar_idx)
         for asset in assets:

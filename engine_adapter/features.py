@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import chain
 from sys import intern
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 

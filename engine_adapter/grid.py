@@ -93,7 +93,7 @@ class FeatureMapReader:
         ).result()
         try:
             self.seed("seed")
-        except Exception as exc:  # the trader starts anyway; defaults until a re-seed works
+        except Exception as exc:  # noqa: BLE001 - the trader starts anyway; defaults until a re-seed works
             log.warning("initial seed failed map=%s error=%r; retrying in background", self._map_name, exc)
             self._reseed_wanted.set()
         self._thread = threading.Thread(target=self._reseed_loop, name="obf-adapter-reseed", daemon=True)
@@ -112,7 +112,7 @@ class FeatureMapReader:
         if self._listener_id is not None and self._client.lifecycle_service.is_running():
             try:
                 _result_within(self._map.remove_entry_listener(self._listener_id), timeout_s)
-            except Exception as exc:  # e.g. cluster gone: the registration dies with the client
+            except Exception as exc:  # noqa: BLE001 - e.g. cluster gone: the registration dies with the client
                 log.warning("entry listener removal failed map=%s error=%r", self._map_name, exc)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
@@ -157,7 +157,7 @@ class FeatureMapReader:
                 # A second, cheap pass: keys only, unless something was missed meanwhile.
                 if not self._closed.wait(RESEED_SETTLE_S):
                     self.seed("reseed")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - never raise out of here: count and log instead
                 with self._lock:
                     self._seed_failures += 1
                     retry = self._connected

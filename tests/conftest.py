@@ -76,7 +76,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _reported.extend((report.nodeid, str(k), str(v)) for k, v in report.user_properties if k not in _REPORT_SKIP)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if _reported:
         terminalreporter.section("reported figures")
         for nodeid, key, value in _reported:

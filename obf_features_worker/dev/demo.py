@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from obf_features_worker.dev.member import DEFAULT_RUN_DIR, LocalMember, MemberError, free_port
 
@@ -30,10 +30,10 @@ def _python_module(module: str, *args: str) -> list[str]:
 
 
 def _start(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, IO[bytes]]:
-    out = open(log_path, "ab")  # noqa: SIM115 - closed by _stop
+    out = open(log_path, "ab")
     # Own session: the terminal's Ctrl-C reaches only the live view and the demo, which then
     # stops the worker first (cleanly) and the feeder after it.
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,  # noqa: S603 - our own command line, no shell
                             start_new_session=True)
     return proc, out
 
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         view = _python_module("obf_features_worker.cli", "watch", "--members", members, "--cluster", cluster,
                               *(["--map-suffix", suffix] if suffix else []), *(["--plain"] if args.plain else []))
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the view; the stop follows
-            subprocess.run(view, env=env, check=False)
+            subprocess.run(view, env=env, check=False)  # noqa: S603 - our own command line, no shell
     finally:
         # Ctrl-C again while stopping would leave processes behind: finish the clean stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

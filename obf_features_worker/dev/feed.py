@@ -29,12 +29,12 @@ from typing import Any
 
 import orjson
 
-from obf_contract.keys import SYMBOL_RE, asset_key
+from obf_contract.keys import asset_key
 from obf_features_worker.engine import snapshot
-from obf_features_worker.service.config import comma_list
-from obf_features_worker.service.grid import GridClosed, GridError, Publisher
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.offline.synthetic import DEFAULT_SYMBOLS, DrainSchedule, SyntheticMarket
+from obf_features_worker.service.config import comma_list
+from obf_features_worker.service.grid import GridClosed, GridError, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                      ",".join(market.symbols), market.hz, args.seed, args.drain_at, args.drain_every)
             feeder.run_synthetic(market, args.duration)
         else:
-            assert recs is not None
+            assert recs is not None  # noqa: S101 - narrows the type; holds by construction
             log.info("feeding recording file=%s snapshots=%d bad_lines=%d span_s=%.1f speed=%g loop=%s map=%s",
                      args.input, len(recs), bad, recs[-1].ts - recs[0].ts, args.speed, args.loop, map_name)
             feeder.run_recorded(recorded_schedule(recs, time.time(), args.speed, args.loop), args.duration)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LIB_DIR = Path(os.environ.get("OBF_HZ_LIB", REPO_ROOT / ".hazelcast" / "lib"))
 DEFAULT_CONFIG = Path(os.environ.get("OBF_HZ_CONFIG", REPO_ROOT / "deploy" / "hazelcast" / "hazelcast.yaml"))
 DEFAULT_RUN_DIR = REPO_ROOT / ".hazelcast" / "run"
@@ -135,7 +135,7 @@ class LocalMember:
         with open(self.log_file, "wb") as out:
             # Own session: Ctrl-C in a terminal that launched the demo must not
             # kill the member before the worker has shut down cleanly.
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: S603 - our own command line, no shell
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=self.workdir,
             )

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import orjson
 
+from obf_contract.keys import SYMBOL_RE
 from obf_features_worker.engine.feature_engine import STATE_KIND, STATE_VERSION, FeatureEngine, StateMismatch
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.keys import SYMBOL_RE
 
 log = logging.getLogger(__name__)
 

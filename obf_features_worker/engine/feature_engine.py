@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from obf_contract.keys import SYMBOL_RE
+from obf_contract.record import SCHEMA_VERSION, BarRecord
 from obf_features_worker.engine import kernels as K
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import SCHEMA_VERSION, BarRecord
-from obf_contract.keys import SYMBOL_RE
 from obf_features_worker.engine.snapshot import MAX_LEVELS, Snapshot
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ STATE_VERSION = 1
 _ROW_ORDER = (K.COL_DEPTH, K.COL_IMBALANCE, K.COL_DEPTH_ASYMMETRY, K.COL_DEPTH_QUALITY, K.COL_FILL_PROBABILITY,
               K.COL_SPREAD_PROXY, K.COL_IMBALANCE_MA, K.COL_IMBALANCE_PERSISTENCE, K.COL_WITHDRAWAL_VELOCITY,
               K.COL_BID_USD, K.COL_ASK_USD)
-assert _ROW_ORDER == tuple(range(K.N_ASSET_COLS)), "step() unpacks kernel rows in this column order"
-assert K.COL_BID_USD == K.N_ASSET_COLS - 2 and K.COL_ASK_USD == K.N_ASSET_COLS - 1, "USD columns last"
+assert _ROW_ORDER == tuple(range(K.N_ASSET_COLS)), "step() unpacks kernel rows in this column order"  # noqa: S101 - narrows the type; holds by construction
+assert K.COL_BID_USD == K.N_ASSET_COLS - 2 and K.COL_ASK_USD == K.N_ASSET_COLS - 1, "USD columns last"  # noqa: S101 - narrows the type; holds by construction
 STATE_KIND = "obf_feature_engine"
 
 

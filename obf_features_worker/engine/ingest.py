@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from obf_features_worker.logs import RateLimiter
 from obf_features_worker.engine.snapshot import (
     RejectReason,
     Snapshot,
@@ -23,6 +22,7 @@ from obf_features_worker.engine.snapshot import (
     parse_payload,
     symbol_from_key,
 )
+from obf_features_worker.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class SnapshotBook:
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
             try:
                 self.rejects.record(INTERNAL_ERROR, key, f"{type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("snapshot reject accounting failed")
             return False
 

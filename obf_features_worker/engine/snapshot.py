@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ import numpy as np
 import orjson
 from numba import njit
 
-from obf_contract.keys import SYMBOL_RE, asset_key, symbol_of_key
+from obf_contract.keys import symbol_of_key
 
 MAX_LEVELS = 64
 # Values above this are not a plausible USD notional or base quantity; the cap also keeps
@@ -286,7 +285,7 @@ def _decode(value: object, max_payload_bytes: int) -> dict[str, Any]:
             raise SnapshotRejected(RejectReason.BAD_JSON, f"unsupported value type {type(value).__name__}")
         try:
             raw = to_string()
-        except Exception as exc:  # a broken JSON wrapper is bad input, not our failure
+        except Exception as exc:  # noqa: BLE001 - a broken JSON wrapper is bad input, not our failure
             raise SnapshotRejected(RejectReason.BAD_JSON, f"to_string() failed: {exc!r:.80}") from None
         if not isinstance(raw, str):
             raise SnapshotRejected(RejectReason.BAD_JSON, "to_string() did not return a string")

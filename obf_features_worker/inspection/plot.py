@@ -23,11 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from obf_contract.record import loads_record
 from obf_features_worker.inspection import cluster_args
-
 from obf_features_worker.service import grid
 from obf_features_worker.service.config import comma_list
-from obf_contract.record import loads_record
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from obf_features_worker.inspection import cluster_args
-
 from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SQL_FILE = Path(os.environ.get("OBF_SQL_FILE", REPO_ROOT / "deploy" / "sql" / "obf_mappings.sql"))
 
 _NAME_TAG = re.compile(r"^name:\s*([A-Za-z0-9_.-]+)\s*$")
@@ -310,14 +309,14 @@ def run(args: argparse.Namespace) -> int:
         for st in wanted:
             try:
                 names, rows = reader.sql(st.text, timeout_s=args.query_timeout)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - never raise out of here: count and log instead
                 failures += 1
                 print(f"FAILED  query {st.name or '(unnamed)'} line {st.line}: {exc}")
                 continue
             if args.json:
                 for row in rows:
-                    print(json.dumps({"query": st.name, "row": {n: grid.decode_json_column(v) for n, v in zip(names, row, strict=True)}},
-                                     default=str))
+                    cols = {n: grid.decode_json_column(v) for n, v in zip(names, row, strict=True)}
+                    print(json.dumps({"query": st.name, "row": cols}, default=str))
                 continue
             console.print(f"[bold]{st.name}[/bold]  {st.title}", highlight=False)
             table = Table()

@@ -24,7 +24,6 @@ from enum import IntEnum
 from typing import Any
 
 from obf_features_worker.inspection import cluster_args
-
 from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from obf_features_worker.inspection import cluster_args
-
-from obf_features_worker.service import grid
 from obf_contract.record import loads_record
+from obf_features_worker.inspection import cluster_args
+from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +319,8 @@ def _live(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: di
             got = inbox.newest(timeout=1.0)
             if got and (current is None or got[0] > int(current.get("bar_idx", -1))):
                 current = got[1]
-                print("\n".join(plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)), flush=True)
+                lines = plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)
+                print("\n".join(lines), flush=True)
         print("cluster connection closed")
         return
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import orjson
 
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.ingest import SnapshotBook, present_at
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record
 
 log = logging.getLogger(__name__)
 

@@ -111,14 +111,14 @@ class IntervalClock:
         """Seconds from ``now`` to the next close (0 if a close is already due)."""
         if self._last is None:
             self.start(now)
-        assert self._last is not None
+        assert self._last is not None  # noqa: S101 - narrows the type; holds by construction
         return max(0.0, self.close_time(self._last + 1) - now)
 
     def poll(self, now: float) -> BarTick | None:
         """The next bar if its close time has come, else None. Advances the clock."""
         if self._last is None:
             self.start(now)
-        assert self._last is not None
+        assert self._last is not None  # noqa: S101 - narrows the type; holds by construction
         due = floor_index(now, self.bar_seconds)
         if due <= self._last:
             return None
@@ -241,7 +241,7 @@ class ScanClock:
                     self._dropped += 1
                 self._queue.append((value, at))
             self._wake.set()
-        except Exception:  # noqa: BLE001 - must never escape into the client's reactor thread
+        except Exception:
             log.exception("scan trigger failed")
 
     def poll(self) -> BarTick | None:

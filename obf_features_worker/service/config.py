@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from obf_features_worker.service.bars import BAR_IDX_LIMIT
-from obf_contract.security import describe, tls_auth_settings
-from obf_features_worker.service.lease import LeaseSettings
-from obf_features_worker.engine.params import FeatureParams
 from obf_contract.keys import SYMBOL_RE
+from obf_contract.security import describe, tls_auth_settings
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service.bars import BAR_IDX_LIMIT
+from obf_features_worker.service.lease import LeaseSettings
 
 CLOCKS = ("interval", "scan")
 LOG_FORMATS = ("text", "json")

@@ -36,13 +36,13 @@ from hazelcast.errors import HazelcastError, HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
 
-from obf_contract.security import describe, tls_auth_settings
-from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.logs import RateLimiter
 from obf_contract.client import make_client, reconnect_settings
 from obf_contract.cluster import check_cluster_name, check_members
-from obf_contract.record import loads_record
 from obf_contract.keys import asset_key
+from obf_contract.record import loads_record
+from obf_contract.security import describe, tls_auth_settings
+from obf_features_worker.logs import RateLimiter
+from obf_features_worker.service.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class _Connection:
             elif state in (LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
                 self._connected.clear()
                 self._closed.set()
-        except Exception:  # noqa: BLE001 - never into the client's threads
+        except Exception:  # noqa: BLE001,S110 - never into the client's threads
             pass
 
     def shutdown(self) -> None:
@@ -191,7 +191,7 @@ class _Connection:
             raise GridError(f"map {name}", "not connected (connect() not called)")
         try:
             proxy = self._client.get_map(name)
-        except Exception as exc:  # noqa: BLE001 - offline etc.
+        except Exception as exc:
             raise GridError(f"open map {name}", exc) from exc
         self._maps[name] = proxy
         return proxy
@@ -205,7 +205,7 @@ class _Connection:
             raise GridError(what, f"no answer within {limit:g} s")
         try:
             return fut.result()
-        except Exception as exc:  # noqa: BLE001 - every client error is a failed call here
+        except Exception as exc:
             raise GridError(what, exc) from exc
 
 
@@ -564,7 +564,7 @@ class BarListener:
             text = json_text(event.value)
             if text is not None:
                 self._on_bar(int(event.key), text)
-        except Exception:  # never into the reactor
+        except Exception:  # noqa: BLE001 - never into the reactor
             self.errors += 1
 
     def start(self) -> None:

@@ -469,7 +469,7 @@ class LeaderLease:
                 self._lose(held, decision.reason)
             return
 
-        assert decision.new_value is not None
+        assert decision.new_value is not None  # noqa: S101 - narrows the type; holds by construction
         new = HazelcastJsonValue(decision.new_value.to_json())
         sent_at = self._clock()  # before the write is sent: the term may not outlive it
         if decision.action is Action.ACQUIRE:

@@ -114,7 +114,7 @@ class WorkerMetrics:
 
     # --- serving -------------------------------------------------------------
 
-    def start(self, port: int, addr: str = "0.0.0.0") -> int:
+    def start(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 - the metrics endpoint is opt-in and meant to be scraped
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns the bound port (0 = any free)."""
         if not 0 <= port <= 65535:
             raise ValueError(f"metrics port must be in [0, 65535], got {port}")

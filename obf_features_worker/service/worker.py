@@ -38,28 +38,27 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from obf_contract.keys import asset_key
+from obf_contract.record import dumps_record
 from obf_features_worker import __version__
-
 from obf_features_worker.engine import checkpoint
-from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
 from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
-from obf_features_worker.service.config import ConfigError, WorkerConfig, load_config
 from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.ingest import SnapshotBook, present_at
+from obf_features_worker.engine.snapshot import Snapshot, SnapshotRejected, parse_snapshot
+from obf_features_worker.logs import RateLimiter, setup_logging
+from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
+from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
 from obf_features_worker.service.health import HealthStats
-from obf_features_worker.engine.ingest import SnapshotBook, present_at
 from obf_features_worker.service.lease import LeaderLease
-from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.service.metrics import WorkerMetrics
-from obf_contract.record import dumps_record
-from obf_contract.keys import asset_key
-from obf_features_worker.engine.snapshot import Snapshot, SnapshotRejected, parse_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ class Worker:
         except GridClosed as exc:
             log.error("worker exiting: cluster connection given up reason=%s", exc)
             rc = 1
-        except Exception as exc:  # noqa: BLE001 - log the reason, exit non-zero
+        except Exception as exc:
             log.exception("worker crashed reason=%s: %s", type(exc).__name__, exc)
             rc = 1
         finally:
@@ -253,7 +252,7 @@ class Worker:
         the crash. A leader refreshes once per bar (at each close; between closes only if none
         came, e.g. the scan clock): refreshing more often would not move the takeover bound, which
         counts from the leader's last refresh, and would only add grid calls to the writer's loop."""
-        assert self.lease is not None
+        assert self.lease is not None  # noqa: S101 - narrows the type; holds by construction
         return self.config.bar_seconds if self.lease.may_write() else self.config.lease_tick_s
 
     def _subscribe(self) -> bool:
@@ -276,7 +275,7 @@ class Worker:
                     self._offer_read(entries, count_invalid=True)
                     log.info("initial read entries=%d accepted_assets=%d", len(entries), len(self.book.latest()))
                 else:
-                    assert isinstance(self.clock, ScanClock)
+                    assert isinstance(self.clock, ScanClock)  # noqa: S101 - narrows the type; holds by construction
                     self.grid.add_scan_listener(self.clock.trigger)
                 steps.pop(0)
             except GridError as exc:
@@ -359,7 +358,7 @@ class Worker:
         done = time.time()
         mine = record is not None and tick.bar_idx in written
         if mine:
-            assert record is not None
+            assert record is not None  # noqa: S101 - narrows the type; holds by construction
             self.health.bar_to_write_ms.add((done - tick.triggered_at) * 1000.0)
             event_to_write = [done - at for at in map(self.book.last_received_at, present) if at is not None]
             for latency in event_to_write:
@@ -471,7 +470,7 @@ class Worker:
 
     def _payload(self, entry: PendingRecord, epoch: int | None) -> str:
         if entry.record is None:
-            assert entry.payload is not None
+            assert entry.payload is not None  # noqa: S101 - narrows the type; holds by construction
             return entry.payload
         if entry.payload is None or entry.epoch != epoch:
             entry.record["producer"]["epoch"] = epoch
@@ -585,7 +584,7 @@ class Worker:
 
     def _tick_lease(self) -> bool:
         """Tick the lease (never raises); True if a new term of mine began."""
-        assert self.lease is not None
+        assert self.lease is not None  # noqa: S101 - narrows the type; holds by construction
         self._last_lease_tick = self._monotonic()
         self.lease.tick()
         return self._sync_term()
@@ -593,7 +592,7 @@ class Worker:
     def _sync_term(self) -> bool:
         """Follow the lease's writable epoch; True if a new term of mine began. A term can become
         writable between ticks (a settling term, see lease.decide), so every write cycle checks."""
-        assert self.lease is not None
+        assert self.lease is not None  # noqa: S101 - narrows the type; holds by construction
         status = self.lease.status()
         prev, self._epoch = self._epoch, status.epoch
         self.health.epoch = status.epoch

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             if not eng.wait_for_bar(nxt, WAIT_S):
                 newest = eng.stats().cache.newest_idx
                 if newest is not None and newest > nxt:
-                    later = [i for i in eng._cache.cached_indices() if i > nxt]  # noqa: SLF001 - test probe
+                    later = [i for i in eng._cache.cached_indices() if i > nxt]
                     skipped += later[0] - nxt
                     nxt = later[0]
                 continue

@@ -84,7 +84,7 @@ class ControlledFeeder(TestFeeder):
         while not self._stop.is_set():
             try:
                 self.publish_once()
-            except Exception:  # noqa: BLE001 - member restarting: keep going
+            except Exception:
                 self.errors += 1
             due = max(due + 1.0 / self.hz, time.monotonic() - 0.05)
             self._stop.wait(max(0.0, due - time.monotonic()))
@@ -111,7 +111,7 @@ class Scanner:
             try:
                 self.map.put(self.key, json.dumps({self.field: self.last + 1}))
                 self.last += 1
-            except Exception:  # noqa: BLE001 - member away: the next scan retries the same number
+            except Exception:
                 self.errors += 1
             due += self.period
 
@@ -148,7 +148,7 @@ class BarWitness:
             with self._cond:
                 self.bars[int(event.key)] = entry
                 self._cond.notify_all()
-        except Exception:  # noqa: BLE001 - never into the reactor thread
+        except Exception:
             self.errors += 1
 
     def wait_for(self, bar_idx: int, timeout: float) -> bool:
@@ -159,7 +159,7 @@ class BarWitness:
     def close(self) -> None:
         try:
             self._map.remove_entry_listener(self._reg).result()
-        except Exception:  # noqa: BLE001 - client already gone
+        except Exception:
             pass
 
 
@@ -173,7 +173,7 @@ class AdapterProbe:
     def __init__(self, *, cluster_name: str, members: Iterable[str], map_name: str, assets: Iterable[str],
                  start_bar: int, cache_bars: int, report_every: int, log_dir: Path) -> None:
         self.log_path = log_dir / "adapter_probe.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "tests.integration.adapter_probe", "--cluster", cluster_name,

@@ -47,7 +47,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str = "condi
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline (e.g. member restarting)
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {message}"
@@ -106,7 +106,7 @@ class TestFeeder:
         while not self._stop.is_set():
             try:
                 self.publish_once()
-            except Exception:  # noqa: BLE001 - member restarting: keep going
+            except Exception:
                 self.errors += 1
             n += 1
             self._stop.wait(max(0.0, start + n / self.hz - time.monotonic()))
@@ -129,7 +129,7 @@ class WorkerProcess:
 
     def __init__(self, args: list[str], env: dict[str, str], log_dir: Path, name: str = "worker") -> None:
         self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"

@@ -218,7 +218,7 @@ def test_step_live_is_woken_by_the_arrival(hz_cluster, hz_client, bars_map) -> N
     cfg = config_for(hz_cluster, name, max_wait_ms=10_000)
     with HazelcastOBEngine(cfg, client=hz_client) as eng:
         def write_when_waiting() -> None:
-            poll(lambda: bool(eng._cache._cond._waiters), 30.0, "step_live to wait")  # noqa: SLF001
+            poll(lambda: bool(eng._cache._cond._waiters), 30.0, "step_live to wait")
             put(m, record(7))
 
         writer = threading.Thread(target=write_when_waiting)
@@ -308,7 +308,7 @@ def test_thread_safety_under_concurrent_updates_and_reads(hz_cluster, hz_client,
         assert errors == []
         s = eng.stats()
         assert s.grid.listener_errors == 0 and s.grid.rejected == {}
-        assert eng._cache.cached_indices() == list(range(n_bars - 59, n_bars + 1))  # noqa: SLF001
+        assert eng._cache.cached_indices() == list(range(n_bars - 59, n_bars + 1))
         # Same key, same partition: the update always lands after the original.
         for i in range(n_bars - 59, n_bars + 1):
             assert eng.get_placement("BTCUSDT", i) == placement_of(record(i, version=1), "BTCUSDT")
@@ -337,7 +337,7 @@ def test_existing_client_is_not_shut_down_and_listener_is_removed(hz_cluster, hz
 
 
 def _listener_count(client: Any) -> int:
-    return len(client._listener_service._active_registrations)  # noqa: SLF001 - no public count
+    return len(client._listener_service._active_registrations)
 
 
 def test_own_client_answers_from_cache_after_close(hz_cluster, bars_map) -> None:
@@ -408,7 +408,7 @@ class _ConnectGate:
     def __init__(self, client: Any) -> None:
         self.open = threading.Event()
         self.open.set()
-        cm = client._connection_manager  # noqa: SLF001 - no public hook for this
+        cm = client._connection_manager
         for attr in ("_get_or_connect_to_member", "_get_or_connect_to_address"):
             real = getattr(cm, attr)
             setattr(cm, attr, self._gated(real))
@@ -493,7 +493,7 @@ def test_end_to_end_with_the_real_worker(hz_cluster, hz_client, map_suffix: str,
     features_map = hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking()
     health_map = hz_client.get_map("DOLPHIN_OBF_HEALTH" + map_suffix).blocking()
     env = {**os.environ, "HZ_CLUSTER": hz_cluster.cluster_name, "HZ_MEMBERS": ",".join(hz_cluster.members)}
-    log_file = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
+    log_file = open(tmp_path / "worker.log", "wb")
     proc = subprocess.Popen(
         [*_worker_cmd(), "--map-suffix", map_suffix, "--clock", "scan", "--scan-key", "latest_eigen_scan",
          "--scan-field", "scan_number", "--max-age-s", "3600", "--assets", ",".join(ASSETS),

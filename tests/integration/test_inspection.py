@@ -23,8 +23,8 @@ from hazelcast.core import HazelcastJsonValue
 
 from obf_features_worker import cli
 from obf_features_worker.dev.member import free_port
-from obf_features_worker.service.grid import InspectionReader
 from obf_features_worker.inspection.sql import StatementKind, apply_statements, load_statements, map_renames
+from obf_features_worker.service.grid import InspectionReader
 from tests.cluster import HzCluster
 from tests.inspection_records import engine_records, health_doc, with_producer
 from tests.integration.feeder import REPO_ROOT, TestFeeder, WorkerProcess, wait_for

@@ -188,7 +188,7 @@ def test_hammering_contenders_never_lead_at_the_same_instant(clients, map_suffix
                         first_term.setdefault(term.epoch, term)
                         last_term[term.epoch] = term
                 stop.wait(0.003)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=contender, args=(i,), daemon=True) for i in range(3)]

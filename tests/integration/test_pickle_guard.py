@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from obf_contract.pickle_guard import RefusedPickle
 from obf_features_worker.engine.ingest import SnapshotBook
-from obf_contract.pickle_guard import RefusedPickle, refuse_pickle
 from tests.cluster import HzCluster
 
 

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from obf_features_worker.offline import import_binance as binance
-
+from obf_contract.record import dumps_record
 from obf_features_worker import cli
-
-from obf_features_worker.offline import replay
-
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record
+from obf_features_worker.offline import import_binance as binance
+from obf_features_worker.offline import replay
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance-hftbacktest"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"recordings not found at {DATA}")

@@ -71,6 +71,6 @@ def test_sql_over_a_mapped_map(hz_client, map_suffix: str) -> None:
         "TYPE IMap OPTIONS ('keyFormat'='bigint', 'valueFormat'='json')"
     ).result()
     rows = hz_client.sql.execute(
-        f"SELECT __key, JSON_VALUE(this, '$.imbalance' RETURNING DOUBLE) AS imb FROM \"{name}\" ORDER BY __key"
+        f"SELECT __key, JSON_VALUE(this, '$.imbalance' RETURNING DOUBLE) AS imb FROM \"{name}\" ORDER BY __key"  # noqa: S608 - test map name, not user input
     ).result()
     assert [(r.get_object("__key"), r.get_object("imb")) for r in rows] == [(7, 0.25), (8, -0.5)]

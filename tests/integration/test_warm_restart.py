@@ -22,12 +22,12 @@ from typing import Any
 import orjson
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
-from obf_features_worker.service.grid import CHECKPOINT_KEY
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record
 from obf_features_worker.engine.snapshot import Snapshot
+from obf_features_worker.service.grid import CHECKPOINT_KEY
 from tests.cluster import HzCluster
 from tests.integration.feeder import TestFeeder, WorkerProcess, json_value, wait_for
 from tests.integration.test_worker import worker_env

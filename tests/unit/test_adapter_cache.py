@@ -247,7 +247,7 @@ def test_bad_capacity_fails_fast() -> None:
 
 def _wait_until_blocked(c: BarCache, deadline_s: float = 10.0) -> None:
     end = time.monotonic() + deadline_s
-    while not c._cond._waiters:  # noqa: SLF001 - the waiter is parked on the condition
+    while not c._cond._waiters:
         assert time.monotonic() < end, "waiter never blocked"
         time.sleep(0.001)
 

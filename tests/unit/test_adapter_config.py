@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hazelcast.config import IntType
 
 from engine_adapter.adapter import AdapterConfig, _market_key, client_settings

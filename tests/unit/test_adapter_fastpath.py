@@ -19,8 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine, features
-from engine_adapter.features import RecordRejected
-from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_MARKET, NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL
+from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_MARKET, NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL, RecordRejected
 
 T0 = 1_723_161_000.0  # unix s
 SPACING = 5.0  # s between bars
@@ -156,7 +155,7 @@ def test_a_bar_arriving_while_step_live_resolves_is_not_lost(stub: StubClient, m
     eng = engine(stub)
     r7 = record(7)
     deliver(stub, record(6))
-    cache = eng._cache  # noqa: SLF001 - the race needs an insert inside resolve()
+    cache = eng._cache
     real_resolve = cache.resolve
     calls = []
 
@@ -183,7 +182,7 @@ def test_fast_answers_equal_the_general_path(stub: StubClient) -> None:
         keys = [None, current, np.int64(current), float(current), T0 + current * SPACING + 1.0, 11, 16]
         for key in keys:
             want_idx = current if key is None else key
-            res, bar = eng._cache.resolve(want_idx, count=False)  # noqa: SLF001 - the general path
+            res, bar = eng._cache.resolve(want_idx, count=False)
             for sym in ASSETS:
                 a = None if bar is None else bar.assets.get(sym)
                 assert eng.get_placement(sym, key) == (NEUTRAL_PLACEMENT if a is None else a.placement), (current, key)
@@ -286,7 +285,7 @@ def raw_assets(draw: st.DrawFn) -> dict[Any, Any]:
 def test_bulk_asset_decode_equals_the_checked_path(raw: dict[Any, Any]) -> None:
     rec = {"schema": 1, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}
     try:
-        expected: Any = {sym: features._asset(sym, a) for sym, a in raw.items()}  # noqa: SLF001 - the reference
+        expected: Any = {sym: features._asset(sym, a) for sym, a in raw.items()}
     except (KeyError, TypeError, ValueError):
         expected = RecordRejected
     if expected is RecordRejected:

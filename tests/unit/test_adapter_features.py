@@ -22,8 +22,8 @@ from engine_adapter.features import (
     bar_from_record,
     decode_bar,
 )
-from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_contract.record import dumps_record
+from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.snapshot import Snapshot
 
 T0 = 1_723_161_000.0

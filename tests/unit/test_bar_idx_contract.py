@@ -17,6 +17,7 @@ from engine_adapter.cache import parse_key
 from obf_features_worker.service.bars import IntervalClock
 from obf_features_worker.service.config import ConfigError, WorkerConfig
 
+
 @pytest.mark.parametrize("bar_seconds", [
     0.2,
     1.0,

@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from obf_features_worker.offline import import_binance as binance
-
 from obf_features_worker import cli
-
 from obf_features_worker.engine import snapshot
+from obf_features_worker.offline import import_binance as binance
 from obf_features_worker.offline.import_binance import (
     BandSpec,
     DepthBook,

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.checkpoint import CheckpointRejected
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.ingest import SnapshotBook
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record
 from obf_features_worker.engine.snapshot import Snapshot, parse_payload, payload_json
 
 BAR_S = 5.0

@@ -14,12 +14,11 @@ from hazelcast.errors import HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.serialization.service import SerializationServiceV1
 
+from obf_contract.pickle_guard import is_guarded
 from obf_features_worker.inspection import cluster_args
-
 from obf_features_worker.service import grid
 from obf_features_worker.service.config import ConfigError, WorkerConfig, build_parser, config_from_args
 from obf_features_worker.service.grid import Grid, Publisher, UnreadableValue
-from obf_contract.pickle_guard import is_guarded
 
 AUTH_ENV = {"HZ_USERNAME": "trader", "HZ_PASSWORD": "s3cret", "HZ_SSL_ENABLED": "true"}
 
@@ -83,7 +82,7 @@ def test_inspection_client_is_guarded_and_gets_the_tls_settings(monkeypatch) -> 
     target = cluster_args.target_from_args(parser.parse_args(["--members", "h:1"]))
     client = grid.connect(target)
     assert client is made[0] and is_guarded(client)
-    assert client.settings["creds_password"] == "s3cret" and client.settings["ssl_enabled"] is True
+    assert client.settings["creds_password"] == "s3cret" and client.settings["ssl_enabled"] is True  # noqa: S105 - test credential
     monkeypatch.setenv("HZ_SSL_ENABLED", "maybe")
     with pytest.raises(ValueError, match="HZ_SSL_ENABLED"):
         cluster_args.target_from_args(parser.parse_args([]))
@@ -99,10 +98,12 @@ def test_adapter_guards_the_traders_client_before_reading() -> None:
 
 
 def test_adapter_own_client_gets_the_tls_settings(monkeypatch) -> None:
+    import hazelcast
+
     import engine_adapter.adapter as adapter_mod
 
     made: list[FakeClient] = []
-    monkeypatch.setattr(adapter_mod.hazelcast, "HazelcastClient",
+    monkeypatch.setattr(hazelcast, "HazelcastClient",
                         lambda **s: made.append(FakeClient(**s)) or made[-1])
     for k, v in AUTH_ENV.items():
         monkeypatch.setenv(k, v)

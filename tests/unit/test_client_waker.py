@@ -24,12 +24,12 @@ import engine_adapter.grid  # noqa: F401 - a client fix would be applied on impo
 import obf_features_worker.service.grid  # noqa: F401 - idem
 
 
-def _pipe_has_byte(waker: reactor._PipedWaker) -> bool:  # noqa: SLF001 - the client's internals
-    return bool(select.select([waker._read_fd], [], [], 0)[0])  # noqa: SLF001
+def _pipe_has_byte(waker: reactor._PipedWaker) -> bool:
+    return bool(select.select([waker._read_fd], [], [], 0)[0])
 
 
 def test_a_wake_during_handle_read_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    waker = reactor._PipedWaker({})  # noqa: SLF001
+    waker = reactor._PipedWaker({})
     try:
         waker.wake()  # a request was queued: the reactor's poll sees the byte
         assert waker.awake and _pipe_has_byte(waker)
@@ -39,7 +39,7 @@ def test_a_wake_during_handle_read_is_not_lost(monkeypatch: pytest.MonkeyPatch) 
         def read_after_a_concurrent_wake(fd: int, n: int) -> bytes:
             # Another thread queues a request while the reactor is inside handle_read.
             nonlocal calls
-            if fd == waker._read_fd:  # noqa: SLF001 - other threads' reads pass through untouched
+            if fd == waker._read_fd:
                 calls += 1
                 if calls == 1:
                     waker.wake()

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from obf_features_worker import cli
-
 from obf_features_worker.service import config
 from tests.cluster import HZ_IMAGE_VERSION
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from obf_features_worker.service import config as C
 from obf_features_worker import cli
 from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service import config as C
 
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> C.WorkerConfig:

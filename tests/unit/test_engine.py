@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record
 from obf_features_worker.engine.feature_engine import FeatureEngine, StateMismatch
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record
 from obf_features_worker.engine.snapshot import MIN_VALUE, Snapshot
 from tests.reference import ReferenceFeatures
 

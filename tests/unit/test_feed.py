@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.dev.feed import read_recording, recorded_schedule, restamp, synthetic_payloads
+from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.snapshot import parse_snapshot
 from obf_features_worker.offline.synthetic import DrainSchedule, SyntheticMarket
 

@@ -456,7 +456,7 @@ def test_huge_exponent_and_nan_tokens_in_one_payload() -> None:
     for text in (f'{{"timestamp": {NOW}, "bid_notional": [1e999], "ask_notional": [NaN]}}',
                  f'{{"timestamp": {NOW}, "bid_notional": [-1e999], "ask_notional": [1.0]}}',
                  f'{{"timestamp": {NOW}, "bid_notional": [1.0], "ask_notional": [2.0], "_push_seq": 1e999}}',
-                 f'{{"timestamp": 1e999, "bid_notional": [1.0], "ask_notional": [2.0]}}'):
+                 '{"timestamp": 1e999, "bid_notional": [1.0], "ask_notional": [2.0]}'):
         assert not book.offer("asset_X1_ob", text)
     rejected = book.stats()["rejected"]
     assert sum(rejected.values()) == 4

@@ -10,8 +10,8 @@ from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastSerializationError
 from hazelcast.serialization.service import SerializationServiceV1
 
-from obf_features_worker.engine.ingest import SnapshotBook
 from obf_contract.pickle_guard import RefusedPickle, is_guarded, refuse_pickle
+from obf_features_worker.engine.ingest import SnapshotBook
 
 
 class Evil:

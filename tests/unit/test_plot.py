@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from obf_contract.record import dumps_record, loads_record
 from obf_features_worker import cli
-from obf_features_worker.offline.import_binance import BandSpec, import_binance
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.inspection.plot import build_figure, load_records, plot_records, regime_bands
-from obf_contract.record import dumps_record, loads_record
+from obf_features_worker.offline.import_binance import BandSpec, import_binance
 from obf_features_worker.offline.replay import replay_records
 from tests.conftest import SHARED_DATA
 
@@ -38,7 +38,7 @@ def replay_file(tmp_path_factory) -> Path:
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, payload) of every chunk; asserts the signature and each chunk's CRC (PNG spec, independent of matplotlib)."""
+    """(type, payload) of every chunk; asserts the signature and each chunk's CRC (PNG spec, not matplotlib)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
     chunks, pos = [], 8
     while pos < len(data):

@@ -8,14 +8,12 @@ import random
 
 import pytest
 
+from obf_contract.record import dumps_record, loads_record
 from obf_features_worker import cli
-
-from obf_features_worker.offline import replay
-
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record, loads_record
+from obf_features_worker.offline import replay
 
 
 def line(sym: str, ts: float | str, bid=(300.0,), ask=(100.0,), seq: int | None = None, *,

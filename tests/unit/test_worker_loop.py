@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from obf_features_worker.service.bars import BarTick, ScanClock
-from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.engine.feature_engine import FeatureEngine
-from obf_features_worker.service.grid import GridError
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import parse_snapshot
+from obf_features_worker.service.bars import BarTick, ScanClock
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.service.grid import GridError
 from obf_features_worker.service.worker import Worker
 
 

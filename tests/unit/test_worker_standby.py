@@ -22,15 +22,15 @@ import orjson
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
 from obf_features_worker.service.bars import BarTick
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.service.grid import GridError, UnreadableValue
 from obf_features_worker.service.lease import LeaderLease
-from obf_features_worker.engine.params import FeatureParams
-from obf_contract.record import dumps_record
-from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
 from obf_features_worker.service.worker import Worker
 from tests.unit.test_lease import FakeClock, FakeMap
 
