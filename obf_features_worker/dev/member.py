@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obf_features_worker.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -219,7 +221,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("INFO")
     member = LocalMember(
         port=args.port, cluster_name=args.cluster, interface=args.interface, heap=args.heap,
         workdir=args.dir or DEFAULT_RUN_DIR / str(args.port),

@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 
 from obf_contract.record import loads_record
 from obf_features_worker.inspection import cluster_args
+from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
 from obf_features_worker.service.config import comma_list
 
@@ -208,7 +209,7 @@ def _records_from_map(args: argparse.Namespace) -> Iterable[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 with the PNG written, 1 if there is nothing to plot, 2 on bad arguments/input, 3 if unreachable."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("WARNING")
     if args.last <= 0:
         print(f"--last must be > 0, got {args.last}")
         return 2

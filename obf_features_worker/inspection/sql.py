@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from obf_features_worker.inspection import cluster_args
+from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("WARNING")
     console = Console()
     try:
         rename = map_renames(cluster_args.map_name(args, "features"), cluster_args.map_name(args, "health"),

@@ -24,11 +24,12 @@ from enum import IntEnum
 from typing import Any
 
 from obf_features_worker.inspection import cluster_args
+from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
+from obf_features_worker.service.health import stale_after_s
 
 log = logging.getLogger(__name__)
 
-MIN_STALE_AFTER_S = 15.0  # as the health TTL: max(3 * bar_seconds, 15) s
 
 
 class Verdict(IntEnum):
@@ -36,12 +37,6 @@ class Verdict(IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3
-
-
-def stale_after_s(bar_seconds: float | None) -> float:
-    """Seconds after which a worker's health/last bar counts as stale: max(3 * bar_seconds, 15)."""
-    bs = bar_seconds if isinstance(bar_seconds, (int, float)) and bar_seconds > 0 else 1.0
-    return max(3.0 * float(bs), MIN_STALE_AFTER_S)
 
 
 @dataclass(frozen=True)
@@ -323,7 +318,7 @@ def collect(args: argparse.Namespace, now: float | None = None) -> StatusReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("ERROR")
     try:
         report = collect(args)
     except ValueError as exc:

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from obf_contract.record import loads_record
 from obf_features_worker.inspection import cluster_args
+from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 on Ctrl-C/SIGTERM or after --once, 1 if --once saw no bar, 2 on bad settings, 3 if unreachable."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("WARNING")
     try:
         client = cluster_args.connect_from_args(args)
     except cluster_args.ConnectFailed as exc:

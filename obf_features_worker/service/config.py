@@ -23,6 +23,7 @@ from obf_contract.keys import SYMBOL_RE
 from obf_contract.security import describe, tls_auth_settings
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.service.bars import BAR_IDX_LIMIT
+from obf_features_worker.service.health import stale_after_s
 from obf_features_worker.service.lease import LeaseSettings
 
 CLOCKS = ("interval", "scan")
@@ -183,7 +184,7 @@ class WorkerConfig:
     @property
     def health_ttl_s(self) -> float:
         """TTL of the health entry (s): a dead worker's entry disappears after this long."""
-        return max(3.0 * self.bar_seconds, 15.0)
+        return stale_after_s(self.bar_seconds)
 
     def summary(self) -> dict[str, Any]:
         """Plain dict of every setting (for the start-up log line and ``--check-config``)."""

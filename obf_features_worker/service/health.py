@@ -21,6 +21,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+MIN_STALE_AFTER_S = 15.0
+
+
+def stale_after_s(bar_seconds: float | None) -> float:
+    """The one staleness rule, s: a worker's health entry lives this long (its TTL), and a worker
+    or bar older than this counts as stale: max(3 * bar_seconds, 15); bar_seconds unknown -> 15."""
+    bs = bar_seconds if isinstance(bar_seconds, (int, float)) and bar_seconds > 0 else 1.0
+    return max(3.0 * float(bs), MIN_STALE_AFTER_S)
+
 STATES = ("starting", "running", "degraded", "stopping")
 ROLES = ("leader", "standby")
 

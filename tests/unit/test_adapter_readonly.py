@@ -2,7 +2,8 @@
 
 Parses every engine_adapter/*.py with ast: no Hazelcast write/lock/mutation method is referenced
 (a ``.set()`` / ``.clear()`` is allowed only on attributes the same module assigns a
-``threading.Event()``), no SQL, and only stdlib / hazelcast / orjson / engine_adapter / obf_contract imports. The runtime check
+``threading.Event()``), no SQL, and only stdlib / hazelcast / orjson / engine_adapter / obf_contract
+imports. The runtime check
 confirms importing the adapter loads no worker module, numpy, numba, matplotlib nor rich.
 """
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from obf_features_worker.inspection.status import Verdict, evaluate, render, stale_after_s, unreachable_report
+from obf_features_worker.inspection.status import Verdict, evaluate, render, unreachable_report
+from obf_features_worker.service.health import stale_after_s
 from tests.inspection_records import engine_records, health_doc, with_producer
 
 NOW = 1_800_000_000.0
