@@ -23,6 +23,7 @@ import harness as H
 BENCH_DIR = Path(__file__).resolve().parent
 # name -> (script, needs a cluster)
 BENCHMARKS = {
+    "startup": ("bench_startup.py", False),
     "engine": ("bench_engine.py", False),
     "trader_path": ("bench_trader_path.py", True),
     "ingest": ("bench_ingest.py", True),

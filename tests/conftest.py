@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import hypothesis_profiles
 from tests.cluster import HzCluster, server_version, start_cluster
+
+hypothesis_profiles.load()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -76,7 +76,8 @@ def test_base_install_runs_the_adapter_against_a_real_member(hz_cluster: HzClust
     hz_client.get_map(name).blocking().put(41, HazelcastJsonValue(dumps_record(rec).decode()))
 
     run = subprocess.run([str(py), "-c", TRADER, hz_cluster.cluster_name, hz_cluster.members[0], name, "41",
-                          ",".join(HEAVY), ",".join(NOT_LOADED)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+                          ",".join(HEAVY), ",".join(NOT_LOADED)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["kind"] == "exact"

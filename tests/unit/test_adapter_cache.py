@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine_adapter.cache import BarCache, parse_key
@@ -114,7 +114,6 @@ def test_stale_after_zero_allows_only_exact() -> None:
     assert c.resolve(11)[0].kind == "default"
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.sets(st.integers(0, 60), max_size=20), st.integers(0, 70), st.integers(0, 5))
 def test_resolution_matches_the_rules(cached: set[int], query: int, stale: int) -> None:
     c = cache_with(*sorted(cached), stale_after_bars=stale)

@@ -15,7 +15,7 @@ import pytest
 from hazelcast.config import Config
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.serialization.service import SerializationServiceV1
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine, features
@@ -280,7 +280,6 @@ def raw_assets(draw: st.DrawFn) -> dict[Any, Any]:
     return out
 
 
-@settings(max_examples=300, deadline=None)
 @given(raw_assets())
 def test_bulk_asset_decode_equals_the_checked_path(raw: dict[Any, Any]) -> None:
     rec = {"schema": 1, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obf_contract.record import dumps_record
@@ -18,6 +18,7 @@ from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.ingest import SnapshotBook
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_payload, payload_json
+from tests.hypothesis_profiles import scaled
 
 BAR_S = 5.0
 T0 = 1_700_000_000.0
@@ -298,13 +299,11 @@ def decode_or_refuse(data: object) -> None:
     cp.restore_engine()  # whatever decode accepts must restore
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_fuzz_arbitrary_input_never_crashes(data: bytes | str) -> None:
     decode_or_refuse(data)
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.integers(0, len(VALID) - 1), st.integers(0, 255), st.booleans())
 def test_fuzz_byte_flips_and_truncations_are_refused(pos: int, byte: int, truncate: bool) -> None:
     data = VALID[:pos] if truncate else VALID[:pos] + bytes([byte]) + VALID[pos + 1:]
@@ -333,7 +332,7 @@ def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
 BODY_PATHS = _paths(orjson.loads(VALID)["body"])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(2))
 @given(st.sampled_from(BODY_PATHS), json_value)
 def test_fuzz_rehashed_structural_mutations_never_crash(path: tuple, value: Any) -> None:
     decode_or_refuse(rehashed(_set(path, value)))

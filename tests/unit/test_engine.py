@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record
@@ -372,7 +372,6 @@ def run_bars(engine: FeatureEngine, bars: list[dict], start: int = 0) -> list[di
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(params=params_strategy(), bars=bars_strategy)
 def test_engine_matches_reference(params: FeatureParams, bars: list[dict]) -> None:
     ref = reference_for(params)
@@ -399,7 +398,6 @@ def test_engine_matches_reference(params: FeatureParams, bars: list[dict]) -> No
         dumps_record(rec)  # finite everywhere
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(params=params_strategy(), bars=bars_strategy, split=st.integers(0, 25), data=st.data())
 def test_state_round_trip_and_determinism(params: FeatureParams, bars: list[dict], split: int,
                                           data: st.DataObject) -> None:

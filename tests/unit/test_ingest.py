@@ -8,11 +8,12 @@ import threading
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from obf_features_worker.engine.ingest import INTERNAL_ERROR, RejectStats, SnapshotBook
 from obf_features_worker.engine.snapshot import RejectReason, payload_json
+from tests.hypothesis_profiles import scaled
 
 T0 = 1_723_161_254.0
 
@@ -304,7 +305,7 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(2))
 @given(events=st.lists(st.tuples(keys, values), min_size=1, max_size=8))
 def test_offer_never_raises(events: list) -> None:
     b = SnapshotBook(clock=lambda: T0, max_payload_bytes=4096)
@@ -324,7 +325,6 @@ def test_offer_never_raises(events: list) -> None:
         assert (snap.bid_notional >= 0).all() and (snap.ask_notional >= 0).all()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=st.lists(st.tuples(st.sampled_from(["asset_BTCUSDT_ob", "asset_ETHUSDT_ob"]),
                                  near_valid() | near_valid().map(json.dumps)), min_size=1, max_size=12))
 def test_near_valid_stream_keeps_per_asset_order(events: list) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from hazelcast.core import HazelcastJsonValue
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from obf_features_worker.engine.ingest import INTERNAL_ERROR, SnapshotBook
@@ -403,14 +403,12 @@ def check_totals(book: SnapshotBook, counts: dict[str, int]) -> None:
     assert stats["received"] == stats["accepted"] + stats["ignored"] + sum(stats["rejected"].values())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(offers(), min_size=1, max_size=25))
 def test_every_offer_is_predicted_and_the_last_good_one_survives(stream: list[Offer]) -> None:
     book = SnapshotBook(clock=lambda: NOW)
     check_totals(book, run_stream(stream, book))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(offers(), min_size=1, max_size=25))
 def test_with_an_asset_list_others_are_ignored_not_rejected(stream: list[Offer]) -> None:
     assets = frozenset({"BTCUSDT", "X1"})
@@ -418,7 +416,6 @@ def test_with_an_asset_list_others_are_ignored_not_rejected(stream: list[Offer])
     check_totals(book, run_stream(stream, book, assets))
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=2000), st.text(max_size=2000)), st.sampled_from(SYMBOLS),
        st.sampled_from(["raw", "json_value"]))
 def test_arbitrary_bytes_are_never_accepted_unless_valid(data: bytes | str, sym: str, form: str) -> None:

@@ -24,6 +24,7 @@ from obf_features_worker.service.lease import (
     decide,
     parse_lease,
 )
+from tests.hypothesis_profiles import scaled
 
 S = LeaseSettings(ttl_s=10.0, guard_s=1.0, backstop_ttl_s=100.0)
 ME = Identity("w-me", "tok-me")
@@ -74,7 +75,6 @@ def test_malformed_values_parse_as_none(text: str) -> None:
     assert parse_lease(text) is None
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=200), st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=5)),
     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(
@@ -398,7 +398,7 @@ OPS = st.lists(st.one_of(
 ), min_size=1, max_size=80)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=scaled(10))
 @given(OPS, st.booleans())
 def test_model_never_two_leaders(ops: list[tuple[str, Any]], reclaim: bool) -> None:
     s = LeaseSettings(ttl_s=10.0, guard_s=1.0, backstop_ttl_s=20.0, reclaim_own=reclaim)
