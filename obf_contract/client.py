@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import hazelcast
+import hazelcast.client
+from hazelcast.client import HazelcastClient
 from hazelcast.config import IntType
 
 from obf_contract import reactor_fix
@@ -53,14 +54,15 @@ def client_settings(cluster_name: str, members: Iterable[str], *, client_name: s
 
 def make_client(cluster_name: str, members: Iterable[str], *, client_name: str | None = None,
                 security: Mapping[str, Any] | None = None,
-                factory: ClientFactory | None = None, **settings: Any) -> Any:
+                factory: ClientFactory | None = None, **settings: Any) -> HazelcastClient:
     """A ``HazelcastClient`` (or what ``factory`` builds from the same keywords) with LONG ints,
     the TLS/auth settings and pickled values refused. Raises what the client raises (e.g.
     ``IllegalStateError`` when a synchronous start times out), or RuntimeError when the pickle
     guard cannot be installed (the client is shut down first). factory None = ``HazelcastClient``."""
     reactor_fix.install()
-    build = hazelcast.HazelcastClient if factory is None else factory
-    client = build(**client_settings(cluster_name, members, client_name=client_name, security=security,
+    # Looked up per call, so a test can stand a fake in for hazelcast.client.HazelcastClient.
+    build = hazelcast.client.HazelcastClient if factory is None else factory
+    client: HazelcastClient = build(**client_settings(cluster_name, members, client_name=client_name, security=security,
                                        **settings))
     try:
         refuse_pickle(client)  # before any read or listener can deliver a value

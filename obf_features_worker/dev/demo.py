@@ -29,7 +29,7 @@ def _python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _start(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, IO[bytes]]:
+def _start(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     out = open(log_path, "ab")
     # Own session: the terminal's Ctrl-C reaches only the live view and the demo, which then
     # stops the worker first (cleanly) and the feeder after it.
@@ -38,7 +38,7 @@ def _start(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[subproc
     return proc, out
 
 
-def _stop(proc: subprocess.Popen, out: IO[bytes], timeout: float) -> tuple[int, bool]:
+def _stop(proc: subprocess.Popen[bytes], out: IO[bytes], timeout: float) -> tuple[int, bool]:
     """SIGTERM, wait ``timeout`` s, SIGKILL if needed; (exit code, was killed)."""
     killed = False
     if proc.poll() is None:

@@ -110,7 +110,7 @@ def recorded_schedule(recs: list[RecordedSnapshot], start: float, speed: float,
         return
     first, last = recs[0].ts, recs[-1].ts
     span = (last - first) / speed
-    max_seq = max((r.payload.get("_push_seq") for r in recs if type(r.payload.get("_push_seq")) is int),
+    max_seq = max((int(r.payload["_push_seq"]) for r in recs if type(r.payload.get("_push_seq")) is int),
                   default=0)
     n = 0
     while True:

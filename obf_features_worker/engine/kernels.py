@@ -66,7 +66,8 @@ def side_cost_bps(side: np.ndarray, start: int, n_levels: int, width_bps: float,
     for k in range(n_levels):
         x = side[start + k]
         if x > 0.0 and cum + x >= ref_notional:
-            return width_bps * k + width_bps * (ref_notional - cum) / x
+            # float(): a no-op in numba, and it types the value for mypy
+            return float(width_bps * k + width_bps * (ref_notional - cum) / x)
         cum += x
     return width_bps * n_levels
 

@@ -265,12 +265,13 @@ def payload_json(
 
 
 def _float_list(values: Sequence[float] | np.ndarray) -> list[float]:
-    return np.asarray(values, dtype=np.float64).tolist()
+    out: list[float] = np.asarray(values, dtype=np.float64).tolist()
+    return out
 
 
 def _decode(value: object, max_payload_bytes: int) -> dict[str, Any]:
     if type(value) is dict:
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw: bytes | str = bytes(value)
         size = len(raw)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
-import hazelcast
+from hazelcast.client import HazelcastClient
 
 from obf_contract.security import tls_auth_settings
 from obf_features_worker.service.config import WorkerConfig, comma_list
@@ -44,7 +44,7 @@ def add_cluster_options(parser: argparse.ArgumentParser, *, maps: Iterable[str] 
 
 def map_name(args: argparse.Namespace, kind: str) -> str:
     """The effective map name of ``kind`` ("features", "health", "latest"): option value + --map-suffix."""
-    return getattr(args, f"{kind}_map") + (getattr(args, "map_suffix", "") or "")
+    return str(getattr(args, f"{kind}_map")) + str(getattr(args, "map_suffix", "") or "")
 
 
 def target_from_args(args: argparse.Namespace) -> ClusterTarget:
@@ -63,7 +63,7 @@ class ConnectFailed(RuntimeError):
         self.exit_code = exit_code
 
 
-def connect_from_args(args: argparse.Namespace) -> hazelcast.HazelcastClient:
+def connect_from_args(args: argparse.Namespace) -> HazelcastClient:
     """``connect(target_from_args(args))`` with both failure modes as ConnectFailed."""
     try:
         target = target_from_args(args)

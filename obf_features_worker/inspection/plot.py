@@ -158,7 +158,7 @@ def build_figure(records: Sequence[Mapping[str, Any]], assets: Sequence[str], *,
     handles = [Patch(color=c, alpha=0.3, label=r) for r, c in REGIME_COLOURS.items()]
     ax_agree.legend(handles=handles, loc="lower left", fontsize="small", title="cascade regime")
 
-    ax_vel.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
+    ax_vel.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))  # type: ignore[no-untyped-call]  # matplotlib leaves it unannotated
     ax_vel.set_xlabel("bar close (UTC)")
     first, last = records[0], records[-1]
     fig.suptitle(title or f"obf-features bars {first['bar_idx']}..{last['bar_idx']} "

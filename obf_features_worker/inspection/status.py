@@ -108,6 +108,10 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _int(x: Any) -> int | None:
     return int(x) if isinstance(x, int) and not isinstance(x, bool) else None
 
@@ -134,10 +138,11 @@ def worker_status(doc: Mapping[str, Any], now: float) -> WorkerStatus:
             problems.append("no bar written yet")
         elif lag > stale_after:
             problems.append(f"last bar {lag:.0f}s ago")
-    events = doc.get("events") if isinstance(doc.get("events"), Mapping) else {}
-    rejected = events.get("rejected") if isinstance(events.get("rejected"), Mapping) else {}
-    e2w = doc.get("event_to_write_ms") if isinstance(doc.get("event_to_write_ms"), Mapping) else {}
-    stale = doc.get("stale_assets") if isinstance(doc.get("stale_assets"), list) else []
+    events = _mapping(doc.get("events"))
+    rejected = _mapping(events.get("rejected"))
+    e2w = _mapping(doc.get("event_to_write_ms"))
+    stale_raw = doc.get("stale_assets")
+    stale = stale_raw if isinstance(stale_raw, list) else []
     return WorkerStatus(
         worker_id=str(doc.get("worker_id", "?")), state=state, role=role, host=str(doc.get("host") or ""),
         pid=_int(doc.get("pid")), version=str(doc.get("version") or ""),

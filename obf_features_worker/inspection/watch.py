@@ -10,6 +10,7 @@ is not a TTY it prints plain lines per bar. ``--once`` prints one frame and exit
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import queue
@@ -85,8 +86,9 @@ def header_lines(record: Mapping[str, Any], now: float | None = None) -> list[st
     market = record.get("market") or {}
     macro = record.get("macro") or {}
     producer = record.get("producer") or {}
-    bar_ts = record.get("bar_ts")
-    has_ts = isinstance(bar_ts, (int, float)) and not isinstance(bar_ts, bool)
+    raw_ts = record.get("bar_ts")
+    has_ts = isinstance(raw_ts, (int, float)) and not isinstance(raw_ts, bool)
+    bar_ts = float(raw_ts) if isinstance(raw_ts, (int, float)) else 0.0
     when = datetime.fromtimestamp(bar_ts, UTC).strftime("%H:%M:%SZ") if has_ts else "?"
     first = [
         f"bar {record.get('bar_idx', '?')}",
@@ -184,17 +186,9 @@ def plain_lines(record: Mapping[str, Any], *, now: float | None = None, sort: st
 def render_text(record: Mapping[str, Any], *, width: int = 160, now: float | None = None, sort: str = "symbol",
                 max_rows: int | None = None) -> str:
     """The rich frame rendered to plain text at ``width`` columns (no colour codes)."""
-    console = Console(width=width, file=_NullFile(), color_system=None, force_terminal=False, record=True)
+    console = Console(width=width, file=io.StringIO(), color_system=None, force_terminal=False, record=True)
     console.print(frame(record, now=now, sort=sort, max_rows=max_rows))
     return console.export_text()
-
-
-class _NullFile:
-    def write(self, _s: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 class BarInbox:

@@ -72,13 +72,13 @@ class DrainSchedule:
         if self.every_s is not None:
             u = math.fmod(u, self.every_s)
         if u < self.ramp_s:
-            return self.floor ** (u / self.ramp_s)
+            return float(self.floor ** (u / self.ramp_s))
         u -= self.ramp_s
         if u < self.hold_s:
             return self.floor
         u -= self.hold_s
         if u < self.recover_s:
-            return self.floor ** (1.0 - u / self.recover_s)
+            return float(self.floor ** (1.0 - u / self.recover_s))
         return 1.0
 
     def active(self, t: float) -> bool:

@@ -27,14 +27,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import hazelcast
 from hazelcast import predicate as P
 from hazelcast.aggregator import max_
+from hazelcast.client import HazelcastClient
 from hazelcast.config import ReconnectMode
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.errors import HazelcastError, HazelcastSerializationError
 from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
+from hazelcast.proxy.map import BlockingMap, Map
 
 from obf_contract.client import make_client, reconnect_settings
 from obf_contract.cluster import check_cluster_name, check_members
@@ -196,7 +197,7 @@ class _Connection:
         self._maps[name] = proxy
         return proxy
 
-    def _wait(self, fut: Future, what: str, timeout: float | None = None) -> Any:
+    def _wait(self, fut: Future[Any], what: str, timeout: float | None = None) -> Any:
         """The future's result within ``timeout`` (default op_timeout_s), else GridError."""
         done = threading.Event()
         fut.add_done_callback(lambda _f: done.set())
@@ -427,7 +428,7 @@ class ClusterTarget:
             raise ValueError(f"connect timeout must be > 0 s, got {self.connect_timeout_s!r}")
 
 
-def connect(target: ClusterTarget, **overrides: Any) -> hazelcast.HazelcastClient:
+def connect(target: ClusterTarget, **overrides: Any) -> HazelcastClient:
     """A connected client (``make_client``: LONG ints, pickled values refused);
     ClusterUnreachable after the timeout."""
     try:
@@ -463,7 +464,7 @@ def json_text(value: Any) -> str | None:
 class InspectionReader:
     """Blocking reads of the obf maps through one client (not for a listener thread)."""
 
-    def __init__(self, client: hazelcast.HazelcastClient) -> None:
+    def __init__(self, client: HazelcastClient) -> None:
         self._client = client
 
     def is_alive(self) -> bool:
@@ -472,11 +473,12 @@ class InspectionReader:
 
     def newest_bar_idx(self, features_map: str) -> int | None:
         """The highest bar_idx in the features map, or None if it is empty."""
-        result = self._client.get_map(features_map).blocking().aggregate(max_("__key"))
+        result: Any = self._client.get_map(features_map).blocking().aggregate(max_("__key"))
         return None if result is None else int(result)
 
     def bar(self, features_map: str, bar_idx: int) -> dict[str, Any] | None:
-        return decode_value(self._client.get_map(features_map).blocking().get(bar_idx))
+        features: BlockingMap[Any, Any] = self._client.get_map(features_map).blocking()
+        return decode_value(features.get(bar_idx))
 
     def newest_bar(self, features_map: str) -> dict[str, Any] | None:
         """The record with the highest bar_idx, or None."""
@@ -492,7 +494,7 @@ class InspectionReader:
         """
         if n <= 0:
             return []
-        proxy = self._client.get_map(features_map).blocking()
+        proxy: BlockingMap[Any, Any] = self._client.get_map(features_map).blocking()
         newest = self.newest_bar_idx(features_map)
         if newest is None:
             return []
@@ -514,7 +516,8 @@ class InspectionReader:
     def health_docs(self, health_map: str) -> list[dict[str, Any]]:
         """Every worker's health document (entries expire with the worker), sorted by worker_id."""
         docs = []
-        for key, value in self._client.get_map(health_map).blocking().entry_set():
+        health: BlockingMap[Any, Any] = self._client.get_map(health_map).blocking()
+        for key, value in health.entry_set():
             doc = decode_value(value)
             if doc is not None:
                 doc.setdefault("worker_id", str(key))
@@ -524,7 +527,8 @@ class InspectionReader:
     def latest_docs(self, latest_map: str) -> dict[str, dict[str, Any]]:
         """Every asset's latest flat doc, by symbol."""
         out = {}
-        for key, value in self._client.get_map(latest_map).blocking().entry_set():
+        latest: BlockingMap[Any, Any] = self._client.get_map(latest_map).blocking()
+        for key, value in latest.entry_set():
             doc = decode_value(value)
             if doc is not None:
                 out[str(key)] = doc
@@ -552,9 +556,9 @@ class BarListener:
     enqueue (the watch render thread does the decoding). Exceptions are counted, never raised.
     """
 
-    def __init__(self, client: hazelcast.HazelcastClient, features_map: str,
+    def __init__(self, client: HazelcastClient, features_map: str,
                  on_bar: Callable[[int, str], None]) -> None:
-        self._map = client.get_map(features_map)
+        self._map: Map[Any, Any] = client.get_map(features_map)
         self._on_bar = on_bar
         self._registration: str | None = None
         self.errors = 0

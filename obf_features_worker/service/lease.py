@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import orjson
 from hazelcast.core import HazelcastJsonValue
@@ -163,17 +163,20 @@ def parse_lease(text: str) -> LeaseValue | None:
         by = obj.get("released_by")
         at = obj.get("released_at")
         return LeaseValue(None, None, epoch, released_by=by if type(by) is str else None,
-                          renewed_at=float(at) if type(at) in (int, float) and math.isfinite(at) else 0.0)
+                          renewed_at=float(at) if _finite(at) else 0.0)
     token = obj.get("token")
     ttl = obj.get("ttl_s")
     if (type(holder) is not str or not 0 < len(holder) <= _MAX_ID_LEN or type(token) is not str
-            or type(ttl) not in (int, float) or not 0 < ttl <= 3600.0):
+            or not _finite(ttl) or not 0 < ttl <= 3600.0):
         return None
-    nums = [obj.get(k) for k in ("renewed_at", "expires_at")]
-    renewals = obj.get("renewals")
-    if any(type(v) not in (int, float) or not math.isfinite(v) for v in nums) or type(renewals) is not int:
+    renewed_at, expires_at, renewals = obj.get("renewed_at"), obj.get("expires_at"), obj.get("renewals")
+    if not (_finite(renewed_at) and _finite(expires_at)) or type(renewals) is not int:
         return None
-    return LeaseValue(holder, token, epoch, renewals, float(ttl), float(nums[0]), float(nums[1]))
+    return LeaseValue(holder, token, epoch, renewals, float(ttl), float(renewed_at), float(expires_at))
+
+
+def _finite(v: object) -> TypeGuard[int | float]:
+    return type(v) in (int, float) and math.isfinite(v)  # type: ignore[arg-type]  # int or float here
 
 
 # -- the pure decision -----------------------------------------------------------------------------

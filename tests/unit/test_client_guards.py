@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import hazelcast.client
 import pytest
 from hazelcast.config import Config
 from hazelcast.errors import HazelcastSerializationError
@@ -73,7 +74,7 @@ def test_feeder_publisher_takes_tls_settings_from_the_environment(monkeypatch) -
 
 def test_inspection_client_is_guarded_and_gets_the_tls_settings(monkeypatch) -> None:
     made: list[FakeClient] = []
-    monkeypatch.setattr(grid.hazelcast, "HazelcastClient",
+    monkeypatch.setattr(hazelcast.client, "HazelcastClient",
                         lambda **s: made.append(FakeClient(**s)) or made[-1])
     for k, v in AUTH_ENV.items():
         monkeypatch.setenv(k, v)
@@ -98,12 +99,10 @@ def test_adapter_guards_the_traders_client_before_reading() -> None:
 
 
 def test_adapter_own_client_gets_the_tls_settings(monkeypatch) -> None:
-    import hazelcast
-
     import engine_adapter.adapter as adapter_mod
 
     made: list[FakeClient] = []
-    monkeypatch.setattr(hazelcast, "HazelcastClient",
+    monkeypatch.setattr(hazelcast.client, "HazelcastClient",
                         lambda **s: made.append(FakeClient(**s)) or made[-1])
     for k, v in AUTH_ENV.items():
         monkeypatch.setenv(k, v)

@@ -107,12 +107,12 @@ def test_every_option_is_in_help_with_its_env_var(capsys):
 
 
 def test_main_exits_2_before_connecting(monkeypatch, capsys):
-    import hazelcast
+    import hazelcast.client
 
     def no_client(*_a, **_k):
         raise AssertionError("a client was created for a bad configuration")
 
-    monkeypatch.setattr(hazelcast, "HazelcastClient", no_client)
+    monkeypatch.setattr(hazelcast.client, "HazelcastClient", no_client)
     monkeypatch.setenv("OBF_RETAIN_BARS", "-5")
     assert cli.worker_main([]) == 2
     err = capsys.readouterr().err
