@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_contract.keys import asset_key
 from obf_contract.record import dumps_record
-from obf_features_worker.engine.feature_engine import FeatureEngine
-from obf_features_worker.engine.snapshot import parse_snapshot, payload_json
-from obf_features_worker.offline.synthetic import SyntheticMarket
 from tests.cluster import HzCluster
+from tests.factories import bar_record
 
 REPO = Path(__file__).resolve().parents[2]
 # Third-party packages the trader must not get; the worker's own code ships in the same wheel but
@@ -50,16 +47,6 @@ TRADER = textwrap.dedent("""
 """)
 
 
-def _bar_record(bar_idx: int) -> dict:
-    """A record computed by the real engine from synthetic books (whatever the schema is)."""
-    ts = 1_723_161_000.0
-    snaps = {b.symbol: parse_snapshot(asset_key(b.symbol),
-                                      payload_json(ts, b.bid_notional, b.ask_notional, b.bid_depth, b.ask_depth),
-                                      now=ts + 1.0)
-             for b in SyntheticMarket(("BTCUSDT", "ETHUSDT"), seed=7).step()}
-    return dict(FeatureEngine().step(bar_idx, ts + 1.0, snaps))
-
-
 @pytest.mark.timeout(600)
 def test_base_install_runs_the_adapter_against_a_real_member(hz_cluster: HzCluster, hz_client, map_suffix: str,
                                                              tmp_path: Path) -> None:
@@ -72,7 +59,7 @@ def test_base_install_runs_the_adapter_against_a_real_member(hz_cluster: HzClust
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
 
     name = "DOLPHIN_OBF_FEATURES" + map_suffix
-    rec = _bar_record(41)
+    rec = bar_record(41)
     hz_client.get_map(name).blocking().put(41, HazelcastJsonValue(dumps_record(rec).decode()))
 
     run = subprocess.run([str(py), "-c", TRADER, hz_cluster.cluster_name, hz_cluster.members[0], name, "41",
