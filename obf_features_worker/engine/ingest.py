@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal"  # counter name for an unexpected exception inside offer()
 REJECT_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval
+# bad_symbol is logged once per distinct key (an operator must learn every asset that never
+# arrives), not once per interval; past this many keys it falls back to the rate limit.
+MAX_LOGGED_BAD_KEYS = 10_000
 _SAMPLE_TEXT_LIMIT = 160
 
 
@@ -47,6 +50,7 @@ class RejectStats:
         self._samples: deque[dict[str, Any]] = deque(maxlen=max(0, int(sample_size)))
         self._clock = clock
         self._limiter = RateLimiter(log_interval_s, clock=clock)
+        self._bad_symbol_keys: set[str] = set()
 
     def record(self, reason: RejectReason | str, key: object, detail: str) -> None:
         """Count one reject; ``reason`` is a RejectReason or ``"internal"``."""
@@ -58,6 +62,18 @@ class RejectStats:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + 1
             self._samples.append({"reason": name, "key": key_text, "detail": detail, "at": now})
+            logged_before = first_of_key = False
+            if name == RejectReason.BAD_SYMBOL.value:
+                logged_before = key_text in self._bad_symbol_keys
+                first_of_key = not logged_before and len(self._bad_symbol_keys) < MAX_LOGGED_BAD_KEYS
+                if first_of_key:
+                    self._bad_symbol_keys.add(key_text)
+        if logged_before:
+            return
+        if first_of_key:
+            log.warning("asset key rejected reason=bad_symbol key=%r detail=%s (logged once per key)",
+                        key_text, detail)
+            return
         suppressed = self._limiter.allow(name)
         if suppressed is None:
             return

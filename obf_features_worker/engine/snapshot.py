@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from numba import njit
 
-from obf_contract.keys import symbol_of_key
+from obf_contract.keys import KEY_PREFIX, KEY_SUFFIX, SYMBOL_RE, is_asset_key_shape, symbol_of_key
 
 MAX_LEVELS = 64
 # Values above this are not a plausible USD notional or base quantity; the cap also keeps
@@ -47,6 +47,8 @@ class RejectReason(str, enum.Enum):
     """Why a snapshot was rejected; the value is the name used in counters, logs and health."""
 
     BAD_KEY = "bad_key"
+    # An ``asset_..._ob`` key whose symbol breaks the grammar (obf_contract.keys.SYMBOL_RE).
+    BAD_SYMBOL = "bad_symbol"
     TOO_LARGE = "too_large"
     BAD_JSON = "bad_json"
     BAD_FIELD = "bad_field"
@@ -91,11 +93,15 @@ class Snapshot:
 
 
 def symbol_from_key(key: object) -> str:
-    """``asset_BTCUSDT_ob`` -> ``BTCUSDT``; raises SnapshotRejected(BAD_KEY) for anything else."""
+    """``asset_BTCUSDT_ob`` -> ``BTCUSDT``; raises SnapshotRejected: BAD_SYMBOL for an
+    ``asset_..._ob`` key whose symbol breaks the grammar, BAD_KEY for anything else."""
     if type(key) is not str:
         raise SnapshotRejected(RejectReason.BAD_KEY, f"key is not a string: {type(key).__name__}")
     symbol = symbol_of_key(key)
     if symbol is None:
+        if is_asset_key_shape(key):
+            text = key[len(KEY_PREFIX):-len(KEY_SUFFIX)][:80]
+            raise SnapshotRejected(RejectReason.BAD_SYMBOL, f"symbol {text!r} does not match {SYMBOL_RE.pattern}")
         raise SnapshotRejected(RejectReason.BAD_KEY, f"key does not match asset_<SYMBOL>_ob: {key[:80]!r}")
     return symbol
 

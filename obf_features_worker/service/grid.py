@@ -39,7 +39,7 @@ from hazelcast.proxy.map import BlockingMap, Map
 
 from obf_contract.client import make_client, reconnect_settings
 from obf_contract.cluster import check_cluster_name, check_members
-from obf_contract.keys import asset_key
+from obf_contract.keys import ASSET_KEY_FILTER, asset_key
 from obf_contract.record import loads_record
 from obf_contract.security import describe, tls_auth_settings
 from obf_features_worker.logs import RateLimiter
@@ -47,7 +47,9 @@ from obf_features_worker.service.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-ASSET_KEY_PATTERN = r"^asset_[A-Z0-9]{2,30}_ob$"
+# Every asset_..._ob key, malformed symbols included (counted as bad_symbol by ingest, never
+# dropped silently on the member); other keys (the scan key, etc.) stay on the member.
+ASSET_KEY_PATTERN = ASSET_KEY_FILTER
 # Key of the checkpoint entry in DOLPHIN_OBF_STATE (one shared entry: a standby restores the
 # leader's checkpoint on takeover); the lease is the other entry (lease.LEASE_KEY).
 CHECKPOINT_KEY = "checkpoint"
@@ -75,7 +77,8 @@ class UnreadableValue:
 
 
 def asset_key_regex(assets: Iterable[str] | None) -> str:
-    """Server-side key filter: every ``asset_<SYMBOL>_ob`` key, or exactly those of ``assets``."""
+    """Server-side key filter (a full-match Java regex on ``__key``): every key shaped
+    ``asset_..._ob`` (``ASSET_KEY_FILTER``), or exactly the keys of ``assets``."""
     if assets is None:
         return ASSET_KEY_PATTERN
     keys = sorted(asset_key(s) for s in assets)  # validates the symbols

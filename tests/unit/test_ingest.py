@@ -145,7 +145,8 @@ def test_rejected_never_replaces_last_good() -> None:
 def test_every_reason_is_counted_by_name() -> None:
     b, _ = book(max_payload_bytes=1000)
     cases = {
-        RejectReason.BAD_KEY: ("asset_btc_ob", payload()),
+        RejectReason.BAD_KEY: ("assetXBTCUSDTXob", payload()),
+        RejectReason.BAD_SYMBOL: ("asset_btc_ob", payload()),
         RejectReason.TOO_LARGE: ("asset_BTCUSDT_ob", payload_json(T0, [1.0] * 64, [1.0] * 64, [1.0] * 64, [1.0] * 64)),
         RejectReason.BAD_JSON: ("asset_BTCUSDT_ob", b"\x00"),
         RejectReason.BAD_FIELD: ("asset_BTCUSDT_ob", '{"timestamp": 1723161254}'),
@@ -172,9 +173,10 @@ def test_ignored_assets_are_not_rejects() -> None:
     assert not b.offer("asset_ETHUSDT_ob", payload())
     assert not b.offer("asset_ETHUSDT_ob", "garbage")  # ignored before parsing: no parse cost, no reject
     assert not b.offer("asset_eth_ob", payload())  # but a malformed key is still a reject
+    assert not b.offer("status", payload())
     stats = b.stats()
-    assert (stats["received"], stats["accepted"], stats["ignored"]) == (4, 1, 2)
-    assert stats["rejected"] == {"bad_key": 1}
+    assert (stats["received"], stats["accepted"], stats["ignored"]) == (5, 1, 2)
+    assert stats["rejected"] == {"bad_symbol": 1, "bad_key": 1}
     assert b.get("ETHUSDT") is None
 
 
@@ -215,6 +217,22 @@ def test_reject_logging_is_rate_limited(caplog: pytest.LogCaptureFixture) -> Non
     assert stats.counts() == {"bad_json": 51, "negative": 1}
     snap = stats.snapshot()
     assert snap["total"] == 52 and len(snap["samples"]) == 5
+
+
+def test_bad_symbol_is_logged_once_per_key(caplog: pytest.LogCaptureFixture) -> None:
+    """Every malformed asset key is named in the log once, however often it is pushed and however
+    many others there are (the per-reason rate limit would hide all but one per interval)."""
+    b, clock = book()
+    caplog.set_level(logging.WARNING, logger="obf_features_worker.engine.ingest")
+    for _ in range(20):
+        for key in ("asset_btcusdt_ob", "asset_BTC USD_ob", "asset__ob"):
+            assert not b.offer(key, payload())
+        clock.t += 0.1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    for key, line in zip(("asset_btcusdt_ob", "asset_BTC USD_ob", "asset__ob"), lines):
+        assert "reason=bad_symbol" in line and repr(key) in line
+    assert b.stats()["rejected"] == {"bad_symbol": 60}
 
 
 def test_export_import_seqs() -> None:

@@ -150,6 +150,7 @@ DEFECTS: dict[str, tuple[str, str]] = {
     "not_an_object": ("bad_json", "bad_json"),
     "padding": ("too_large", "too_large"),  # drawn for text forms only: a dict has no size
     "bad_key": ("bad_key", "bad_key"),
+    "bad_symbol": ("bad_symbol", "bad_symbol"),
 }
 
 
@@ -163,7 +164,7 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     ("seq_negative", "seq_float", "seq_string", "seq_too_big"),
     ("pushed_at_garbage",),
     ("padding",),
-    ("bad_key",),
+    ("bad_key", "bad_symbol"),
     ("not_an_object",),  # always alone
 )
 assert sorted(n for g in GROUPS for n in g) == sorted(DEFECTS)
@@ -228,9 +229,11 @@ def apply_defect(name: str, obj: dict, draw: st.DrawFn) -> tuple[Any, Any]:
     elif name == "padding":
         obj["comment"] = "x" * MAX_BYTES
     elif name == "bad_key":
-        key = draw(st.sampled_from(["asset_btcusdt_ob", "asset_BTCUSDT", "BTCUSDT", "asset_B_ob",
-                                    "asset_" + "A" * 31 + "_ob", "asset_BTC-USDT_ob", 7, None, b"asset_X1_ob",
+        key = draw(st.sampled_from(["asset_BTCUSDT", "BTCUSDT", "ASSET_BTCUSDT_OB", 7, None, b"asset_X1_ob",
                                     "asset_BTCUSDT_ob\n", "latest_eigen_scan"]))
+    elif name == "bad_symbol":  # the asset_..._ob shape around a symbol outside the grammar
+        key = draw(st.sampled_from(["asset_btcusdt_ob", "asset_B_ob", "asset_" + "A" * 41 + "_ob", "asset__ob",
+                                    "asset_BTC USDT_ob", "asset__BTCUSDT_ob", "asset_BTCUSDT-_ob"]))
     return obj, key
 
 
@@ -283,7 +286,7 @@ def offers(draw: st.DrawFn) -> Offer:
     payload: Any = obj
     for name in names:
         payload, key_override = apply_defect(name, payload, draw)
-        if name == "bad_key":
+        if name in ("bad_key", "bad_symbol"):
             key = key_override
     return Offer(key, payload, form, tuple(names), seq_mode)
 
@@ -333,13 +336,14 @@ def run_stream(stream: list[Offer], book: SnapshotBook, assets: frozenset[str] |
         oversized = offer.form != "dict" and size > MAX_BYTES
         # what a reject must be counted as: exactly one reason, or one of a set when two defects
         # compete (their order of checks is the implementation's business)
-        if "bad_key" in offer.defects:
-            reasons = {"bad_key"}
+        key_defect = {"bad_key", "bad_symbol"} & set(offer.defects)
+        if key_defect:
+            reasons = key_defect
         elif oversized:
             reasons = {"too_large"}
         else:
             reasons = {r for n in offer.defects for r in DEFECTS[n][offer.form == "dict"].split("|")}
-        ignored = assets is not None and "bad_key" not in offer.defects and sym not in assets
+        ignored = assets is not None and not key_defect and sym not in assets
         expected = False
         if not reasons and not ignored:
             obj = offer.obj

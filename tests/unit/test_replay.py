@@ -112,7 +112,7 @@ def test_bad_lines_are_counted_by_reason_and_never_fatal():
         "{not json",  # bad_line
         "[1, 2]",  # bad_line: not an object
         json.dumps({"key": "asset_AAA_ob"}),  # bad_line: no value
-        json.dumps({"key": "asset_aaa_ob", "value": json.loads(good[0])["value"]}),  # bad_key
+        json.dumps({"key": "asset_aaa_ob", "value": json.loads(good[0])["value"]}),  # bad_symbol
         json.dumps({"key": "asset_AAA_ob", "value": '{"timestamp": 10.5, "bid_notional": [NaN], '
                                                      '"ask_notional": [1.0]}'}),  # non_finite
         json.dumps({"key": "asset_AAA_ob", "value": {"timestamp": 10.5, "bid_notional": [1.0]}}),  # bad_field
@@ -122,7 +122,7 @@ def test_bad_lines_are_counted_by_reason_and_never_fatal():
         "",  # blank lines are skipped, not counted
     ]
     recs, stats = run(bad[:4] + good[:1] + bad[4:] + good[1:])
-    assert stats.rejected == {"bad_line": 3, "bad_key": 1, "non_finite": 1, "bad_field": 1, "negative": 1,
+    assert stats.rejected == {"bad_line": 3, "bad_symbol": 1, "non_finite": 1, "bad_field": 1, "negative": 1,
                               "stale_seq": 1}
     assert stats.lines == 11 and stats.valid == 4 and stats.used == 3
     assert [present(r) for r in recs] == [{"AAA": 10.0}, {"AAA": 11.0}]

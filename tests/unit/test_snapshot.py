@@ -124,11 +124,29 @@ def test_timestamp_within_skew_is_accepted() -> None:
 
 
 @pytest.mark.parametrize("key", [
-    "asset_btcusdt_ob", "asset_B_ob", "asset_" + "A" * 31 + "_ob", "BTCUSDT", "asset_BTCUSDT_ob\n",
-    "asset_BTC-USD_ob", "asset_BTCUSDT_ob_x", 42, None, b"asset_BTCUSDT_ob", "",
+    "BTCUSDT", "asset_BTCUSDT_ob\n", "asset_BTCUSDT_ob_x", "ASSET_BTCUSDT_OB", "assetXBTCUSDTXob",
+    42, None, b"asset_BTCUSDT_ob", "",
 ])
 def test_bad_key(key: object) -> None:
     assert rejected(good(), key=key) is RejectReason.BAD_KEY
+
+
+@pytest.mark.parametrize("key", [
+    "asset_btcusdt_ob", "asset_B_ob", "asset_" + "A" * 41 + "_ob", "asset__ob", "asset_ob", "asset_BTC USD_ob",
+    "asset__BTCUSD_ob", "asset_BTCUSD-_ob", "asset_BTC\nUSD_ob", "asset_BTCÜSD_ob",
+])
+def test_bad_symbol(key: str) -> None:
+    """An asset_..._ob key whose symbol breaks the grammar: its own reason, not bad_key."""
+    assert rejected(good(), key=key) is RejectReason.BAD_SYMBOL
+
+
+@pytest.mark.parametrize("symbol", [
+    "BTCUSD_PERP", "BTCUSD_250328", "BTCUSDT_250328", "1000PEPEUSDT", "1000PEPE-USDT", "BTC-250328-60000-C",
+    "A" * 40, "X1",
+])
+def test_symbol_grammar_accepts_exchange_spellings(symbol: str) -> None:
+    snap = parse_snapshot(asset_key(symbol), good(), now=NOW)
+    assert snap.symbol == symbol and symbol_from_key(f"asset_{symbol}_ob") == symbol
 
 
 def test_too_large() -> None:
