@@ -14,8 +14,22 @@ file, line and ids, and by default the book waits for a new snapshot line (``on_
 Output: every ``every_ms`` of exchange event time the book is reduced to ``levels`` equal-width price
 bands per side out to ``band_span_bps`` from the mid (band k spans ``(k*w, (k+1)*w]`` bps, ``w =
 band_span_bps / levels``) and emitted as one upstream payload (``snapshot.payload_json``) under the key
-``asset_{SYMBOL}_ob``. Spot books keep the exchange symbol (``BTCUSDT``); futures books (``pu`` chain)
-get ``futures_suffix`` appended (default ``BTCUSDTPERP``) so both markets never share a key.
+``asset_{SYMBOL}_ob``.
+
+Markets (told apart by the first depthUpdate of a file, no flag needed):
+
+- spot (``U`` chain): quantity in coins; notional = price x quantity (in the quote currency, USD for
+  the USDT/USDC/FDUSD pairs).
+- USD-M futures (``pu`` chain, linear): the same rule.
+- COIN-M futures (``pu`` chain, inverse: the message carries the pair ``ps``, symbols such as
+  ``BTCUSD_PERP`` / ``BTCUSD_250328``): quantity in contracts of a fixed USD face value (Binance: 100
+  USD for BTC, 10 USD for every other coin; ``contract_sizes`` overrides per symbol or pair); notional
+  = contracts x face value (USD), depth in coins = notional / the level's price.
+
+Symbols keep their exchange spelling. Only a futures symbol spelled like a spot symbol (a USD-M
+perpetual: ``BTCUSDT``, no ``_``) gets ``futures_suffix`` appended (default: ``BTCUSDTPERP``), so a
+spot and a futures book never share a key; delivery and COIN-M symbols contain ``_`` and never
+collide with a spot symbol. Every key symbol is checked against the one grammar (``obf_contract.keys``).
 """
 
 from __future__ import annotations
@@ -26,10 +40,11 @@ import gzip
 import heapq
 import logging
 import math
+import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +52,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from obf_contract.keys import SYMBOL_RE, asset_key
+from obf_contract.keys import SYMBOL_RE, asset_key, is_symbol
 from obf_features_worker.engine import snapshot
 
 log = logging.getLogger(__name__)
@@ -50,6 +65,11 @@ DEFAULT_MAX_BUFFERED = 100_000
 _EDGE_TOL = 1e-9
 
 _DEPTH_MARK = b'"depthUpdate"'
+# Binance COIN-M contract face values (USD per contract): BTC contracts 100 USD, every other coin 10 USD.
+COIN_M_BTC_CONTRACT_USD = 100.0
+COIN_M_DEFAULT_CONTRACT_USD = 10.0
+# A COIN-M symbol when the message carries no pair (``ps``): <COIN>USD_PERP or <COIN>USD_<yymmdd>.
+_COIN_M_SYMBOL_RE = re.compile(r"^([A-Z0-9]+USD)_(PERP|[0-9]{6})$")
 _SNAPSHOT_MARK = b'"lastUpdateId"'
 
 
@@ -89,7 +109,7 @@ class BandSpec:
 
 @dataclass(frozen=True)
 class Bands:
-    """One side-pair of band aggregates. Notional in USD (quote currency), depth in base quantity."""
+    """One side-pair of band aggregates. Notional in USD (quote currency), depth in coins (base quantity)."""
 
     mid: float
     bid_notional: np.ndarray
@@ -99,8 +119,12 @@ class Bands:
 
 
 def side_bands(prices: np.ndarray, qtys: np.ndarray, mid: float, is_bid: bool,
-               spec: BandSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``price*qty`` (USD) and ``qty`` per band for one side; levels beyond the span are ignored."""
+               spec: BandSpec, contract_usd: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Notional (USD) and depth (coins) per band for one side; levels beyond the span are ignored.
+
+    Linear (``contract_usd`` None: spot, USD-M): notional ``price*qty``, depth ``qty``. Inverse
+    (COIN-M, ``qty`` in contracts of ``contract_usd`` USD each): notional ``qty*contract_usd``,
+    depth ``qty*contract_usd/price``."""
     dist_bps = ((mid - prices) if is_bid else (prices - mid)) / mid * 1e4
     idx = np.ceil(dist_bps / spec.width_bps - _EDGE_TOL) - 1.0
     # Any level strictly away from the mid belongs at least to band 0, even within the tolerance.
@@ -109,14 +133,20 @@ def side_bands(prices: np.ndarray, qtys: np.ndarray, mid: float, is_bid: bool,
     k = idx[keep].astype(np.int64)
     p = prices[keep]
     q = qtys[keep]
-    notional = np.bincount(k, weights=p * q, minlength=spec.levels)
-    depth = np.bincount(k, weights=q, minlength=spec.levels)
+    if contract_usd is None:
+        level_notional, level_depth = p * q, q
+    else:
+        level_notional = q * contract_usd
+        level_depth = level_notional / p
+    notional = np.bincount(k, weights=level_notional, minlength=spec.levels)
+    depth = np.bincount(k, weights=level_depth, minlength=spec.levels)
     return notional, depth
 
 
 def aggregate_bands(bid_prices: np.ndarray, bid_qtys: np.ndarray, ask_prices: np.ndarray,
-                    ask_qtys: np.ndarray, spec: BandSpec) -> Bands | None:
-    """Band aggregates of a book around its mid ``(best_bid + best_ask) / 2``.
+                    ask_qtys: np.ndarray, spec: BandSpec, contract_usd: float | None = None) -> Bands | None:
+    """Band aggregates of a book around its mid ``(best_bid + best_ask) / 2`` (``contract_usd``:
+    see ``side_bands``).
 
     Returns None when the book has no usable mid: an empty side, or a crossed/locked book
     (best bid >= best ask), which a correctly rebuilt book never shows.
@@ -128,8 +158,8 @@ def aggregate_bands(bid_prices: np.ndarray, bid_qtys: np.ndarray, ask_prices: np
     if not best_bid < best_ask:
         return None
     mid = (best_bid + best_ask) / 2.0
-    bn, bd = side_bands(bid_prices, bid_qtys, mid, True, spec)
-    an, ad = side_bands(ask_prices, ask_qtys, mid, False, spec)
+    bn, bd = side_bands(bid_prices, bid_qtys, mid, True, spec, contract_usd)
+    an, ad = side_bands(ask_prices, ask_qtys, mid, False, spec, contract_usd)
     return Bands(mid=mid, bid_notional=bn, ask_notional=an, bid_depth=bd, ask_depth=ad)
 
 
@@ -263,14 +293,16 @@ class DepthBook:
         self.last_id = None
         self.applied_since_snapshot = 0
 
-    def bands(self, spec: BandSpec) -> Bands | None:
-        """Band aggregates of the current book (None without a usable mid)."""
+    def bands(self, spec: BandSpec, contract_usd: float | None = None) -> Bands | None:
+        """Band aggregates of the current book (None without a usable mid); ``contract_usd``: the
+        USD face value of one contract for an inverse (COIN-M) book, None for a linear one."""
         return aggregate_bands(
             np.fromiter(self.bids.keys(), np.float64, len(self.bids)),
             np.fromiter(self.bids.values(), np.float64, len(self.bids)),
             np.fromiter(self.asks.keys(), np.float64, len(self.asks)),
             np.fromiter(self.asks.values(), np.float64, len(self.asks)),
             spec,
+            contract_usd,
         )
 
     def coverage_bps(self) -> tuple[float, float]:
@@ -326,6 +358,48 @@ class SourceFile:
     market: Market
     exchange_symbol: str
     first_recv_ns: int
+    coin_pair: str | None = None  # COIN-M (inverse) only: the pair, e.g. "BTCUSD"
+
+
+def coin_m_pair(data: Mapping[str, Any], exchange_symbol: str) -> str | None:
+    """The pair of a COIN-M depthUpdate (``ps``, or read from a ``<COIN>USD_PERP|_yymmdd`` symbol);
+    None for spot and USD-M messages."""
+    if "pu" not in data:
+        return None
+    pair = data.get("ps")
+    if isinstance(pair, str) and pair:
+        return pair.upper()
+    m = _COIN_M_SYMBOL_RE.fullmatch(exchange_symbol)
+    return None if m is None else m.group(1)
+
+
+def default_contract_usd(pair: str) -> float:
+    """Binance COIN-M face value of one contract of ``pair`` in USD: 100 for BTCUSD, else 10."""
+    coin = pair[:-3] if pair.endswith("USD") else pair
+    return COIN_M_BTC_CONTRACT_USD if coin == "BTC" else COIN_M_DEFAULT_CONTRACT_USD
+
+
+def parse_contract_sizes(items: Iterable[str]) -> dict[str, float]:
+    """``["BTCUSD_PERP=100", "ETHUSD=10"]`` -> ``{symbol or pair: USD per contract}``.
+
+    Raises ValueError naming the item for a missing ``=``, a symbol outside the grammar, a value
+    that is not a finite number > 0, or a symbol given twice."""
+    out: dict[str, float] = {}
+    for item in items:
+        sym, sep, value = item.partition("=")
+        sym = sym.strip()
+        if not sep or not is_symbol(sym):
+            raise ValueError(f"--contract-size {item!r}: expected SYMBOL=USD with SYMBOL matching {SYMBOL_RE.pattern}")
+        try:
+            usd = float(value)
+        except ValueError:
+            usd = math.nan
+        if not (math.isfinite(usd) and usd > 0):
+            raise ValueError(f"--contract-size {item!r}: USD per contract must be a finite number > 0")
+        if sym in out:
+            raise ValueError(f"--contract-size {sym} given twice")
+        out[sym] = usd
+    return out
 
 
 def probe_file(path: Path) -> SourceFile:
@@ -347,7 +421,8 @@ def probe_file(path: Path) -> SourceFile:
                 msg = orjson.loads(raw.partition(b" ")[2])
                 d = msg["data"] if "data" in msg else msg
                 market = Market.FUTURES if "pu" in d else Market.SPOT
-                return SourceFile(path, market, str(d["s"]).upper(), first_ns or 0)
+                symbol = str(d["s"]).upper()
+                return SourceFile(path, market, symbol, first_ns or 0, coin_m_pair(d, symbol))
             except (ValueError, KeyError, TypeError):
                 continue
     raise ValueError(f"{path}: no depthUpdate message found")
@@ -357,25 +432,34 @@ def probe_file(path: Path) -> SourceFile:
 class BookSource:
     """All files of one book (market, symbol), in recording order."""
 
-    symbol: str  # the key symbol: exchange symbol (+ futures suffix)
+    symbol: str  # the key symbol: exchange symbol (+ futures suffix for a USD-M perpetual)
     market: Market
     files: tuple[Path, ...]
+    contract_usd: float | None = None  # COIN-M: USD face value of one contract; None: linear book
 
 
 def book_symbol(exchange_symbol: str, market: Market, futures_suffix: str) -> str:
-    """Key symbol of a book: spot keeps the exchange symbol, futures get ``futures_suffix`` appended."""
-    sym = exchange_symbol + (futures_suffix if market is Market.FUTURES else "")
-    if not SYMBOL_RE.fullmatch(sym):
+    """Key symbol of a book: the exchange symbol, plus ``futures_suffix`` for a futures symbol that a
+    spot symbol could share (no ``_``: a USD-M perpetual). Raises ValueError for an invalid symbol."""
+    collides_with_spot = market is Market.FUTURES and "_" not in exchange_symbol
+    sym = exchange_symbol + (futures_suffix if collides_with_spot else "")
+    if not is_symbol(sym):
         raise ValueError(f"symbol {sym!r} does not match {SYMBOL_RE.pattern}")
     return sym
 
 
-def group_files(paths: Iterable[Path | str], futures_suffix: str = "PERP") -> list[BookSource]:
+def group_files(paths: Iterable[Path | str], futures_suffix: str = "PERP",
+                contract_sizes: Mapping[str, float] | None = None) -> list[BookSource]:
     """Group recorder files per (market, symbol), sorted by key symbol; files ordered by first receive time.
 
-    Raises ValueError for an unreadable file, a file without depth data, or two markets that would
-    share one key symbol (e.g. ``futures_suffix=""`` with spot and futures of the same pair).
+    contract_sizes: USD per contract of COIN-M books by exchange symbol (``BTCUSD_PERP``) or pair
+    (``BTCUSD``: every contract of the pair), over ``default_contract_usd``.
+    Raises ValueError for an unreadable file, a file without depth data, two markets that would
+    share one key symbol (e.g. ``futures_suffix=""`` with spot and futures of the same pair), or a
+    ``contract_sizes`` entry that names no COIN-M book of the input.
     """
+    sizes = dict(contract_sizes or {})
+    used: set[str] = set()
     groups: dict[tuple[Market, str], list[SourceFile]] = {}
     seen: set[Path] = set()
     for p in paths:
@@ -393,7 +477,18 @@ def group_files(paths: Iterable[Path | str], futures_suffix: str = "PERP") -> li
             raise ValueError(f"spot and futures books would share the key symbol {sym!r}; "
                              f"use a non-empty futures suffix")
         files.sort(key=lambda s: (s.first_recv_ns, str(s.path)))
-        books[sym] = BookSource(sym, market, tuple(f.path for f in files))
+        pair = next((f.coin_pair for f in files if f.coin_pair is not None), None)
+        contract_usd: float | None = None
+        if pair is not None:
+            given = exch if exch in sizes else pair if pair in sizes else None
+            if given is not None:
+                used.add(given)
+            contract_usd = sizes[given] if given is not None else default_contract_usd(pair)
+        books[sym] = BookSource(sym, market, tuple(f.path for f in files), contract_usd)
+    unused = sorted(set(sizes) - used)
+    if unused:
+        raise ValueError(f"--contract-size given for {', '.join(unused)}: no COIN-M book of that symbol "
+                         f"or pair in the input")
     return [books[sym] for sym in sorted(books)]
 
 
@@ -408,6 +503,7 @@ class BookReport:
     symbol: str
     market: Market
     files: tuple[str, ...]
+    contract_usd: float | None = None  # COIN-M: USD per contract used for the notional
     snapshots_used: int = 0
     snapshots_ignored: int = 0  # snapshots seen while the book was already live
     diffs_applied: int = 0
@@ -424,7 +520,8 @@ class BookReport:
     def summary(self) -> str:
         cov = ("?" if self.coverage_bps is None
                else f"-{self.coverage_bps[0]:.1f}/+{self.coverage_bps[1]:.1f}bps")
-        return (f"{self.symbol} ({self.market.value}): emitted={self.emitted} diffs_applied={self.diffs_applied} "
+        kind = self.market.value if self.contract_usd is None else f"coin-m, {self.contract_usd:g} USD/contract"
+        return (f"{self.symbol} ({kind}): emitted={self.emitted} diffs_applied={self.diffs_applied} "
                 f"stale={self.diffs_stale} unsynced={self.diffs_unsynced} snapshots={self.snapshots_used} "
                 f"gaps={len(self.gaps)} no_mid={self.no_mid} bad_lines={self.bad_lines} snapshot_reach={cov}")
 
@@ -450,7 +547,7 @@ def iter_book_payloads(source: BookSource, spec: BandSpec, *, every_ms: int = 10
     if every_ms <= 0:
         raise ValueError(f"every_ms must be > 0, got {every_ms}")
     rep = report if report is not None else BookReport(source.symbol, source.market,
-                                                       tuple(map(str, source.files)))
+                                                       tuple(map(str, source.files)), source.contract_usd)
     book = DepthBook(source.market, max_buffered=max_buffered)
     key = asset_key(source.symbol)
     next_grid: int | None = None  # next grid time to emit, ms
@@ -458,7 +555,7 @@ def iter_book_payloads(source: BookSource, spec: BandSpec, *, every_ms: int = 10
 
     def emit(t_ms: int, recv_ns: int) -> Emitted | None:
         nonlocal seq
-        bands = book.bands(spec)
+        bands = book.bands(spec, source.contract_usd)
         if bands is None:
             rep.no_mid += 1
             return None
@@ -544,14 +641,15 @@ class ImportReport:
 
 
 def import_binance(paths: Iterable[Path | str], out: IO[bytes], spec: BandSpec, *, every_ms: int = 100,
-                   futures_suffix: str = "PERP", on_gap: GapPolicy = GapPolicy.RESYNC) -> ImportReport:
+                   futures_suffix: str = "PERP", on_gap: GapPolicy = GapPolicy.RESYNC,
+                   contract_sizes: Mapping[str, float] | None = None) -> ImportReport:
     """Rebuild every book in ``paths`` and write payload lines to ``out``, ordered by (time, symbol).
 
     Raises ValueError for files that cannot be grouped (see ``group_files``).
     """
     started = time.perf_counter()
-    sources = group_files(paths, futures_suffix)
-    reports = [BookReport(s.symbol, s.market, tuple(map(str, s.files))) for s in sources]
+    sources = group_files(paths, futures_suffix, contract_sizes)
+    reports = [BookReport(s.symbol, s.market, tuple(map(str, s.files)), s.contract_usd) for s in sources]
     streams = [iter_book_payloads(s, spec, every_ms=every_ms, on_gap=on_gap, report=r)
                for s, r in zip(sources, reports)]
     rep = ImportReport(reports)
@@ -583,7 +681,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every-ms", type=int, default=100, help="emit a payload every N ms of event time (default 100)")
     p.add_argument("--output", "-o", required=True, help="output JSONL path ('-' for stdout)")
     p.add_argument("--futures-suffix", default="PERP",
-                   help="appended to futures symbols so spot and futures keys differ (default PERP)")
+                   help="appended to a futures symbol spelled like a spot one (USD-M perpetual BTCUSDT -> "
+                        "BTCUSDTPERP) so spot and futures keys differ (default PERP); symbols with '_' "
+                        "(delivery, COIN-M) keep their spelling")
+    p.add_argument("--contract-size", action="append", default=[], metavar="SYMBOL=USD",
+                   help="COIN-M face value in USD per contract of a symbol (BTCUSD_PERP=100) or of every "
+                        "contract of a pair (ETHUSD=10); repeatable; default: BTC 100, others 10")
     p.add_argument("--on-gap", choices=[g.value for g in GapPolicy], default=GapPolicy.RESYNC.value,
                    help="resync: stop emitting a book until a new snapshot line (default); "
                         "continue: keep applying diffs (gaps still reported)")
@@ -596,13 +699,16 @@ def run(args: argparse.Namespace) -> int:
         spec = BandSpec(float(args.band_span_bps), int(args.levels))
         if args.every_ms <= 0:
             raise ValueError(f"--every-ms must be > 0, got {args.every_ms}")
+        sizes = parse_contract_sizes(args.contract_size)
         if args.output == "-":
             rep = import_binance(args.files, sys.stdout.buffer, spec, every_ms=args.every_ms,
-                                 futures_suffix=args.futures_suffix, on_gap=GapPolicy(args.on_gap))
+                                 futures_suffix=args.futures_suffix, on_gap=GapPolicy(args.on_gap),
+                                 contract_sizes=sizes)
         else:
             with open(args.output, "wb") as out:
                 rep = import_binance(args.files, out, spec, every_ms=args.every_ms,
-                                     futures_suffix=args.futures_suffix, on_gap=GapPolicy(args.on_gap))
+                                     futures_suffix=args.futures_suffix, on_gap=GapPolicy(args.on_gap),
+                                     contract_sizes=sizes)
     except (OSError, ValueError) as exc:
         print(f"import-binance: error: {exc}", file=sys.stderr)
         return 2
