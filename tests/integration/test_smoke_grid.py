@@ -7,6 +7,7 @@ import threading
 from hazelcast import predicate
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.keys import ASSET_KEY_FILTER, is_asset_key_shape
 from tests.cluster import HzCluster
 
 
@@ -16,14 +17,27 @@ def test_member_is_real_and_reports_a_version(hz_cluster: HzCluster, hz_client) 
 
 
 def test_filtered_listener_receives_asset_keys_only(hz_client, map_suffix: str) -> None:
+    """The worker's member-side filter (a Java regex, full match) passes exactly the keys shaped
+    asset_..._ob, malformed symbols included (the worker counts those as bad_symbol), and agrees
+    with the Python check of the same shape on every key here."""
     m = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
     puts = {
         "latest_eigen_scan": '{"scan_number": 1}',
         "assetXBTCUSDTXob": '{"not": "an asset key"}',  # LIKE 'asset_%_ob' would let this through
+        "ASSET_BTCUSDT_OB": '{"upper": "case"}',
+        "asset_BTCUSDT_ob\n": '{"trailing": "newline"}',
+        "xasset_BTCUSDT_ob": '{"leading": "x"}',
         "asset_btcusdt_ob": '{"lower": "case"}',
+        "asset_BTC\nUSD_ob": '{"inner": "newline"}',
+        "asset_ob": '{"empty": "symbol"}',
         "asset_BTCUSDT_ob": '{"as": "string"}',
+        "asset_BTCUSD_PERP_ob": '{"under": "score"}',
+        "asset_1000PEPE-USDT_ob": '{"da": "sh"}',
         "asset_ETHUSDT_ob": HazelcastJsonValue('{"as": "json"}'),
     }
+    shaped = {k for k in puts if is_asset_key_shape(k)}
+    assert shaped == {"asset_btcusdt_ob", "asset_BTC\nUSD_ob", "asset_ob", "asset_BTCUSDT_ob",
+                      "asset_BTCUSD_PERP_ob", "asset_1000PEPE-USDT_ob", "asset_ETHUSDT_ob"}
     filtered: dict[str, str] = {}
     unfiltered: set[str] = set()
     lock = threading.Condition()
@@ -42,7 +56,7 @@ def test_filtered_listener_receives_asset_keys_only(hz_client, map_suffix: str) 
             lock.notify_all()
 
     reg_f = m.add_entry_listener(
-        include_value=True, predicate=predicate.regex("__key", r"^asset_[A-Z0-9]{2,30}_ob$"),
+        include_value=True, predicate=predicate.regex("__key", ASSET_KEY_FILTER),
         added_func=on_filtered, updated_func=on_filtered,
     )
     # Witness: once an unfiltered listener has seen every put, the filtered one
@@ -52,13 +66,15 @@ def test_filtered_listener_receives_asset_keys_only(hz_client, map_suffix: str) 
         for key, value in puts.items():
             m.put(key, value)
         with lock:
-            assert lock.wait_for(lambda: unfiltered == set(puts) and len(filtered) >= 2, timeout=10), (
+            assert lock.wait_for(lambda: unfiltered == set(puts) and len(filtered) >= len(shaped), timeout=10), (
                 f"events missing: unfiltered={unfiltered} filtered={filtered}"
             )
     finally:
         m.remove_entry_listener(reg_f)
         m.remove_entry_listener(reg_a)
-    assert filtered == {"asset_BTCUSDT_ob": '{"as": "string"}', "asset_ETHUSDT_ob": '{"as": "json"}'}
+    assert set(filtered) == shaped
+    assert filtered["asset_BTCUSDT_ob"] == '{"as": "string"}' and filtered["asset_ETHUSDT_ob"] == '{"as": "json"}'
+
 
 
 def test_sql_over_a_mapped_map(hz_client, map_suffix: str) -> None:

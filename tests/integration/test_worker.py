@@ -78,7 +78,8 @@ def feeder(hz_cluster: HzCluster, map_suffix: str):
 
 def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder, map_suffix, tmp_path: Path):
     inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
-    # Other keys in the input map never reach the worker (server-side filter).
+    # Other keys in the input map never reach the worker (server-side filter); a malformed asset key
+    # does, and is counted (bad_symbol).
     for key, value in {"latest_eigen_scan": '{"scan_number": 1}', "assetXBTCUSDTXob": feeder.payload("AAAUSDT")[1],
                        "asset_btcusdt_ob": feeder.payload("AAAUSDT")[1], "status": "x"}.items():
         inp.put(key, value)
@@ -97,7 +98,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
         }
         for key, value in bad.items():
             inp.put(key, value)
-        expected_rejects = {"bad_json": 1, "non_finite": 1, "negative": 1, "bad_length": 1}
+        expected_rejects = {"bad_json": 1, "non_finite": 1, "negative": 1, "bad_length": 1, "bad_symbol": 1}
         wait_for(lambda: health(hz_client, map_suffix, worker_id)["events"]["rejected"] == expected_rejects, 15,
                  "rejects counted")
         h_mid = health(hz_client, map_suffix, worker_id)
