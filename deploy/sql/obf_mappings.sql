@@ -179,7 +179,7 @@ ORDER BY __key DESC
 LIMIT 1;
 
 -- name: asset-history-btc
--- One asset across the last 20 bars (edit the symbol in the paths; quote symbols starting with a digit: '$.assets."1000SHIBUSDT"...').
+-- One asset across the last 20 bars (edit the symbol in the paths; no quotes for A-Z, 0-9 and _ as in '$.assets.BTCUSD_PERP...'; quote a symbol with - or a leading digit: '$.assets."1000SHIBUSDT"...').
 SELECT
     __key AS bar_idx,
     JSON_VALUE(this, '$.assets.BTCUSDT.signal.imbalance' RETURNING DOUBLE) AS imbalance,

@@ -62,6 +62,9 @@ def test_assets_list_and_all():
     assert load(["--assets", "BTCUSDT, ETHUSDT"]).assets == ("BTCUSDT", "ETHUSDT")
     assert load([], {"OBF_ASSETS": ""}).assets is None
     assert load(["--assets", "all"]).assets is None
+    # the one symbol grammar: exchange spellings with '_' and '-' (COIN-M, delivery, other venues)
+    assert load(["--assets", "BTCUSD_PERP,ETHUSD_250328,1000PEPE-USDT"]).assets == (
+        "BTCUSD_PERP", "ETHUSD_250328", "1000PEPE-USDT")
 
 
 @pytest.mark.parametrize("argv, env, names", [
@@ -75,6 +78,7 @@ def test_assets_list_and_all():
     ([], {"HZ_MEMBERS": " , "}, "--members / HZ_MEMBERS"),
     (["--members", "bad host:5701"], {}, "--members / HZ_MEMBERS"),
     (["--assets", "btcusdt"], {}, "--assets / OBF_ASSETS"),
+    (["--assets", "BTCUSD_"], {}, "--assets / OBF_ASSETS"),
     (["--assets", "BTCUSDT,BTCUSDT"], {}, "--assets / OBF_ASSETS"),
     (["--max-age-s", "-1"], {}, "--max-age-s / OBF_MAX_AGE_S"),
     (["--features-map", "has space"], {}, "--features-map / OBF_FEATURES_MAP"),
