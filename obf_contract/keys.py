@@ -5,7 +5,9 @@ a symbol is 2..40 characters of upper-case ASCII letters, digits, ``_`` and ``-`
 ending with a letter or digit. That keeps exchange spellings as they are: Binance spot and
 USD-M ``BTCUSDT``, ``1000PEPEUSDT``, USD-M delivery ``BTCUSDT_250328``, COIN-M ``BTCUSD_PERP``
 and ``BTCUSD_250328``; ``-`` admits the dash-separated spellings of other venues and of
-Binance options (``BTC-USD``, ``BTC-250328-60000-C``). Nothing downstream treats a symbol as an
+Binance options (``BTC-USD``, ``BTC-250328-60000-C``). A letter or digit at both ends keeps out
+empty-base spellings such as ``_PERP`` (an upstream bug, better counted than kept) and labels
+matplotlib would hide (a leading ``_``). Nothing downstream treats a symbol as an
 identifier: it is a map key, a JSON object key and an SQL string value (``-`` and a leading
 digit need a quoted JSON path member in SQL, see deploy/sql/obf_mappings.sql).
 

@@ -14,13 +14,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hazelcast import predicate
+
 from engine_adapter import AdapterConfig, HazelcastOBEngine
 from obf_features_worker import cli
 from obf_features_worker.dev.member import free_port
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.inspection.sql import apply_statements, load_statements, map_renames
-from obf_features_worker.service.grid import InspectionReader
+from obf_features_worker.service.grid import InspectionReader, asset_key_regex
 from tests.cluster import HzCluster
 from tests.integration.feeder import TestFeeder, WorkerProcess, json_value, wait_for
 
@@ -150,3 +152,17 @@ def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
     assert row == {"perp": last["assets"]["BTCUSD_PERP"]["signal"]["imbalance"],
                    "pepe": last["assets"]["1000PEPE-USDT"]["signal"]["imbalance"],
                    "eth": last["assets"]["ETHUSD_250328"]["placement"]["depth_1pct_usd"]}
+
+
+def test_an_explicit_asset_list_filters_exactly_its_keys_on_the_member(hz_client, map_suffix: str) -> None:
+    """``--assets`` with '_' and '-' symbols: the member passes exactly those keys ('_' and '-' are
+    literal in the regex, not wildcards), the same filter the worker's listener and reads use."""
+    m = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    keys = ["asset_BTCUSD_PERP_ob", "asset_1000PEPE-USDT_ob", "asset_BTCUSDXPERP_ob", "asset_ETHUSD_PERP_ob",
+            "asset_1000PEPEXUSDT_ob", "asset_BTCUSD_PERP_obX", "xasset_BTCUSD_PERP_ob"]
+    m.put_all({k: "{}" for k in keys})
+    regex = asset_key_regex(["BTCUSD_PERP", "1000PEPE-USDT"])
+    assert set(m.key_set(predicate.regex("__key", regex))) == {"asset_BTCUSD_PERP_ob", "asset_1000PEPE-USDT_ob"}
+    assert set(m.key_set(predicate.regex("__key", asset_key_regex(None)))) == {
+        "asset_BTCUSD_PERP_ob", "asset_1000PEPE-USDT_ob", "asset_BTCUSDXPERP_ob", "asset_ETHUSD_PERP_ob",
+        "asset_1000PEPEXUSDT_ob"}

@@ -100,11 +100,12 @@ def test_seqs_round_trip_into_the_snapshot_book() -> None:
     bar_idx, bar_ts, snaps = FEED[10]
     engine.step(bar_idx, bar_ts, snaps)
     book = SnapshotBook(clock=lambda: bar_ts)
-    for sym, seq in (("AAAUSDT", 41), ("BBBUSDT", 9)):
+    for sym, seq in (("AAAUSDT", 41), ("BBBUSDT", 9), ("BTCUSD_PERP", 7), ("1000PEPE-USDT", 5)):
         assert book.offer(f"asset_{sym}_ob", payload_json(bar_ts - 1, [1.0], [2.0], seq=seq))
     data = checkpoint.encode(checkpoint.capture(engine, seqs=book.export_seqs(), bar_ts=bar_ts,
                                                 worker_id="w", written_at=bar_ts))
     cp = checkpoint.decode(data, params=FeatureParams(), now_bar_idx=bar_idx, max_age_bars=1)
+    assert dict(cp.seqs) == {"AAAUSDT": 41, "BBBUSDT": 9, "BTCUSD_PERP": 7, "1000PEPE-USDT": 5}
     fresh = SnapshotBook(clock=lambda: bar_ts)
     fresh.import_seqs(cp.seqs)
     # A replayed (duplicate) event after the restart is refused, the next one accepted.

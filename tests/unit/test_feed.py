@@ -25,9 +25,9 @@ def test_same_seed_same_books_other_seed_other_books():
 
 
 def test_payloads_are_valid_upstream_json_strings():
-    market = SyntheticMarket(("BTCUSDT", "ETHUSDT"), levels=7)
+    market = SyntheticMarket(("BTCUSDT", "BTCUSD_PERP", "1000PEPE-USDT"), levels=7)
     payloads = synthetic_payloads(market, 1_700_000_000.25, seq=12)
-    assert set(payloads) == {"asset_BTCUSDT_ob", "asset_ETHUSDT_ob"}
+    assert set(payloads) == {"asset_BTCUSDT_ob", "asset_BTCUSD_PERP_ob", "asset_1000PEPE-USDT_ob"}
     for key, text in payloads.items():
         assert isinstance(text, str)
         obj = json.loads(text)
