@@ -200,3 +200,53 @@ def test_cli_imports_and_replays_coin_m_with_no_extra_flags(tmp_path):
     bars = [json.loads(line) for line in records.read_text().splitlines()]
     assert bars and all(set(b["assets"]) == {"BTCUSD_PERP"} for b in bars if b["n_present"])
     assert any(b["n_present"] == 1 for b in bars)
+
+
+def test_usd_depth_is_the_true_depth_of_a_random_coin_m_book(tmp_path):
+    """A seeded random COIN-M stream over two files; a reference book kept here by plain dict updates.
+    With one band wider than the whole book, each emitted payload's USD notional per side must be
+    the book's contracts x 100 USD, and its coin depth the sum of contracts x 100 / price."""
+    import random
+
+    rng = random.Random(15)
+    bids = {round(59990.0 - 0.5 * i, 1): rng.randint(1, 500) for i in range(60)}
+    asks = {round(60010.0 + 0.5 * i, 1): rng.randint(1, 500) for i in range(60)}
+    snap = rest_snapshot(1000, [(f"{p:.1f}", str(q)) for p, q in bids.items()],
+                         [(f"{p:.1f}", str(q)) for p, q in asks.items()])
+    diffs: list[dict] = [coinm_diff(990, 995, 980, T0 - 30)]  # before the snapshot, stale: u <= 1000
+    ref_at: list[tuple[int, dict[float, int], dict[float, int]]] = []  # (E, bids, asks) after each diff
+    book_b, book_a = dict(bids), dict(asks)
+    last_u, t = 1000, T0
+    for n in range(200):
+        side, book, base, step = (("b", book_b, 59990.0, -0.5) if rng.random() < 0.5
+                                  else ("a", book_a, 60010.0, 0.5))
+        changes = []
+        for _ in range(rng.randint(1, 4)):
+            price = round(base + step * rng.randint(0, 80), 1)
+            qty = 0 if rng.random() < 0.3 else rng.randint(1, 900)
+            changes.append((f"{price:.1f}", str(qty)))
+            if qty:
+                book[price] = qty
+            else:
+                book.pop(price, None)
+        t += rng.randint(5, 80)
+        u = last_u + rng.randint(1, 9)
+        diffs.append(coinm_diff(last_u + 1, u, last_u if n else 999, t,
+                                bids=changes if side == "b" else (), asks=changes if side == "a" else ()))
+        ref_at.append((t, dict(book_b), dict(book_a)))
+        last_u = u
+    f1 = write_recording(tmp_path / "btcusd_perp_a.gz", [diffs[0], snap, *diffs[1:101]])
+    f2 = write_recording(tmp_path / "btcusd_perp_b.gz", diffs[101:], t0_ns=NS0 + 10**9)
+    buf = io.BytesIO()
+    rep = binance.import_binance([f2, f1], buf, BandSpec(5000.0, 1))
+    assert rep.gaps == [] and rep.books[0].diffs_applied == 200 and rep.books[0].diffs_stale == 1
+    snaps = payloads(buf.getvalue())
+    first_grid = -(-ref_at[0][0] // 100) * 100  # every 100 ms grid point from the first diff to the last
+    assert [round(s.ts * 1000) for _, s in snaps] == list(range(first_grid, ref_at[-1][0], 100))
+    for _, s in snaps:
+        t_ms = round(s.ts * 1000)
+        _, ref_b, ref_a = [r for r in ref_at if r[0] <= t_ms][-1]
+        assert s.bid_notional[0] == pytest.approx(100.0 * sum(ref_b.values()), rel=1e-12)
+        assert s.ask_notional[0] == pytest.approx(100.0 * sum(ref_a.values()), rel=1e-12)
+        assert s.bid_depth[0] == pytest.approx(sum(100.0 * q / p for p, q in ref_b.items()), rel=1e-9)
+        assert s.ask_depth[0] == pytest.approx(sum(100.0 * q / p for p, q in ref_a.items()), rel=1e-9)
