@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import orjson
@@ -171,8 +171,8 @@ class DepthDiff:
     first_id: int  # U
     last_id: int  # u
     prev_id: int | None  # pu (futures only)
-    bids: list
-    asks: list
+    bids: list[Any]  # [[price, qty], ...] as decimal strings, as received
+    asks: list[Any]
     recv_ns: int  # recorder's local receive time, unix ns
     file: str
     line: int
@@ -183,8 +183,8 @@ class DepthSnapshot:
     """One REST depth snapshot."""
 
     last_update_id: int
-    bids: list
-    asks: list
+    bids: list[Any]
+    asks: list[Any]
     recv_ns: int
     file: str
     line: int
@@ -321,7 +321,9 @@ class DepthBook:
 def _open_lines(path: Path) -> IO[bytes]:
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    if magic == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 def iter_depth_records(path: Path) -> Iterator[DepthDiff | DepthSnapshot | dict[str, Any]]:
