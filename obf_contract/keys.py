@@ -24,7 +24,7 @@ KEY_PREFIX = "asset_"
 KEY_SUFFIX = "_ob"
 SYMBOL_MIN_LEN = 2
 SYMBOL_MAX_LEN = 40
-SYMBOL_RE = re.compile(r"^[A-Z0-9](?:[A-Z0-9_-]{0,38})[A-Z0-9]$")
+SYMBOL_RE = re.compile(rf"^[A-Z0-9][A-Z0-9_-]{{{SYMBOL_MIN_LEN - 2},{SYMBOL_MAX_LEN - 2}}}[A-Z0-9]$")
 # Member-side key filter (Hazelcast ``Predicates.regex`` on ``__key``: Java ``Matcher.matches``,
 # i.e. a full match): every key that starts with ``asset_`` and ends with ``_ob``, whatever is
 # between (``(?s)``: even a line break), so a malformed symbol reaches the worker and is counted

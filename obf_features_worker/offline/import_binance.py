@@ -65,12 +65,12 @@ DEFAULT_MAX_BUFFERED = 100_000
 _EDGE_TOL = 1e-9
 
 _DEPTH_MARK = b'"depthUpdate"'
+_SNAPSHOT_MARK = b'"lastUpdateId"'
 # Binance COIN-M contract face values (USD per contract): BTC contracts 100 USD, every other coin 10 USD.
 COIN_M_BTC_CONTRACT_USD = 100.0
 COIN_M_DEFAULT_CONTRACT_USD = 10.0
 # A COIN-M symbol when the message carries no pair (``ps``): <COIN>USD_PERP or <COIN>USD_<yymmdd>.
 _COIN_M_SYMBOL_RE = re.compile(r"^([A-Z0-9]+USD)_(PERP|[0-9]{6})$")
-_SNAPSHOT_MARK = b'"lastUpdateId"'
 
 
 class Market(str, enum.Enum):
