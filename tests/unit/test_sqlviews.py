@@ -67,6 +67,15 @@ def test_rename_never_touches_string_literals():
     assert sts[0].text == "SELECT JSON_VALUE(this, '$.DOLPHIN_OBF_LATEST') FROM X"
 
 
+def test_symbols_with_underscore_and_dash_survive_splitting_and_renames():
+    text = ("SELECT JSON_VALUE(this, '$.assets.\"1000PEPE-USDT\".signal.imbalance' RETURNING DOUBLE) AS a, "
+            "JSON_VALUE(this, '$.assets.BTCUSD_PERP.signal') AS b FROM DOLPHIN_OBF_FEATURES; "
+            "SELECT symbol FROM DOLPHIN_OBF_LATEST WHERE symbol IN ('BTCUSD_PERP', 'ETHUSD_250328')")
+    a, b = split_statements(text, rename={"DOLPHIN_OBF_FEATURES": "F", "DOLPHIN_OBF_LATEST": "L"})
+    assert a.text == text.split("; ")[0].replace("DOLPHIN_OBF_FEATURES", "F")
+    assert b.text == "SELECT symbol FROM L WHERE symbol IN ('BTCUSD_PERP', 'ETHUSD_250328')"
+
+
 @pytest.mark.parametrize("bad", ["SELECT 'open", 'SELECT "open', "SELECT 1 /* open"])
 def test_unterminated_tokens_fail_with_a_line(bad):
     with pytest.raises(SqlFileError, match="line 1"):
