@@ -9,16 +9,22 @@ Why each default is neutral (it must not push a trading decision either way):
 * Relative measures sit at their "normal" point, where a consumer applies no adjustment:
   ``depth_quality`` 1.0 (depth equals its own reference depth), ``fill_probability`` 0.5
   (= 1.0 / (1 + 1.0), the value the definition gives at normal depth; a coin flip).
-* Signed measures in [-1, 1] sit at 0 (no direction): ``imbalance``, ``imbalance_ma5``,
-  ``imbalance_persistence``, ``depth_asymmetry``, ``median_imbalance``, ``depth_pressure``.
+* Signed measures sit at 0 (no direction): ``imbalance``, ``imbalance_ma5``,
+  ``imbalance_persistence``, ``depth_asymmetry``, ``median_imbalance``, ``depth_pressure``,
+  ``notional_pressure``.
 * Rates of change sit at 0 (nothing is moving): ``withdrawal_velocity``,
   ``depth_velocity``, ``acceleration``; so no cascade either: ``cascade_count`` 0,
   ``cascade_regime`` "CALM" (the regime that imposes no risk veto).
 * ``agreement_pct`` 50.0: half the market agrees, i.e. no consensus; a real directional
   median never yields less agreement than about half, so 50 never reads as a consensus.
 * Absolute levels have no neutral value, so they read "not measured": ``depth_1pct_usd``
-  0.0 and ``spread_proxy_bps`` 0.0. Decide on the relative fields above, or check
+  0.0, ``spread_proxy_bps`` 0.0 and ``depth_ref_usd`` 0.0. Decide on the relative fields above, or check
   ``HazelcastOBEngine.resolve(...).kind`` before trusting absolute levels.
+
+Drop-in: ``OBMacroFeatures`` carries the in-process engine's six fields under its names and in
+its order (``median_imbalance, agreement_pct, depth_pressure, cascade_regime, depth_velocity,
+acceleration``), so its constructor calls work unchanged; fields of ours come after them, with
+defaults. ``OBMarketFeatures`` keeps the first three (+ ``notional_pressure``).
 
 Records are decoded once, on arrival, by ``decode_bar``; the returned objects are immutable
 and shared by every reader thread. This module imports only the stdlib and orjson.
@@ -37,7 +43,7 @@ from typing import Any, Literal
 
 import orjson
 
-SCHEMA_VERSION = 1  # the record schema this adapter reads (obf_contract.record)
+SCHEMA_VERSION = 2  # the record schema this adapter reads (obf_contract.record)
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})
@@ -79,29 +85,39 @@ class OBMarketFeatures:
     """Cross-asset view of one bar.
 
     median_imbalance: [-1, 1] (neutral 0.0). agreement_pct: [0, 100], share of assets whose
-    imbalance sign equals the median's (neutral 50.0 = no consensus). depth_pressure: [-1, 1]
-    (neutral 0.0).
+    imbalance sign equals the median's (neutral 50.0 = no consensus). depth_pressure: plain sum
+    of the present assets' imbalances, [-n_present, n_present] (in-process engine; neutral 0.0).
+    notional_pressure: (sum bid USD - sum ask USD) / (sum bid USD + sum ask USD), [-1, 1] (ours;
+    neutral 0.0).
     """
 
     median_imbalance: float = 0.0
     agreement_pct: float = 50.0
     depth_pressure: float = 0.0
+    notional_pressure: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class OBMacroFeatures:
-    """Liquidity-withdrawal regime of the whole market in one bar.
+    """Cross-asset consensus and liquidity-withdrawal regime of the whole market in one bar.
 
-    cascade_count: assets withdrawing depth faster than the threshold, >= 0 (neutral 0).
-    cascade_regime: "CALM" | "STRESS" | "CASCADE" (neutral "CALM": no risk veto).
-    depth_velocity: market depth index change per bar (neutral 0.0).
-    acceleration: change of depth_velocity since the previous bar (neutral 0.0).
+    The in-process engine's six fields, in its order: median_imbalance, agreement_pct,
+    depth_pressure (as ``OBMarketFeatures``); cascade_regime: "CALM" | "STRESS" | "CASCADE"
+    (neutral "CALM": no risk veto); depth_velocity: fraction of ``depth_ref_usd`` per bar over the
+    depth lookback (neutral 0.0); acceleration: change of depth_velocity since the previous bar
+    (neutral 0.0). Ours, after them: cascade_count: assets withdrawing depth faster than the
+    threshold, >= 0 (neutral 0); depth_ref_usd: USD, mean over the universe of each asset's EMA
+    reference depth (neutral 0.0 = not measured).
     """
 
-    cascade_count: int = 0
+    median_imbalance: float = 0.0
+    agreement_pct: float = 50.0
+    depth_pressure: float = 0.0
     cascade_regime: CascadeRegime = "CALM"
     depth_velocity: float = 0.0
     acceleration: float = 0.0
+    cascade_count: int = 0
+    depth_ref_usd: float = 0.0
 
 
 NEUTRAL_PLACEMENT = OBPlacementFeatures()
@@ -141,6 +157,8 @@ class BarFeatures:
     worker_id: str | None = None
     computed_at: float | None = None  # unix s, when the worker computed the bar
     symbols: frozenset[str] = frozenset()
+    universe_size: int | None = None  # the worker's universe of the cross-asset depth (record "universe")
+    universe_hash: str | None = None  # obf_contract.record.universe_hash of its symbols
 
     def __post_init__(self) -> None:
         if len(self.symbols) != len(self.assets):  # built without symbols (decode_bar always sets them)
@@ -191,9 +209,13 @@ def bar_from_record(rec: Any) -> BarFeatures:
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordRejected("market", str(exc)) from None
     try:
-        macro = _macro(rec.get("macro"))
+        macro = _macro(rec.get("macro"), market)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordRejected("macro", str(exc)) from None
+    universe = rec.get("universe")
+    universe = universe if type(universe) is dict else {}
+    u_size = universe.get("size")
+    u_hash = universe.get("hash")
 
     producer = rec.get("producer")
     producer = producer if type(producer) is dict else {}
@@ -213,6 +235,8 @@ def bar_from_record(rec: Any) -> BarFeatures:
         worker_id=worker_id if type(worker_id) is str else None,
         computed_at=float(computed_at) if type(computed_at) in (int, float) else None,
         symbols=_shared_symbols(assets),
+        universe_size=u_size if type(u_size) is int else None,
+        universe_hash=u_hash if type(u_hash) is str else None,
     )
 
 
@@ -326,12 +350,15 @@ def _market(m: Any) -> OBMarketFeatures | None:
         median_imbalance=_num(m, "median_imbalance"),
         agreement_pct=_num(m, "agreement_pct"),
         depth_pressure=_num(m, "depth_pressure"),
+        notional_pressure=_num(m, "notional_pressure"),
     )
 
 
-def _macro(m: Any) -> OBMacroFeatures | None:
+def _macro(m: Any, market: OBMarketFeatures | None) -> OBMacroFeatures | None:
     if m is None:
         return None
+    if market is None:
+        raise ValueError("macro without market")
     if type(m) is not dict:
         raise TypeError("macro is not an object or null")
     count = m["cascade_count"]
@@ -343,8 +370,12 @@ def _macro(m: Any) -> OBMacroFeatures | None:
     if regime not in CASCADE_REGIMES:
         raise ValueError(f"cascade_regime {regime!r} is not one of {sorted(CASCADE_REGIMES)}")
     return OBMacroFeatures(
-        cascade_count=count,
+        median_imbalance=market.median_imbalance,
+        agreement_pct=market.agreement_pct,
+        depth_pressure=market.depth_pressure,
         cascade_regime=regime,
         depth_velocity=_num(m, "depth_velocity"),
         acceleration=_num(m, "acceleration"),
+        cascade_count=count,
+        depth_ref_usd=_num(m, "depth_ref_usd"),
     )

@@ -6,13 +6,16 @@ Encoding is deterministic (sorted keys, shortest round-trip floats) and refuses 
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
-SCHEMA_VERSION = 1
+# 2: the in-process engine's depth_pressure / depth_velocity, market.notional_pressure,
+# macro.depth_ref_usd and the record's universe (docs/contract.md).
+SCHEMA_VERSION = 2
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 
@@ -43,14 +46,24 @@ class AssetRecord(TypedDict):
 class MarketRecord(TypedDict):
     median_imbalance: float  # [-1, 1]
     agreement_pct: float  # [0, 100]
-    depth_pressure: float  # [-1, 1]
+    depth_pressure: float  # [-n_present, n_present]: plain sum of the present assets' imbalances
+    notional_pressure: float  # [-1, 1]: (sum bid USD - sum ask USD) / (sum bid USD + sum ask USD)
 
 
 class MacroRecord(TypedDict):
     cascade_count: int  # [0, n_present]
     cascade_regime: CascadeRegime
-    depth_velocity: float  # market depth index change per bar
+    depth_velocity: float  # fraction of depth_ref_usd per bar over the depth lookback
     acceleration: float  # change of depth_velocity since the previous bar with assets
+    depth_ref_usd: float  # USD, >= 0: mean over the universe of each asset's EMA reference depth
+
+
+class UniverseRecord(TypedDict):
+    """The assets the cross-asset depth is averaged over (``universe_hash`` of their symbols)."""
+
+    configured: bool  # the worker's --assets list (True) or every asset seen so far (False)
+    size: int
+    hash: str
 
 
 class ProducerRecord(TypedDict):
@@ -72,7 +85,14 @@ class BarRecord(TypedDict):
     market: MarketRecord | None
     macro: MacroRecord | None
     degraded: bool
+    universe: UniverseRecord
     producer: NotRequired[ProducerRecord]
+
+
+def universe_hash(symbols: Iterable[str]) -> str:
+    """16 hex digits naming a set of symbols (order and repeats do not matter)."""
+    text = "\n".join(sorted(set(symbols)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def dumps_record(rec: Mapping[str, Any]) -> bytes:

@@ -59,7 +59,8 @@ class ReferenceFeatures:
     stress_share: float = 0.25
     cascade_share: float = 0.5
     history: dict[str, _AssetHistory] = field(default_factory=dict)
-    market_index: list[float] = field(default_factory=list)
+    universe: Sequence[str] | None = None  # configured assets; None = every asset present so far
+    market_index: list[float] = field(default_factory=list)  # depth_ref_usd of each non-empty bar
     prev_depth_velocity: float | None = None
 
     def asset(self, symbol: str, bid: Sequence[float], ask: Sequence[float]) -> dict[str, float]:
@@ -113,9 +114,10 @@ class ReferenceFeatures:
         agreeing = [x for x in imbs if sign(x) == sign(median)]
         sum_b = total(f["_B"] for f in assets.values())
         sum_a = total(f["_A"] for f in assets.values())
-        pressure = 0.0 if sum_b + sum_a == 0 else (sum_b - sum_a) / (sum_b + sum_a)
+        notional = 0.0 if sum_b + sum_a == 0 else (sum_b - sum_a) / (sum_b + sum_a)
+        # In-process engine: depth_pressure is the plain sum of the present assets' imbalances.
         market = {"median_imbalance": median, "agreement_pct": 100 * (len(agreeing) / n),
-                  "depth_pressure": pressure}
+                  "depth_pressure": total(imbs), "notional_pressure": notional}
 
         count = sum(1 for f in assets.values() if f["withdrawal_velocity"] < -self.cascade_threshold)
         if count / n >= self.cascade_share:
@@ -124,14 +126,20 @@ class ReferenceFeatures:
             regime = "STRESS"
         else:
             regime = "CALM"
-        self.market_index.append(total(f["depth_quality"] for f in assets.values()) / n)
+        # In-process engine: the macro depth is the mean over the universe of each asset's EMA
+        # reference (0 for a universe asset never present), its velocity the withdrawal formula.
+        members = sorted(set(self.universe)) if self.universe is not None else sorted(self.history)
+        refs = [self.history[s].ref if s in self.history else 0.0 for s in members]
+        depth_ref = total(refs) / len(members)
+        self.market_index.append(depth_ref)
         held = self.market_index[-self.depth_lookback:]
         k = len(held) - 1
-        velocity = 0.0 if k == 0 else (held[-1] - held[0]) / k
+        oldest = held[0]
+        velocity = 0.0 if k == 0 or oldest <= 0 else (held[-1] - oldest) / oldest / k
         acceleration = 0.0 if self.prev_depth_velocity is None else velocity - self.prev_depth_velocity
         self.prev_depth_velocity = velocity
         macro = {"cascade_count": count, "cascade_regime": regime, "depth_velocity": velocity,
-                 "acceleration": acceleration}
+                 "acceleration": acceleration, "depth_ref_usd": depth_ref}
         for f in assets.values():
             del f["_B"], f["_A"]
         return {"assets": assets, "market": market, "macro": macro}

@@ -22,14 +22,20 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 from obf_contract.keys import SYMBOL_RE
-from obf_features_worker.engine.feature_engine import STATE_KIND, STATE_VERSION, FeatureEngine, StateMismatch
+from obf_features_worker.engine.feature_engine import (
+    STATE_KIND,
+    STATE_VERSION,
+    FeatureEngine,
+    StateMismatch,
+    normalise_universe,
+)
 from obf_features_worker.engine.params import FeatureParams
 
 log = logging.getLogger(__name__)
@@ -78,10 +84,11 @@ class Checkpoint:
     seqs: Mapping[str, int] = field(repr=False)
     epoch: int | None = None
     records: Mapping[int, str] = field(default_factory=dict, repr=False)
+    universe: tuple[str, ...] | None = None  # the engine's configured universe (None = every asset seen)
 
     def restore_engine(self) -> FeatureEngine:
         """A fresh engine in exactly the checkpointed state (its ``last_bar_idx`` == ``bar_idx``)."""
-        return FeatureEngine.from_state(self.engine_state, self.params)
+        return FeatureEngine.from_state(self.engine_state, self.params, universe=self.universe)
 
 
 def capture(
@@ -112,6 +119,7 @@ def capture(
         seqs=dict(seqs),
         epoch=epoch,
         records=dict(records or {}),
+        universe=engine.universe,
     )
     try:
         _check_fields(_body(cp))
@@ -140,12 +148,15 @@ def decode(
     now_bar_idx: int | None,
     max_age_bars: int,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    universe: Iterable[str] | None = None,
 ) -> Checkpoint:
     """Validate ``data`` (bytes, str, or anything with ``to_string()``) into a usable Checkpoint.
 
     now_bar_idx: the bar the caller is about to close next or has just closed; the checkpoint's
     bar must satisfy ``now_bar_idx - max_age_bars <= bar_idx <= now_bar_idx``. None skips the
     age checks (e.g. to read the epoch or the pending records of any valid checkpoint).
+    universe: the caller's configured asset list (None = every asset seen); a checkpoint of
+    another universe is refused with reason ``params``.
     Raises CheckpointRejected with reason ``missing`` (``data`` is None: no entry), ``corrupt``
     (undecodable, checksum mismatch, malformed fields or engine state), ``version`` (other format
     or engine-state version), ``params`` (engine parameters differ from ``params``), ``too_old``
@@ -158,7 +169,11 @@ def decode(
         raise TypeError(f"now_bar_idx must be an int and max_age_bars an int >= 0, "
                         f"got {now_bar_idx!r}, {max_age_bars!r}")
     try:
-        return _decode(data, params, now_bar_idx, max_age_bars, max_bytes)
+        wanted = normalise_universe(universe)
+    except ValueError as exc:
+        raise TypeError(f"universe: {exc}") from None
+    try:
+        return _decode(data, params, now_bar_idx, max_age_bars, max_bytes, wanted)
     except CheckpointRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - garbage must be refused, never crash the start-up
@@ -166,7 +181,7 @@ def decode(
 
 
 def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_age_bars: int,
-            max_bytes: int) -> Checkpoint:
+            max_bytes: int, universe: tuple[str, ...] | None) -> Checkpoint:
     if data is None:
         raise CheckpointRejected("missing", "no checkpoint entry")
     raw = _raw_bytes(data)
@@ -200,8 +215,9 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_ag
     if state.get("kind") != STATE_KIND:
         raise CheckpointRejected("corrupt", f"engine state kind {state.get('kind')!r:.60}")
     if state_version != STATE_VERSION:
-        raise CheckpointRejected("version", f"engine state version {state_version!r:.60}, "
-                                            f"this worker's engine is version {STATE_VERSION}")
+        raise CheckpointRejected("version", f"engine state version {state_version!r:.60} (an older schema whose "
+                                            f"features are computed differently), this worker's engine is "
+                                            f"version {STATE_VERSION}: not restored")
 
     try:
         stored_params = FeatureParams.from_dict(body["params"])
@@ -212,6 +228,11 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_ag
         raise CheckpointRejected("params", f"engine parameters differ: {diff}")
     if state.get("params") != body["params"]:
         raise CheckpointRejected("corrupt", "engine state parameters differ from the checkpoint's")
+    stored_universe = state.get("universe")
+    if (tuple(stored_universe) if type(stored_universe) is list else stored_universe) != universe:
+        have = "every asset seen" if stored_universe is None else f"{len(stored_universe)} configured assets"
+        want = "every asset seen" if universe is None else f"{len(universe)} configured assets"
+        raise CheckpointRejected("params", f"asset universe differs: checkpoint={have} worker={want}")
 
     bar_idx = body["bar_idx"]
     if now_bar_idx is not None and bar_idx > now_bar_idx:
@@ -224,7 +245,7 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_ag
         raise CheckpointRejected("corrupt", f"engine state last bar {state.get('last_bar_idx')!r:.40} "
                                             f"!= checkpoint bar {bar_idx}")
     try:
-        FeatureEngine.from_state(state, params)  # a state that cannot be restored is refused here
+        FeatureEngine.from_state(state, params, universe=universe)  # a state that cannot be restored is refused here
     except StateMismatch as exc:
         raise CheckpointRejected("corrupt", f"engine state: {exc}"[:300]) from None
 
@@ -238,6 +259,7 @@ def _decode(data: object, params: FeatureParams, now_bar_idx: int | None, max_ag
         seqs=dict(body["seqs"]),
         epoch=body["epoch"],
         records={int(k): v for k, v in body.get("records", {}).items()},
+        universe=universe,
     )
 
 

@@ -6,26 +6,33 @@ ring buffers indexed by an asset slot; slots are assigned on first appearance (i
 order within a bar) and capacity doubles as assets appear, so memory is bounded by
 assets x lookback. Present assets are always processed in sorted symbol order, which makes
 every cross-asset sum independent of the caller's mapping order.
+
+The universe of the aggregate depth (``depth_ref_usd``) is the configured asset list (an asset
+never present counts 0) or, when none is configured, every asset present in at least one bar so
+far. Each record names it by size and hash (``record["universe"]``) so the trader can tell when
+its own asset list differs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from obf_contract.keys import SYMBOL_RE
-from obf_contract.record import SCHEMA_VERSION, BarRecord
+from obf_contract.record import SCHEMA_VERSION, BarRecord, universe_hash
 from obf_features_worker.engine import kernels as K
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import MAX_LEVELS, Snapshot
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+# 2: depth_pressure / depth_velocity follow the in-process engine (market history holds
+# depth_ref_usd, not the mean depth_quality) and the state names its universe.
+STATE_VERSION = 2
 _ROW_ORDER = (K.COL_DEPTH, K.COL_IMBALANCE, K.COL_DEPTH_ASYMMETRY, K.COL_DEPTH_QUALITY, K.COL_FILL_PROBABILITY,
               K.COL_SPREAD_PROXY, K.COL_IMBALANCE_MA, K.COL_IMBALANCE_PERSISTENCE, K.COL_WITHDRAWAL_VELOCITY,
               K.COL_BID_USD, K.COL_ASK_USD)
@@ -41,10 +48,13 @@ class StateMismatch(ValueError):
 class FeatureEngine:
     """Stateful feature computation over bars; see docs/features.md for the definitions."""
 
-    def __init__(self, params: FeatureParams | None = None, *, initial_capacity: int = 64) -> None:
+    def __init__(self, params: FeatureParams | None = None, *, universe: Iterable[str] | None = None,
+                 initial_capacity: int = 64) -> None:
+        """universe: the configured asset list (``--assets``) or None (every asset seen so far)."""
         self.params = params if params is not None else FeatureParams()
         if not isinstance(self.params, FeatureParams):
             raise TypeError(f"params must be FeatureParams, got {type(self.params).__name__}")
+        self.universe = normalise_universe(universe)
         cap = max(1, int(initial_capacity))
         p = self.params
         self._slots: dict[str, int] = {}
@@ -60,6 +70,9 @@ class FeatureEngine:
         self._empty_streak = 0
         self.degraded = False
         self.last_bar_idx: int | None = None
+        self._universe_slots = np.zeros(0, dtype=np.int64)  # rebuilt when an asset is added
+        self._universe_info: dict[str, Any] = {}
+        self._universe_dirty = True
 
     @property
     def assets(self) -> tuple[str, ...]:
@@ -106,6 +119,8 @@ class FeatureEngine:
         for sym in symbols:
             if sym not in self._slots:
                 self._add_asset(sym)
+        if self._universe_dirty:
+            self._rebuild_universe()
         slots = np.fromiter((self._slots[s] for s in symbols), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(n_levels, out=offsets[1:])
@@ -118,7 +133,7 @@ class FeatureEngine:
             p.band_span_bps, p.ref_notional_usd, p.ema_alpha, p.ma_window,
             p.cascade_threshold, p.stress_share, p.cascade_share,
             self._ref_depth, self._n_obs, self._imb_hist, self._depth_hist,
-            self._market_hist, self._market_n, self._prev_velocity,
+            self._universe_slots, self._market_hist, self._market_n, self._prev_velocity,
             asset_out, self._market_out,
         )
         self.last_bar_idx = bar_idx
@@ -164,12 +179,14 @@ class FeatureEngine:
             "median_imbalance": mk[K.MKT_MEDIAN_IMBALANCE],
             "agreement_pct": mk[K.MKT_AGREEMENT_PCT],
             "depth_pressure": mk[K.MKT_DEPTH_PRESSURE],
+            "notional_pressure": mk[K.MKT_NOTIONAL_PRESSURE],
         }
         macro = {
             "cascade_count": int(mk[K.MKT_CASCADE_COUNT]),
             "cascade_regime": K.REGIME_NAMES[int(mk[K.MKT_CASCADE_REGIME])],
             "depth_velocity": mk[K.MKT_DEPTH_VELOCITY],
             "acceleration": mk[K.MKT_ACCELERATION],
+            "depth_ref_usd": mk[K.MKT_DEPTH_REF_USD],
         }
         return self._record(bar_idx, bar_ts, assets, market, macro)
 
@@ -185,7 +202,24 @@ class FeatureEngine:
             "market": market,
             "macro": macro,
             "degraded": self.degraded,
+            "universe": self.universe_info(),
         }
+
+    def universe_info(self) -> dict[str, Any]:
+        """The universe of the cross-asset depth: ``{"configured": bool, "size": n, "hash": hex}``."""
+        if self._universe_dirty:
+            self._rebuild_universe()
+        return dict(self._universe_info)
+
+    def _rebuild_universe(self) -> None:
+        members = self.universe if self.universe is not None else tuple(sorted(self._symbols))
+        slots = [self._slots.get(sym, -1) for sym in members]
+        # An empty universe (nothing configured, nothing seen) only happens on empty bars,
+        # which never reach the kernel; keep one slot so the kernel never divides by zero.
+        self._universe_slots = np.array(slots if slots else [-1], dtype=np.int64)
+        self._universe_info = {"configured": self.universe is not None, "size": len(members),
+                               "hash": universe_hash(members)}
+        self._universe_dirty = False
 
     def _note_empty_bar(self, bar_idx: int) -> None:
         self._empty_streak += 1
@@ -202,6 +236,7 @@ class FeatureEngine:
             self._grow(2 * self.capacity)
         self._slots[symbol] = slot
         self._symbols.append(symbol)
+        self._universe_dirty = True
 
     def _grow(self, cap: int) -> None:
         def grown(a: np.ndarray) -> np.ndarray:
@@ -223,6 +258,7 @@ class FeatureEngine:
             "kind": STATE_KIND,
             "version": STATE_VERSION,
             "params": self.params.to_dict(),
+            "universe": None if self.universe is None else list(self.universe),
             "assets": list(self._symbols),
             "n_obs": self._n_obs[:n].tolist(),
             "ref_depth": self._ref_depth[:n].tolist(),
@@ -230,7 +266,7 @@ class FeatureEngine:
             "depth_history": self._depth_hist[:n].tolist(),
             "market": {
                 "n_obs": int(self._market_n[0]),
-                "depth_index_history": self._market_hist.tolist(),
+                "depth_ref_history": self._market_hist.tolist(),
                 "prev_depth_velocity": float(self._prev_velocity[0]),
             },
             "empty_streak": self._empty_streak,
@@ -239,8 +275,10 @@ class FeatureEngine:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], params: FeatureParams) -> FeatureEngine:
-        """Rebuild an engine from ``export_state()``; StateMismatch if it does not fit ``params``."""
+    def from_state(cls, state: Mapping[str, Any], params: FeatureParams, *,
+                   universe: Iterable[str] | None = None) -> FeatureEngine:
+        """Rebuild an engine from ``export_state()``; StateMismatch if it does not fit ``params``
+        and ``universe`` (the configured asset list, None = every asset seen)."""
         if not isinstance(state, Mapping):
             raise StateMismatch(f"state must be a mapping, got {type(state).__name__}")
         if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
@@ -250,20 +288,26 @@ class FeatureEngine:
             )
         if state.get("params") != params.to_dict():
             raise StateMismatch(f"state params {state.get('params')!r} differ from {params.to_dict()!r}")
+        wanted = normalise_universe(universe)
+        stored = state.get("universe")
+        if (None if stored is None else tuple(stored) if type(stored) is list else stored) != wanted:
+            raise StateMismatch(f"state universe {_universe_text(stored)} differs from the configured "
+                                f"{_universe_text(wanted)}")
         try:
-            return cls._restore(state, params)
+            return cls._restore(state, params, wanted)
         except StateMismatch:
             raise
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise StateMismatch(f"malformed engine state: {exc}") from None
 
     @classmethod
-    def _restore(cls, state: Mapping[str, Any], params: FeatureParams) -> FeatureEngine:
+    def _restore(cls, state: Mapping[str, Any], params: FeatureParams,
+                 universe: tuple[str, ...] | None) -> FeatureEngine:
         symbols = state["assets"]
         if type(symbols) is not list or len(set(symbols)) != len(symbols):
             raise StateMismatch("state assets must be a list of distinct symbols")
         n = len(symbols)
-        engine = cls(params, initial_capacity=max(64, n))
+        engine = cls(params, universe=universe, initial_capacity=max(64, n))
         for sym in symbols:
             if type(sym) is not str:
                 raise StateMismatch(f"state asset {sym!r} is not a string")
@@ -275,8 +319,8 @@ class FeatureEngine:
         depth = _float_array(state["depth_history"], (n, params.depth_lookback), "depth_history")
         market = state["market"]
         market_n = _int_array([market["n_obs"]], (1,), "market.n_obs")
-        market_hist = _float_array(market["depth_index_history"], (params.depth_lookback,),
-                                   "market.depth_index_history")
+        market_hist = _float_array(market["depth_ref_history"], (params.depth_lookback,),
+                                   "market.depth_ref_history")
         prev_velocity = _float_array([market["prev_depth_velocity"]], (1,), "market.prev_depth_velocity")
         empty_streak = state["empty_streak"]
         degraded = state["degraded"]
@@ -299,6 +343,29 @@ class FeatureEngine:
         engine.degraded = degraded
         engine.last_bar_idx = last_bar_idx
         return engine
+
+
+def normalise_universe(universe: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The configured universe as sorted distinct valid symbols (None stays None); ValueError if bad."""
+    if universe is None:
+        return None
+    if isinstance(universe, str):
+        raise ValueError("universe must be a collection of symbols, not a string")
+    members = tuple(sorted(set(universe)))
+    if not members:
+        raise ValueError("universe must name at least one symbol (or be None for every asset seen)")
+    for sym in members:
+        if type(sym) is not str or SYMBOL_RE.fullmatch(sym) is None:
+            raise ValueError(f"invalid symbol {sym!r} in universe")
+    return members
+
+
+def _universe_text(universe: Any) -> str:
+    if universe is None:
+        return "(every asset seen)"
+    if isinstance(universe, (list, tuple)):
+        return f"of {len(universe)} assets ({universe_hash([str(s) for s in universe])})"
+    return repr(universe)[:60]
 
 
 def _float_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:

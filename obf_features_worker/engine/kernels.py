@@ -9,7 +9,8 @@ of present asset i are ``bid[offsets[i]:offsets[i+1]]`` / ``ask[...]``, level 0 
 
 State layout (rows indexed by asset slot): ``n_obs[s]`` = bars in which the asset was present;
 ``imb_hist[s]`` / ``depth_hist[s]`` are ring buffers written at ``n_obs % lookback``.
-The market depth index history works the same way with ``market_n[0]``.
+The aggregate depth history (``depth_ref_usd``, the in-process engine's macro depth) works the
+same way with ``market_n[0]``.
 
 Sums run left to right in a fixed order (assets in the caller's order, bands from the mid
 outwards), so the same inputs give bit-identical outputs.
@@ -42,7 +43,9 @@ MKT_CASCADE_COUNT = 3
 MKT_CASCADE_REGIME = 4  # one of REGIME_*
 MKT_DEPTH_VELOCITY = 5
 MKT_ACCELERATION = 6
-N_MARKET_COLS = 7
+MKT_NOTIONAL_PRESSURE = 7  # (sum B - sum A) / (sum B + sum A), [-1, 1]
+MKT_DEPTH_REF_USD = 8  # mean over the universe of each asset's EMA reference depth, USD
+N_MARKET_COLS = 9
 
 REGIME_CALM = 0
 REGIME_STRESS = 1
@@ -170,12 +173,19 @@ def step_market(
     cascade_threshold: float,
     stress_share: float,
     cascade_share: float,
-    market_hist: np.ndarray,  # float64[depth_lookback], state: market depth index history
+    ref_depth: np.ndarray,  # float64[cap]: EMA reference depth per slot (already updated this bar)
+    universe_slots: np.ndarray,  # int64[u], u >= 1: slot of each universe asset in symbol order, -1 = never seen
+    market_hist: np.ndarray,  # float64[depth_lookback], state: depth_ref_usd history
     market_n: np.ndarray,  # int64[1], state: bars with at least one asset present
     prev_velocity: np.ndarray,  # float64[1], state: previous bar's depth_velocity
     out: np.ndarray,  # float64[N_MARKET_COLS]
 ) -> None:
-    """Cross-asset market and macro values of one bar with n >= 1 assets present."""
+    """Cross-asset market and macro values of one bar with n >= 1 assets present.
+
+    The in-process engine's per-bar loop defines depth_pressure (plain sum of the present
+    assets' imbalances) and the macro depth (mean reference depth over the universe, whose
+    velocity is the per-asset withdrawal-velocity formula); docs/features.md.
+    """
     n = asset_out.shape[0]
     imbs = asset_out[:, COL_IMBALANCE].copy()
     imbs.sort()
@@ -190,17 +200,18 @@ def step_market(
     cascades = 0
     bid_total = 0.0
     ask_total = 0.0
-    quality_total = 0.0
+    pressure = 0.0
     for i in range(n):
-        if _sign(asset_out[i, COL_IMBALANCE]) == median_sign:
+        imbalance = asset_out[i, COL_IMBALANCE]
+        if _sign(imbalance) == median_sign:
             agree += 1
         if asset_out[i, COL_WITHDRAWAL_VELOCITY] < -cascade_threshold:
             cascades += 1
         bid_total += asset_out[i, COL_BID_USD]
         ask_total += asset_out[i, COL_ASK_USD]
-        quality_total += asset_out[i, COL_DEPTH_QUALITY]
+        pressure += imbalance
     both = bid_total + ask_total
-    pressure = (bid_total - ask_total) / both if both != 0.0 else 0.0
+    notional_pressure = (bid_total - ask_total) / both if both != 0.0 else 0.0
 
     share = cascades / n
     if share >= cascade_share:
@@ -210,15 +221,25 @@ def step_market(
     else:
         regime = REGIME_CALM
 
-    index = quality_total / n
+    ref_total = 0.0
+    u = universe_slots.shape[0]
+    for j in range(u):
+        s = universe_slots[j]
+        if s >= 0:
+            ref_total += ref_depth[s]
+    depth_ref = ref_total / u
     hist_len = market_hist.shape[0]
     t = market_n[0]
-    market_hist[t % hist_len] = index
+    market_hist[t % hist_len] = depth_ref
     t += 1
     market_n[0] = t
     held = min(t, hist_len)
     oldest = market_hist[(t - held) % hist_len]
-    velocity = (index - oldest) / (held - 1) if held > 1 else 0.0
+    k_span = held - 1
+    if k_span > 0 and oldest > 0.0:
+        velocity = (depth_ref - oldest) / oldest / k_span
+    else:
+        velocity = 0.0
     acceleration = velocity - prev_velocity[0] if t > 1 else 0.0
     prev_velocity[0] = velocity
 
@@ -229,6 +250,8 @@ def step_market(
     out[MKT_CASCADE_REGIME] = regime
     out[MKT_DEPTH_VELOCITY] = velocity
     out[MKT_ACCELERATION] = acceleration
+    out[MKT_NOTIONAL_PRESSURE] = notional_pressure
+    out[MKT_DEPTH_REF_USD] = depth_ref
 
 
 @njit(cache=True)
@@ -248,6 +271,7 @@ def step_bar(
     n_obs: np.ndarray,
     imb_hist: np.ndarray,
     depth_hist: np.ndarray,
+    universe_slots: np.ndarray,
     market_hist: np.ndarray,
     market_n: np.ndarray,
     prev_velocity: np.ndarray,
@@ -257,5 +281,5 @@ def step_bar(
     """One bar with n >= 1 present assets: ``step_assets`` then ``step_market`` in one call."""
     step_assets(slots, offsets, bid, ask, band_span_bps, ref_notional, ema_alpha, ma_window,
                 ref_depth, n_obs, imb_hist, depth_hist, asset_out)
-    step_market(asset_out, cascade_threshold, stress_share, cascade_share,
+    step_market(asset_out, cascade_threshold, stress_share, cascade_share, ref_depth, universe_slots,
                 market_hist, market_n, prev_velocity, market_out)

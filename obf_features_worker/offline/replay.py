@@ -31,9 +31,10 @@ import orjson
 
 from obf_contract.record import dumps_record
 from obf_features_worker.engine import snapshot
-from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.feature_engine import FeatureEngine, normalise_universe
 from obf_features_worker.engine.ingest import SnapshotBook, present_at
 from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service.config import comma_list
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,15 @@ def replay_records(
     stats: ReplayStats | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_payload_bytes: int = 65_536,
+    assets: Iterable[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Replay snapshot lines into BarRecords (see the module docstring for the rules).
 
     bar_seconds: bar length in s (> 0). max_age_s: staleness limit in s (>= 0, default 2*bar_seconds).
     stats: filled in as the replay runs (complete once the iterator is exhausted).
     progress: called as ``progress(bars_done, bars_total)`` after each bar.
+    assets: the worker's ``--assets`` (only these count, and they are the universe of the
+    cross-asset depth); None = every asset, as a worker without ``--assets``.
     Raises ValueError for invalid bar_seconds / max_age_s (before reading any line).
     """
     if not (isinstance(bar_seconds, (int, float)) and math.isfinite(bar_seconds) and bar_seconds > 0):
@@ -147,13 +151,14 @@ def replay_records(
     age_limit = 2.0 * bar_seconds if max_age_s is None else max_age_s
     if not (isinstance(age_limit, (int, float)) and math.isfinite(age_limit) and age_limit >= 0):
         raise ValueError(f"max_age_s must be a finite number >= 0, got {max_age_s!r}")
+    universe = normalise_universe(assets)
     return _replay(lines, float(bar_seconds), float(age_limit), params or FeatureParams(),
-                   stats if stats is not None else ReplayStats(), progress, max_payload_bytes)
+                   stats if stats is not None else ReplayStats(), progress, max_payload_bytes, universe)
 
 
 def _replay(lines: Iterable[str | bytes], s: float, age_limit: float, params: FeatureParams,
             stats: ReplayStats, progress: Callable[[int, int], None] | None,
-            max_payload_bytes: int) -> Iterator[dict[str, Any]]:
+            max_payload_bytes: int, universe: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
     entries = _read_entries(lines, stats, max_payload_bytes)
     if not entries:
         log.warning("replay has no valid snapshot lines=%d rejected=%d", stats.lines, sum(stats.rejected.values()))
@@ -161,8 +166,8 @@ def _replay(lines: Iterable[str | bytes], s: float, age_limit: float, params: Fe
     k_first, k_last = bar_range(entries[0].ts, entries[-1].ts, s)
     total = k_last - k_first + 1
     # Infinite skew: the future-timestamp rule compares to wall-clock now, which is moot offline.
-    book = SnapshotBook(max_future_skew_s=math.inf, max_payload_bytes=max_payload_bytes)
-    engine = FeatureEngine(params)
+    book = SnapshotBook(assets=universe, max_future_skew_s=math.inf, max_payload_bytes=max_payload_bytes)
+    engine = FeatureEngine(params, universe=universe)
     i = 0
     for k in range(k_first, k_last + 1):
         close = k * s
@@ -210,6 +215,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="an asset is present if its snapshot is at most this old at bar close (default 2 x bar)")
     p.add_argument("--output", "-o", required=True, help="BarRecord JSONL path ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
+    p.add_argument("--assets", default=None, metavar="SYM,SYM",
+                   help="the worker's --assets: only these count and they are the cross-asset universe "
+                        "(default: every asset, as a worker without --assets)")
     g = p.add_argument_group("engine parameters (default: the FeatureParams defaults)")
     defaults = FeatureParams()
     for f in _PARAM_FIELDS:
@@ -253,8 +261,9 @@ def run(args: argparse.Namespace) -> int:
             progress: Callable[[int, int], None] | None = None
             if not args.no_progress and sys.stderr.isatty():
                 progress = stack.enter_context(_progress_bar())
+            assets = comma_list(args.assets) if args.assets else None
             for rec in replay_records(fin, args.bar_seconds, args.max_age_s, params, stats=stats,
-                                      progress=progress):
+                                      progress=progress, assets=assets):
                 out.write(dumps_record(rec) + b"\n")
     except (OSError, ValueError) as exc:
         print(f"replay: error: {exc}", file=sys.stderr)

@@ -153,7 +153,7 @@ class Worker:
 
     def make_engine(self) -> FeatureEngine:
         """The engine at start: cold; a checkpoint is adopted at the first bar (``process_bar``)."""
-        return FeatureEngine(self.config.params)
+        return FeatureEngine(self.config.params, universe=self.config.assets)
 
     @property
     def role(self) -> str:
@@ -618,7 +618,8 @@ class Worker:
             log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self._backlog))
             return
         try:
-            cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=None, max_age_bars=0)
+            cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=None, max_age_bars=0,
+                                   universe=self.config.assets)
         except CheckpointRejected as exc:
             log.warning("leader epoch=%d: previous checkpoint not used reason=%s detail=%s", epoch, exc.reason,
                         exc.detail)
@@ -638,7 +639,7 @@ class Worker:
         try:
             raw = self.grid.get_checkpoint()
             return None if raw is None else checkpoint.decode(raw, params=self.config.params, now_bar_idx=None,
-                                                              max_age_bars=0)
+                                                              max_age_bars=0, universe=self.config.assets)
         except (GridError, CheckpointRejected):
             return None
 
@@ -677,7 +678,7 @@ class Worker:
         self._last_cp_text = text
         try:
             cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=tick.bar_idx,
-                                   max_age_bars=cfg.checkpoint_max_age_bars)
+                                   max_age_bars=cfg.checkpoint_max_age_bars, universe=cfg.assets)
         except CheckpointRejected as exc:
             if first:
                 self._start_cold(exc.reason, exc.detail)

@@ -30,7 +30,7 @@ T0 = 1_723_161_000.0
 
 # A record written by hand (not produced by any code under test), numbers chosen to be exact in binary.
 HAND_RECORD = """{
- "schema": 1, "bar_idx": 42, "bar_ts": 1723161210.5, "n_assets": 3, "n_present": 2,
+ "schema": 2, "bar_idx": 42, "bar_ts": 1723161210.5, "n_assets": 3, "n_present": 2,
  "assets": {
   "BTCUSDT": {"ts": 1723161210.25, "age_ms": 250.0, "seq": 7,
    "placement": {"depth_1pct_usd": 1500000.0, "depth_quality": 1.25, "fill_probability": 0.5555555555555556,
@@ -42,9 +42,11 @@ HAND_RECORD = """{
    "signal": {"imbalance": -0.5, "imbalance_ma5": -0.25, "imbalance_persistence": -1,
               "depth_asymmetry": 0, "withdrawal_velocity": 0}}
  },
- "market": {"median_imbalance": -0.125, "agreement_pct": 50.0, "depth_pressure": 0.375},
- "macro": {"cascade_count": 1, "cascade_regime": "STRESS", "depth_velocity": -0.25, "acceleration": 0.5},
- "degraded": false,
+ "market": {"median_imbalance": -0.125, "agreement_pct": 50.0, "depth_pressure": -0.25,
+            "notional_pressure": 0.375},
+ "macro": {"cascade_count": 1, "cascade_regime": "STRESS", "depth_velocity": -0.25, "acceleration": 0.5,
+           "depth_ref_usd": 1750000.0},
+ "degraded": false, "universe": {"configured": true, "size": 3, "hash": "0123456789abcdef"},
  "producer": {"worker_id": "w-1", "computed_at": 1723161210.75, "stale_assets": ["SOLUSDT"], "degraded": false}
 }"""
 
@@ -56,9 +58,11 @@ def test_neutral_defaults_are_the_documented_values() -> None:
     assert OBPlacementFeatures() == OBPlacementFeatures(
         depth_1pct_usd=0.0, depth_quality=1.0, fill_probability=0.5, spread_proxy_bps=0.0)
     assert OBSignalFeatures() == OBSignalFeatures(0.0, 0.0, 0.0, 0.0, 0.0)
-    assert OBMarketFeatures() == OBMarketFeatures(median_imbalance=0.0, agreement_pct=50.0, depth_pressure=0.0)
-    assert OBMacroFeatures() == OBMacroFeatures(cascade_count=0, cascade_regime="CALM",
-                                                depth_velocity=0.0, acceleration=0.0)
+    assert OBMarketFeatures() == OBMarketFeatures(median_imbalance=0.0, agreement_pct=50.0, depth_pressure=0.0,
+                                                  notional_pressure=0.0)
+    assert OBMacroFeatures() == OBMacroFeatures(median_imbalance=0.0, agreement_pct=50.0, depth_pressure=0.0,
+                                                cascade_regime="CALM", depth_velocity=0.0, acceleration=0.0,
+                                                cascade_count=0, depth_ref_usd=0.0)
     assert (NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL, NEUTRAL_MARKET, NEUTRAL_MACRO) == (
         OBPlacementFeatures(), OBSignalFeatures(), OBMarketFeatures(), OBMacroFeatures())
 
@@ -71,7 +75,8 @@ def test_neutral_fill_probability_is_what_the_definition_gives_at_normal_depth()
 
 def test_neutral_signed_features_have_no_direction() -> None:
     for value in (*dataclasses.astuple(NEUTRAL_SIGNAL), NEUTRAL_MARKET.median_imbalance,
-                  NEUTRAL_MARKET.depth_pressure, NEUTRAL_MACRO.depth_velocity, NEUTRAL_MACRO.acceleration):
+                  NEUTRAL_MARKET.depth_pressure, NEUTRAL_MARKET.notional_pressure, NEUTRAL_MACRO.median_imbalance,
+                  NEUTRAL_MACRO.depth_pressure, NEUTRAL_MACRO.depth_velocity, NEUTRAL_MACRO.acceleration):
         assert value == 0.0
 
 
@@ -97,8 +102,10 @@ def test_decode_hand_written_record() -> None:
     assert eth.seq is None
     assert eth.placement == OBPlacementFeatures(2000.0, 1.0, 0.5, 0.0)
     assert eth.signal == OBSignalFeatures(-0.5, -0.25, -1.0, 0.0, 0.0)
-    assert bar.market == OBMarketFeatures(-0.125, 50.0, 0.375)
-    assert bar.macro == OBMacroFeatures(1, "STRESS", -0.25, 0.5)
+    assert bar.market == OBMarketFeatures(-0.125, 50.0, -0.25, 0.375)
+    # the in-process engine's six fields in its order, then ours
+    assert bar.macro == OBMacroFeatures(-0.125, 50.0, -0.25, "STRESS", -0.25, 0.5, 1, 1750000.0)
+    assert (bar.universe_size, bar.universe_hash) == (3, "0123456789abcdef")
 
 
 def test_integral_json_numbers_become_floats() -> None:
@@ -114,7 +121,7 @@ def test_decoded_assets_are_read_only() -> None:
 
 
 def test_empty_bar_has_no_market_and_degraded_from_producer() -> None:
-    rec = {"schema": 1, "bar_idx": 3, "bar_ts": T0, "n_assets": 2, "n_present": 0, "assets": {},
+    rec = {"schema": 2, "bar_idx": 3, "bar_ts": T0, "n_assets": 2, "n_present": 0, "assets": {},
            "market": None, "macro": None, "degraded": False,
            "producer": {"worker_id": "w", "computed_at": T0, "degraded": True}}
     bar = bar_from_record(rec)
@@ -142,7 +149,9 @@ def test_decode_a_genuine_engine_record() -> None:
         assert dataclasses.asdict(got.signal) == a["signal"]
         assert (got.ts, got.age_ms, got.seq) == (a["ts"], a["age_ms"], a["seq"])
     assert dataclasses.asdict(bar.market) == rec["market"]
-    assert dataclasses.asdict(bar.macro) == rec["macro"]
+    # macro = the market's three in-process fields + the record's macro fields
+    want = {k: v for k, v in {**rec["market"], **rec["macro"]}.items() if k != "notional_pressure"}
+    assert dataclasses.asdict(bar.macro) == want
 
 
 # -- rejections ----------------------------------------------------------------------------------
@@ -166,7 +175,8 @@ _DELETE = object()
 @pytest.mark.parametrize(("data", "reason"), [
     (b"{not json", "not_json"),
     (b"[1, 2]", "not_object"),
-    (_mutated(("schema",), 2), "schema"),
+    (_mutated(("schema",), 1), "schema"),  # the schema before the in-process formulas
+    (_mutated(("schema",), 3), "schema"),
     (_mutated(("schema",), True), "schema"),
     (_mutated(("bar_idx",), -1), "bar_idx"),
     (_mutated(("bar_idx",), "42"), "bar_idx"),
@@ -180,6 +190,9 @@ _DELETE = object()
     (_mutated(("assets", "BTCUSDT", "placement", "depth_quality"), None), "assets"),
     (_mutated(("market",), [1, 2, 3]), "market"),
     (_mutated(("market", "agreement_pct"), _DELETE), "market"),
+    (_mutated(("market", "notional_pressure"), _DELETE), "market"),
+    (_mutated(("market",), None), "macro"),  # a macro without its market
+    (_mutated(("macro", "depth_ref_usd"), "x"), "macro"),
     (_mutated(("macro", "cascade_regime"), "PANIC"), "macro"),
     (_mutated(("macro", "cascade_regime"), ["CALM"]), "macro"),
     (_mutated(("macro", "cascade_count"), -1), "macro"),

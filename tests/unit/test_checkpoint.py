@@ -201,9 +201,19 @@ def test_version_refusals() -> None:
     env["version"] = 2
     assert reason_of(orjson.dumps(env)) == "version"
 
-    def engine_v2(e: dict[str, Any]) -> None:
-        e["body"]["engine"]["version"] = 2
-    assert reason_of(rehashed(engine_v2)) == "version"
+    def engine_v1(e: dict[str, Any]) -> None:  # the schema before the in-process formulas
+        e["body"]["engine"]["version"] = 1
+    with pytest.raises(CheckpointRejected) as info:
+        checkpoint.decode(rehashed(engine_v1), params=FeatureParams(), now_bar_idx=BAR_IDX, max_age_bars=1)
+    assert info.value.reason == "version" and "older schema" in info.value.detail
+
+
+def test_universe_refusal() -> None:
+    # The worker's --assets changed since the checkpoint: depth_ref_usd averages over another set.
+    with pytest.raises(CheckpointRejected) as info:
+        checkpoint.decode(VALID, params=FeatureParams(), now_bar_idx=BAR_IDX, max_age_bars=1,
+                          universe=["AAAUSDT"])
+    assert info.value.reason == "params" and "universe" in info.value.detail
 
 
 @pytest.mark.parametrize("data", [

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record
+from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record, universe_hash
 from obf_features_worker.engine.feature_engine import FeatureEngine, StateMismatch
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import MIN_VALUE, Snapshot
@@ -95,7 +95,8 @@ def test_zero_book_gives_neutral_ratios() -> None:
                               "spread_proxy_bps": 200.0}
     assert a["signal"] == {"imbalance": 0.0, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                            "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}
-    assert rec["market"] == {"median_imbalance": 0.0, "agreement_pct": 100.0, "depth_pressure": 0.0}
+    assert rec["market"] == {"median_imbalance": 0.0, "agreement_pct": 100.0, "depth_pressure": 0.0,
+                             "notional_pressure": 0.0}
 
 
 def test_ema_depth_quality_and_velocity_by_hand() -> None:
@@ -148,13 +149,15 @@ def test_velocity_zero_when_oldest_depth_is_zero() -> None:
 def test_market_odd_count_by_hand() -> None:
     # imbalances: A (3-1)/4 = 0.5, B (4-6)/10 = -0.2, C (11-9)/20 = 0.1 -> median 0.1
     # signs +, -, + agree with + : 2 of 3 -> 66.66..%
-    # depth pressure: sum B = 3+4+11 = 18, sum A = 1+6+9 = 16 -> 2/34
+    # depth pressure (in-process engine): plain sum of imbalances 0.5 - 0.2 + 0.1 = 0.4
+    # notional pressure: sum B = 3+4+11 = 18, sum A = 1+6+9 = 16 -> 2/34
     r = Runner()
     rec = r.step(books(AA=([3], [1]), BB=([4], [6]), CC=([11], [9])))
     m = rec["market"]
     assert m["median_imbalance"] == pytest.approx(0.1, rel=1e-15)
     assert m["agreement_pct"] == pytest.approx(200 / 3, rel=1e-15)
-    assert m["depth_pressure"] == pytest.approx(2 / 34, rel=1e-15)
+    assert m["depth_pressure"] == pytest.approx(0.4, rel=1e-15)
+    assert m["notional_pressure"] == pytest.approx(2 / 34, rel=1e-15)
 
 
 def test_market_even_count_and_zero_median_by_hand() -> None:
@@ -191,22 +194,42 @@ def test_cascade_count_and_regime_by_hand() -> None:
 
 def test_depth_velocity_and_acceleration_by_hand() -> None:
     # alpha 0.5, one asset with depths 100, 300, 100, 100:
-    # ref 100, 200, 150, 125 -> quality 1, 1.5, 2/3, 0.8 = market depth index m
-    # depth_lookback 3: velocity 0, (1.5-1)/1 = 0.5, (2/3-1)/2 = -1/6, (0.8-1.5)/2 = -0.35
-    # acceleration 0 (first), 0.5, -1/6 - 0.5 = -2/3, -0.35 + 1/6 = -11/60
+    # ref 100, 200, 150, 125 = depth_ref_usd (universe of one)
+    # depth_lookback 3: velocity 0, (200-100)/100/1 = 1, (150-100)/100/2 = 0.25, (125-200)/200/2 = -0.1875
+    # acceleration 0 (first), 1, 0.25 - 1 = -0.75, -0.1875 - 0.25 = -0.4375
     r = Runner(FeatureParams(ema_alpha=0.5, depth_lookback=3))
     recs = [r.step(books(M1=([d / 2], [d / 2]))) for d in (100, 300, 100, 100)]
-    assert [x["macro"]["depth_velocity"] for x in recs] == pytest.approx([0.0, 0.5, -1 / 6, -0.35], rel=1e-14)
-    assert [x["macro"]["acceleration"] for x in recs] == pytest.approx([0.0, 0.5, -2 / 3, -11 / 60], rel=1e-14)
+    assert [x["macro"]["depth_ref_usd"] for x in recs] == [100.0, 200.0, 150.0, 125.0]
+    assert [x["macro"]["depth_velocity"] for x in recs] == pytest.approx([0.0, 1.0, 0.25, -0.1875], rel=1e-14)
+    assert [x["macro"]["acceleration"] for x in recs] == pytest.approx([0.0, 1.0, -0.75, -0.4375], rel=1e-14)
 
 
-def test_market_index_is_mean_quality_over_present_assets() -> None:
-    # alpha 0.5. Bar 1: A depth 100, B depth 100 -> m = 1.
-    # Bar 2: A depth 300 (ref 200, q 1.5), B depth 100 (ref 100, q 1) -> m = 1.25, velocity 0.25.
+def test_depth_ref_is_mean_reference_over_seen_assets() -> None:
+    # alpha 0.5, no configured universe. Bar 1: A depth 100, B depth 100 -> refs 100, 100: mean 100.
+    # Bar 2: A depth 300 (ref 200), B absent (keeps its ref 100) -> mean 150, velocity 0.5.
+    # Bar 3: empty -> no macro, history unchanged. Bar 4: C appears (depth 50, ref 50):
+    # mean (200 + 100 + 50) / 3 = 350/3; velocity over 3 values (350/3 - 100) / 100 / 2 = 1/12.
     r = Runner(FeatureParams(ema_alpha=0.5))
-    r.step(books(MA=([50], [50]), MB=([50], [50])))
-    rec = r.step(books(MA=([150], [150]), MB=([50], [50])))
-    assert rec["macro"]["depth_velocity"] == 0.25 and rec["macro"]["acceleration"] == 0.25
+    assert r.step(books(MA=([50], [50]), MB=([50], [50])))["macro"]["depth_ref_usd"] == 100.0
+    rec = r.step(books(MA=([150], [150])))
+    assert rec["macro"]["depth_ref_usd"] == 150.0
+    assert rec["macro"]["depth_velocity"] == 0.5 and rec["macro"]["acceleration"] == 0.5
+    assert r.step({})["macro"] is None
+    rec = r.step(books(MC=([25], [25])))
+    assert rec["macro"]["depth_ref_usd"] == pytest.approx(350 / 3, rel=1e-15)
+    assert rec["macro"]["depth_velocity"] == pytest.approx(1 / 12, rel=1e-14)
+    assert rec["universe"]["size"] == 3 and rec["universe"]["configured"] is False
+
+
+def test_depth_ref_counts_a_configured_asset_never_present_as_zero() -> None:
+    # Universe {MA, MB, MC}, alpha 0.5. Bar 1: MA 100, MB 100 -> (100 + 100 + 0) / 3 = 200/3.
+    # Bar 2: MA 300 (ref 200) -> (200 + 100 + 0) / 3 = 100; velocity (100 - 200/3) / (200/3) = 0.5.
+    r = Runner(FeatureParams(ema_alpha=0.5), universe=["MC", "MB", "MA"])
+    assert r.step(books(MA=([50], [50]), MB=([50], [50])))["macro"]["depth_ref_usd"] == pytest.approx(200 / 3)
+    rec = r.step(books(MA=([150], [150])))
+    assert rec["macro"]["depth_ref_usd"] == 100.0
+    assert rec["macro"]["depth_velocity"] == pytest.approx(0.5, rel=1e-14)
+    assert rec["universe"] == {"configured": True, "size": 3, "hash": universe_hash(["MA", "MB", "MC"])}
 
 
 # -- record shape and carried-over behaviours ----------------------------------------------
@@ -224,8 +247,10 @@ def test_features_populated_after_one_bar() -> None:
     for a in rec["assets"].values():
         assert set(a["placement"]) == set(PLACEMENT) and set(a["signal"]) == set(SIGNAL)
         assert all(type(v) is float and math.isfinite(v) for v in (*a["placement"].values(), *a["signal"].values()))
-    assert set(rec["market"]) == {"median_imbalance", "agreement_pct", "depth_pressure"}
-    assert set(rec["macro"]) == {"cascade_count", "cascade_regime", "depth_velocity", "acceleration"}
+    assert set(rec["market"]) == {"median_imbalance", "agreement_pct", "depth_pressure", "notional_pressure"}
+    assert set(rec["macro"]) == {"cascade_count", "cascade_regime", "depth_velocity", "acceleration",
+                                 "depth_ref_usd"}
+    assert rec["universe"] == {"configured": False, "size": 2, "hash": universe_hash(["BTCUSDT", "ETHUSDT"])}
     assert loads_record(dumps_record(rec)) == rec
 
 
@@ -359,10 +384,13 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 * max(abs(a), abs(b)) + 1e-14
 
 
-def reference_for(p: FeatureParams) -> ReferenceFeatures:
+def reference_for(p: FeatureParams, universe: Sequence[str] | None = None) -> ReferenceFeatures:
     d = p.to_dict()
     del d["degraded_after_bars"]
-    return ReferenceFeatures(**d)
+    return ReferenceFeatures(**d, universe=universe)
+
+
+universe_strategy = st.none() | st.lists(st.sampled_from(SYMBOLS), min_size=1, max_size=8, unique=True)
 
 
 def run_bars(engine: FeatureEngine, bars: list[dict], start: int = 0) -> list[dict]:
@@ -372,10 +400,10 @@ def run_bars(engine: FeatureEngine, bars: list[dict], start: int = 0) -> list[di
     return out
 
 
-@given(params=params_strategy(), bars=bars_strategy)
-def test_engine_matches_reference(params: FeatureParams, bars: list[dict]) -> None:
-    ref = reference_for(params)
-    engine = FeatureEngine(params, initial_capacity=1)
+@given(params=params_strategy(), bars=bars_strategy, universe=universe_strategy)
+def test_engine_matches_reference(params: FeatureParams, bars: list[dict], universe: list[str] | None) -> None:
+    ref = reference_for(params, universe)
+    engine = FeatureEngine(params, universe=universe, initial_capacity=1)
     for i, (bar, rec) in enumerate(zip(bars, run_bars(engine, bars)), start=1):
         want = ref.bar(bar)
         assert rec["n_present"] == len(bar)
@@ -393,29 +421,32 @@ def test_engine_matches_reference(params: FeatureParams, bars: list[dict]) -> No
         macro = rec["macro"]
         assert macro["cascade_count"] == want["macro"]["cascade_count"]
         assert macro["cascade_regime"] == want["macro"]["cascade_regime"]
-        for name in ("depth_velocity", "acceleration"):
+        for name in ("depth_velocity", "acceleration", "depth_ref_usd"):
             assert close(macro[name], want["macro"][name]), (i, name, macro[name], want["macro"][name])
         dumps_record(rec)  # finite everywhere
 
 
-@given(params=params_strategy(), bars=bars_strategy, split=st.integers(0, 25), data=st.data())
+@given(params=params_strategy(), bars=bars_strategy, split=st.integers(0, 25), data=st.data(),
+       universe=universe_strategy)
 def test_state_round_trip_and_determinism(params: FeatureParams, bars: list[dict], split: int,
-                                          data: st.DataObject) -> None:
+                                          data: st.DataObject, universe: list[str] | None) -> None:
     split = min(split, len(bars))
-    whole = [dumps_record(r) for r in run_bars(FeatureEngine(params), bars)]
+    whole = [dumps_record(r) for r in run_bars(FeatureEngine(params, universe=universe), bars)]
 
     # same inputs, mapping order shuffled and a tiny initial capacity: bit-identical
     shuffled = [dict(data.draw(st.permutations(list(bar.items())))) for bar in bars]
-    assert [dumps_record(r) for r in run_bars(FeatureEngine(params, initial_capacity=1), shuffled)] == whole
+    assert [dumps_record(r) for r in run_bars(FeatureEngine(params, universe=universe, initial_capacity=1),
+                                              shuffled)] == whole
 
-    first = FeatureEngine(params)
+    first = FeatureEngine(params, universe=universe)
     head = [dumps_record(r) for r in run_bars(first, bars[:split])]
     state = orjson.loads(orjson.dumps(first.export_state()))
-    resumed = FeatureEngine.from_state(state, params)
+    resumed = FeatureEngine.from_state(state, params, universe=universe)
     assert resumed.assets == first.assets and resumed.degraded == first.degraded
     tail = [dumps_record(r) for r in run_bars(resumed, bars[split:], start=split)]
     assert head + tail == whole
-    assert resumed.export_state() == FeatureEngine.from_state(resumed.export_state(), params).export_state()
+    assert resumed.export_state() == FeatureEngine.from_state(resumed.export_state(), params,
+                                                              universe=universe).export_state()
 
 
 def test_many_assets_grow_slots() -> None:
@@ -440,7 +471,7 @@ def test_from_state_rejects_mismatches() -> None:
         return s
 
     bad_states = [
-        mutated(version=2), mutated(kind="other"), mutated(params={**good["params"], "ma_window": 4}),
+        mutated(version=1), mutated(kind="other"), mutated(params={**good["params"], "ma_window": 4}),
         mutated(n_obs=[1, 1]), mutated(n_obs=[-1]), mutated(n_obs=[1.5]), mutated(ref_depth=["x"]),
         mutated(imbalance_history=[[0.0] * 9]), mutated(depth_history=[[float("nan")] * 10]),
         mutated(assets=["AB", "AB"]), mutated(assets=["ab"]), mutated(assets="AB"),
@@ -452,3 +483,5 @@ def test_from_state_rejects_mismatches() -> None:
             FeatureEngine.from_state(state, params)  # type: ignore[arg-type]
     with pytest.raises(StateMismatch):
         FeatureEngine.from_state(good, FeatureParams(ema_alpha=0.02))
+    with pytest.raises(StateMismatch, match="universe"):  # the worker's --assets changed since
+        FeatureEngine.from_state(good, params, universe=["AB"])

@@ -32,9 +32,10 @@ class State:
                       self.ref, self.n_obs, self.imb, self.depth, out)
         return out
 
-    def market(self, asset_out: np.ndarray, thr=0.05, stress=0.25, cascade=0.5) -> np.ndarray:
+    def market(self, asset_out: np.ndarray, universe_slots, thr=0.05, stress=0.25, cascade=0.5) -> np.ndarray:
         out = np.full(K.N_MARKET_COLS, np.nan)
-        K.step_market(asset_out, thr, stress, cascade, self.market_hist, self.market_n, self.prev_velocity, out)
+        K.step_market(asset_out, thr, stress, cascade, self.ref, np.asarray(universe_slots, dtype=np.int64),
+                      self.market_hist, self.market_n, self.prev_velocity, out)
         return out
 
 
@@ -88,17 +89,19 @@ def test_market_median_agreement_pressure_and_regime() -> None:
     asset_out[:, K.COL_WITHDRAWAL_VELOCITY] = [-0.2, 0.0, -0.051, -0.05]
     asset_out[:, K.COL_BID_USD] = [10.0, 0.0, 5.0, 5.0]
     asset_out[:, K.COL_ASK_USD] = [0.0, 20.0, 0.0, 0.0]
-    asset_out[:, K.COL_DEPTH_QUALITY] = [1.0, 2.0, 3.0, 2.0]
-    m = s.market(asset_out)
+    s.ref[:] = [100.0, 200.0, 300.0, 1000.0]
+    # universe: slots 0, 1, 2 and one asset never seen (-1, counts 0); slot 3 is not in it
+    m = s.market(asset_out, [2, 0, -1, 1])
     assert m[K.MKT_MEDIAN_IMBALANCE] == pytest.approx(0.1, rel=1e-15)  # (-0.1 + 0.3) / 2
     assert m[K.MKT_AGREEMENT_PCT] == 50.0
-    assert m[K.MKT_DEPTH_PRESSURE] == 0.0  # 20 bid vs 20 ask
+    assert m[K.MKT_DEPTH_PRESSURE] == pytest.approx(0.3, rel=1e-15)  # 0.6 - 0.5 + 0.3 - 0.1
+    assert m[K.MKT_NOTIONAL_PRESSURE] == 0.0  # 20 bid vs 20 ask
     assert m[K.MKT_CASCADE_COUNT] == 2 and m[K.MKT_CASCADE_REGIME] == K.REGIME_CASCADE
     assert m[K.MKT_DEPTH_VELOCITY] == 0.0 and m[K.MKT_ACCELERATION] == 0.0
-    assert s.market_hist[0] == 2.0  # mean quality
-    # next bar: mean quality 3 -> velocity 1, acceleration 1
-    asset_out[:, K.COL_DEPTH_QUALITY] = 3.0
-    m = s.market(asset_out)
+    assert m[K.MKT_DEPTH_REF_USD] == 150.0 and s.market_hist[0] == 150.0  # (300 + 100 + 0 + 200) / 4
+    # next bar: references grow to a mean of 300 -> velocity (300 - 150) / 150 / 1 = 1, acceleration 1
+    s.ref[:3] = [200.0, 400.0, 600.0]
+    m = s.market(asset_out, [2, 0, -1, 1])
     assert m[K.MKT_DEPTH_VELOCITY] == 1.0 and m[K.MKT_ACCELERATION] == 1.0
 
 
@@ -117,7 +120,8 @@ def test_step_bar_is_deterministic() -> None:
         market_out = np.empty(K.N_MARKET_COLS)
         for _ in range(12):
             K.step_bar(slots, offsets, bid, ask, 100.0, 1e4, 0.01, 5, 0.05, 0.25, 0.5,
-                       s.ref, s.n_obs, s.imb, s.depth, s.market_hist, s.market_n, s.prev_velocity,
+                       s.ref, s.n_obs, s.imb, s.depth, np.arange(n, dtype=np.int64), s.market_hist, s.market_n,
+                       s.prev_velocity,
                        asset_out, market_out)
         return asset_out.copy(), market_out.copy()
 
