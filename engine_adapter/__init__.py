@@ -8,14 +8,18 @@ from engine_adapter.features import (
     OBPlacementFeatures,
     OBSignalFeatures,
 )
+from engine_adapter.mock import MockOBEngine
+from engine_adapter.wiring import wire
 
 __all__ = [
     "AdapterConfig",
     "AdapterStats",
     "HazelcastOBEngine",
+    "MockOBEngine",
     "OBMacroFeatures",
     "OBMarketFeatures",
     "OBPlacementFeatures",
     "OBSignalFeatures",
     "Resolution",
+    "wire",
 ]

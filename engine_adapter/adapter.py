@@ -47,19 +47,25 @@ from obf_contract.cluster import (
     FEATURES_MAP,
     check_cluster_name,
     check_map_name,
+    check_member,
     check_members,
 )
 from obf_contract.pickle_guard import refuse_pickle
+from obf_contract.record import universe_hash
 
 log = logging.getLogger(__name__)
 
+# From this many consecutive step_live bars that do not resolve exact, each such bar logs a
+# WARNING (the in-process engine warns from the third consecutive empty bar, every bar).
+NON_EXACT_WARN_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
 class AdapterConfig:
     """Settings of the adapter; a bad value raises ValueError naming the field.
 
-    cluster_name / members: the Hazelcast cluster (env HZ_CLUSTER, HZ_MEMBERS = "h:p,h:p").
+    cluster_name / members: the Hazelcast cluster (env HZ_CLUSTER, HZ_MEMBERS = "h:p,h:p", or
+        HZ_HOST = "host" / "host:port" for a single member when HZ_MEMBERS is unset).
     map_name: the worker's bar map (env OBF_FEATURES_MAP, default DOLPHIN_OBF_FEATURES).
     cache_bars: bars kept locally, newest by bar_idx (>= 1, default 500).
     seed_bars: newest bars read from the map at start and after a reconnect (1..cache_bars,
@@ -110,7 +116,7 @@ class AdapterConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AdapterConfig:
-        """Settings from the environment (HZ_CLUSTER, HZ_MEMBERS, OBF_FEATURES_MAP,
+        """Settings from the environment (HZ_CLUSTER, HZ_MEMBERS or HZ_HOST, OBF_FEATURES_MAP,
         OBF_ADAPTER_CACHE_BARS, OBF_ADAPTER_SEED_BARS, OBF_ADAPTER_STALE_AFTER_BARS,
         OBF_ADAPTER_MAX_WAIT_MS); keyword overrides win over the environment."""
         env = os.environ if environ is None else environ
@@ -119,6 +125,12 @@ class AdapterConfig:
             values["cluster_name"] = env["HZ_CLUSTER"].strip()
         if env.get("HZ_MEMBERS", "").strip():
             values["members"] = tuple(m.strip() for m in env["HZ_MEMBERS"].split(",") if m.strip())
+        elif env.get("HZ_HOST", "").strip():
+            # The trader's variable: one host (the client tries ports 5701-5703) or host:port.
+            try:
+                values["members"] = (check_member(env["HZ_HOST"].strip()),)
+            except ValueError as exc:
+                raise ValueError(f"HZ_HOST: {exc}") from None
         if env.get("OBF_FEATURES_MAP", "").strip():
             values["map_name"] = env["OBF_FEATURES_MAP"].strip()
         for name, conv in (("cache_bars", int), ("seed_bars", int), ("stale_after_bars", int),
@@ -143,6 +155,8 @@ class AdapterStats:
     waits: step_live calls that had to wait; wait_hits: the bar arrived during the wait;
     wait_timeouts: it did not within max_wait_ms. asset_defaults: get_placement/get_signal
     answered neutral because the asset was absent from an otherwise usable bar.
+    non_exact_streak / non_exact_warnings / last_exact_bar_idx: see ``step_live``.
+    universe_mismatches: times the trader's assets started to differ from the worker's universe.
     cache.lookups: get_*/resolve outcomes by kind (lookups of the current bar included).
     grid: connection and decode counters.
     """
@@ -158,6 +172,10 @@ class AdapterStats:
     cache: CacheStats
     grid: GridStats
     closed: bool = field(default=False)
+    non_exact_streak: int = 0  # consecutive step_live bars (up to the last) not resolved exact
+    non_exact_warnings: int = 0  # step_live bars logged at WARNING (the streak had reached 3)
+    last_exact_bar_idx: int | None = None  # the last step_live bar that resolved exact
+    universe_mismatches: int = 0  # changes to a trader asset list that differs from the worker's universe
 
 
 class HazelcastOBEngine:
@@ -209,6 +227,13 @@ class HazelcastOBEngine:
         self._wait_timeouts = 0
         self._wait_ms_max = 0.0
         self._asset_defaults = 0
+        self._non_exact_streak = 0
+        self._non_exact_warnings = 0
+        self._last_exact: int | None = None
+        # (trader assets, bar universe hash) last checked, and the last mismatch warned about.
+        self._universe_memo: tuple[tuple[str, ...], str | None] = ((), None)
+        self._universe_warned: tuple[str, str] | None = None
+        self._universe_mismatches = 0
         self._closed = False
         try:
             self._reader.start()
@@ -232,12 +257,21 @@ class HazelcastOBEngine:
 
         Read-only; woken by the record's arrival (no polling). Returns how the bar resolves
         (exact / fallback / default). ``assets``: the symbols the trader will ask about; the
-        ones absent from the resolved bar are counted in ``stats().asset_defaults``.
+        ones absent from the resolved bar are counted in ``stats().asset_defaults``. A
+        non-integral ``bar_idx`` is truncated like the in-process engine's ``int()`` (counted).
+
+        From the third consecutive bar that does not resolve exact, every such bar logs a WARNING
+        (bar, kind, lag, last exact bar); an INFO line when exact bars return. When ``assets``
+        differs from the universe the worker averaged the cross-asset depth over (the record's
+        size and hash), one WARNING per change: those values then differ from the in-process
+        engine's, which used the trader's list.
         """
         is_ts, idx = parse_key(bar_idx)
         if is_ts:
             raise ValueError(f"step_live takes a bar_idx (< 1e9), got {bar_idx!r}")
         idx = int(idx)
+        if isinstance(bar_idx, float) and not bar_idx.is_integer():
+            self._cache.note_truncated(bar_idx)
         waited_ms = None
         if self._max_wait_s > 0 and idx not in self._cache:
             t0 = time.perf_counter()
@@ -257,8 +291,55 @@ class HazelcastOBEngine:
                     self._wait_timeouts += 1
                 self._wait_ms_max = max(self._wait_ms_max, waited_ms)
         if res.kind != EXACT:
-            log.debug("step_live bar_idx=%d kind=%s used=%s age_bars=%s", idx, res.kind, res.bar_idx, res.age_bars)
+            self._note_non_exact(idx, res)
+        elif self._non_exact_streak:
+            self._note_exact(idx)
+        else:
+            self._last_exact = idx
+        if assets is not None and cur.bar is not None and cur.bar.universe_hash is not None:
+            self._check_universe(assets, cur.bar)
         return res
+
+    def _note_non_exact(self, idx: int, res: Resolution) -> None:
+        self._non_exact_streak += 1
+        streak = self._non_exact_streak
+        if streak < NON_EXACT_WARN_AFTER:
+            log.debug("step_live bar_idx=%d kind=%s used=%s age_bars=%s", idx, res.kind, res.bar_idx, res.age_bars)
+            return
+        self._non_exact_warnings += 1
+        newest = self._cache.newest()
+        lag = None if newest is None else idx - newest.bar_idx
+        log.warning("OB features not exact for %d consecutive bars bar_idx=%d kind=%s used_bar=%s lag_bars=%s "
+                    "last_exact_bar=%s", streak, idx, res.kind, res.bar_idx, lag, self._last_exact)
+
+    def _note_exact(self, idx: int) -> None:
+        if self._non_exact_streak >= NON_EXACT_WARN_AFTER:
+            log.info("OB features exact again bar_idx=%d after %d non-exact bars last_exact_bar=%s", idx,
+                     self._non_exact_streak, self._last_exact)
+        self._non_exact_streak = 0
+        self._last_exact = idx
+
+    def _check_universe(self, assets: Iterable[str], bar: BarFeatures) -> None:
+        """Warn once per change when the trader's assets are not the worker's universe."""
+        key = assets if type(assets) is tuple else tuple(assets)
+        theirs = bar.universe_hash
+        memo_key, memo_hash = self._universe_memo
+        if theirs == memo_hash and key == memo_key:
+            return
+        self._universe_memo = (key, theirs)
+        mine = universe_hash(key)
+        assert theirs is not None  # noqa: S101 - narrows the type; checked by the caller
+        if mine == theirs:
+            self._universe_warned = None
+            return
+        if self._universe_warned == (mine, theirs):
+            return
+        self._universe_warned = (mine, theirs)
+        self._universe_mismatches += 1
+        log.warning("trader assets differ from the worker's universe: trader=%d assets (%s) worker=%s assets (%s) "
+                    "bar_idx=%d; cross-asset depth values (depth_ref_usd, depth_velocity) differ from the "
+                    "in-process engine's, run the worker with --assets set to the trader's list",
+                    len(set(key)), mine, bar.universe_size, theirs, bar.bar_idx)
 
     def _count_missing(self, assets: Iterable[str], symbols: frozenset[str]) -> int:
         """How many of ``assets`` (each occurrence) are not in ``symbols``."""
@@ -447,6 +528,10 @@ class HazelcastOBEngine:
                 cache=cache,
                 grid=self._reader.stats(),
                 closed=self._closed,
+                non_exact_streak=self._non_exact_streak,
+                non_exact_warnings=self._non_exact_warnings,
+                last_exact_bar_idx=self._last_exact,
+                universe_mismatches=self._universe_mismatches,
             )
 
     def close(self) -> None:

@@ -8,12 +8,21 @@ until then (the adapter does this for the trader's current bar).
 
 Resolution of a lookup key (``timestamp_or_idx``):
 
-* an integer-valued number below 1e9 is a ``bar_idx``; a number >= 1e9 is a unix timestamp
-  (seconds) and selects the newest bar with ``bar_ts <= timestamp``;
+* a number >= 1e12 is a unix timestamp in milliseconds, a number >= 1e9 one in seconds; either
+  selects the newest bar with ``bar_ts <= timestamp``;
+* a number below 1e9 is a ``bar_idx``; a non-integral one is truncated like the in-process
+  engine's ``int()`` (counted in ``stats().truncated_keys``, logged once), never refused;
 * **exact**: the requested bar is cached;
 * **fallback**: the newest cached bar *not after* the requested one, at most
   ``stale_after_bars`` bars older (a future bar is never used);
 * **default**: no such bar, or it is older than that: callers answer with neutral features.
+
+Numbering restarts (the worker's scan count restarts at UTC midnight, or the upstream scan
+number goes back): the newest numbering wins. A bar whose ``bar_ts`` is newer than every cached
+bar but whose ``bar_idx`` is lower starts a new numbering: every cached bar (the previous
+numbering's) is dropped and bars older than the new numbering's first one are refused
+(``ignored["old_numbering"]``). The worker's removal of its keys of the previous numbering is
+followed too (``remove``): a removed bar is dropped once no newer cached bar remains.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, cast
 
 from engine_adapter.features import BarFeatures
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_MIN = 1e9  # keys at or above this are unix seconds (2001-09-09), below are bar indices
+TIMESTAMP_MS_MIN = 1e12  # keys at or above this are unix milliseconds (1e12 s is year 33658)
 
 ResolutionKind = Literal["exact", "fallback", "default"]
 EXACT: ResolutionKind = "exact"
@@ -74,28 +84,34 @@ class CacheStats:
     replaced: int  # a cached bar overwritten by a newer write of the same bar_idx
     evicted: int  # dropped to keep at most `capacity` bars
     ignored: dict[str, int] = field(default_factory=dict)  # reason -> bars not inserted
+    numbering_restarts: int = 0  # times a newer numbering replaced the cached bars
+    removed: int = 0  # cached bars dropped after the worker removed their key
+    truncated_keys: int = 0  # non-integral bar_idx lookup keys truncated to an int
 
 
 def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
     """Classify a lookup key: ``(False, bar_idx)`` or ``(True, unix_seconds)``.
 
-    Accepts ints (numpy ints too), floats and datetimes (as their POSIX timestamp). Raises
-    TypeError for other types (bool included) and ValueError for negative, non-finite or
-    non-integer values below 1e9.
+    Accepts ints (numpy ints too), floats and datetimes (as their POSIX timestamp). A number
+    >= 1e12 is unix milliseconds, >= 1e9 unix seconds; a non-integral number below 1e9 is
+    truncated to its ``int()`` (as the in-process engine does). Raises TypeError for other types
+    (bool included) and ValueError for negative or non-finite values.
     """
-    key = timestamp_or_idx
+    key = cast(Any, timestamp_or_idx)  # narrowed by the type checks below (kept cheap: type() is)
     t = type(key)
     if t is int:
         if key < 0:
             raise ValueError(f"bar_idx must be >= 0, got {key}")
-        return (False, key) if key < TIMESTAMP_MIN else (True, float(key))
+        if key < TIMESTAMP_MIN:
+            return False, key
+        return True, (key / 1000.0 if key >= TIMESTAMP_MS_MIN else float(key))
     if t is float or isinstance(key, float):
         if not math.isfinite(key):
             raise ValueError(f"timestamp_or_idx must be finite, got {key!r}")
         if key >= TIMESTAMP_MIN:
-            return True, float(key)
-        if key < 0 or not key.is_integer():
-            raise ValueError(f"{key!r} is neither a unix timestamp (>= 1e9) nor an integral bar_idx >= 0")
+            return True, (key / 1000.0 if key >= TIMESTAMP_MS_MIN else float(key))
+        if key < 0:
+            raise ValueError(f"{key!r} is neither a unix timestamp (>= 1e9) nor a bar_idx >= 0")
         return False, int(key)
     if isinstance(key, bool):
         raise TypeError("timestamp_or_idx must be a number, not a bool")
@@ -133,6 +149,11 @@ class BarCache:
         self._replaced = 0
         self._evicted = 0
         self._last_insert_at: float | None = None
+        self._numbering_start_ts: float | None = None  # bar_ts of the current numbering's first bar
+        self._numbering_restarts = 0
+        self._removed_marks: set[int] = set()  # cached bars whose key the worker removed
+        self._removed = 0
+        self._truncated = 0
         # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
         # an int attribute read is atomic, and a reader that sees an old value only re-resolves.
         self.version = 0
@@ -168,6 +189,12 @@ class BarCache:
     def _insert_locked(self, bar: BarFeatures, source: str, replace: bool) -> bool:
         idx = bar.bar_idx
         order = self._order
+        start = self._numbering_start_ts
+        if start is not None and bar.bar_ts < start:
+            self._ignored["old_numbering"] += 1
+            return False
+        if order and idx < order[-1] and bar.bar_ts > self._ts[-1]:
+            self._restart_numbering_locked(bar)
         if idx in self._bars:
             if not replace:
                 self._ignored["duplicate"] += 1
@@ -193,12 +220,49 @@ class BarCache:
         self._inserted[source] += 1
         self._last_insert_at = time.time()
         while len(order) > self.capacity:
-            del self._bars[order.pop(0)]
+            gone = order.pop(0)
+            del self._bars[gone]
+            self._removed_marks.discard(gone)
             self._ts.pop(0)
             self._evicted += 1
         self.version += 1
         return True
 
+    def _restart_numbering_locked(self, bar: BarFeatures) -> None:
+        # Newer in time, lower in number: the worker's numbering restarted. The cached bars are
+        # the previous numbering's: their numbers now mean other bars, so they must all go.
+        dropped = len(self._order)
+        log.info("bar numbering restarted: newest numbering wins bar_idx=%d bar_ts=%.3f previous_newest=%d "
+                 "dropped=%d", bar.bar_idx, bar.bar_ts, self._order[-1], dropped)
+        self._bars.clear()
+        self._order.clear()
+        self._ts.clear()
+        self._removed_marks.clear()
+        self._numbering_start_ts = bar.bar_ts
+        self._numbering_restarts += 1
+
+    def remove(self, bar_idx: int) -> bool:
+        """The worker removed key ``bar_idx``: drop it, and every removed bar below it, once no
+        newer cached bar remains (its retention of old bars is ignored: the cache keeps more bars
+        than the worker). True if the cache changed. Never raises."""
+        with self._cond:
+            if bar_idx not in self._bars:
+                return False
+            self._removed_marks.add(bar_idx)
+            order = self._order
+            dropped = 0
+            while order and order[-1] in self._removed_marks:
+                gone = order.pop()
+                self._ts.pop()
+                del self._bars[gone]
+                self._removed_marks.discard(gone)
+                dropped += 1
+            if not dropped:
+                return False
+            self._removed += dropped
+            self.version += 1
+            self._changed_locked()
+        return True
     def _ts_fits(self, before: int, after: int, bar_ts: float) -> bool:
         # Timestamp lookups bisect on bar_ts, so it must not decrease with bar_idx.
         ts = self._ts
@@ -234,6 +298,8 @@ class BarCache:
     def resolve(self, timestamp_or_idx: object, *, count: bool = True) -> tuple[Resolution, BarFeatures | None]:
         """Apply the resolution rules to a lookup key (see module doc); ``count`` it in ``lookups``."""
         is_ts, key = parse_key(timestamp_or_idx)
+        if not is_ts and isinstance(timestamp_or_idx, float) and not timestamp_or_idx.is_integer():
+            self.note_truncated(timestamp_or_idx)
         with self._cond:
             if is_ts:
                 res, bar = self._resolve_ts(key)
@@ -242,6 +308,15 @@ class BarCache:
             if count:
                 self._lookups[res.kind] += 1
         return res, bar
+
+    def note_truncated(self, key: float) -> None:
+        """Count a non-integral bar_idx key that was truncated (logged the first time only)."""
+        with self._cond:
+            self._truncated += 1
+            first = self._truncated == 1
+        if first:
+            log.warning("non-integral bar_idx lookup key %r truncated to %d (as the in-process engine's int()); "
+                        "further ones are only counted in stats().cache.truncated_keys", key, int(key))
 
     def _resolve_idx(self, idx: int) -> tuple[Resolution, BarFeatures | None]:
         bar = self._bars.get(idx)
@@ -309,4 +384,7 @@ class BarCache:
                 replaced=self._replaced,
                 evicted=self._evicted,
                 ignored=dict(self._ignored),
+                numbering_restarts=self._numbering_restarts,
+                removed=self._removed,
+                truncated_keys=self._truncated,
             )

@@ -4,7 +4,8 @@
 
 * an entry listener (added + updated, values included) decodes each record once, on arrival,
   into ``BarFeatures``; it runs on the client's reactor thread, so it only decodes and
-  inserts, never blocks and never lets an exception escape;
+  inserts, never blocks and never lets an exception escape; removals are passed on to
+  ``BarCache.remove`` (the worker removes the keys of a previous bar numbering);
 * a seed at start reads the newest ``seed_bars`` bars already in the map;
 * after a reconnect (lifecycle CONNECTED following DISCONNECTED) a worker thread re-seeds the
   bars missed while disconnected; the reactor thread only signals it.
@@ -90,6 +91,7 @@ class FeatureMapReader:
         # Listener before seed: a bar put in between is then delivered at least once.
         self._listener_id = self._map.add_entry_listener(
             include_value=True, added_func=self._on_entry, updated_func=self._on_entry,
+            removed_func=self._on_removed,
         ).result()
         try:
             self.seed("seed")
@@ -183,6 +185,18 @@ class FeatureMapReader:
             with self._lock:
                 self._listener_errors += 1
             log.exception("listener error map=%s key=%r", self._map_name, getattr(event, "key", None))
+
+    def _on_removed(self, event: Any) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            key = event.key
+            if type(key) is int:
+                self._cache.remove(key)
+        except Exception:
+            with self._lock:
+                self._listener_errors += 1
+            log.exception("listener error (removal) map=%s key=%r", self._map_name, getattr(event, "key", None))
 
     def _on_lifecycle(self, state: str) -> None:
         try:
