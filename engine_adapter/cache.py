@@ -22,7 +22,7 @@ number goes back): the newest numbering wins. A bar whose ``bar_ts`` is newer th
 bar but whose ``bar_idx`` is lower starts a new numbering: every cached bar (the previous
 numbering's) is dropped and bars older than the new numbering's first one are refused
 (``ignored["old_numbering"]``). The worker's removal of its keys of the previous numbering is
-followed too (``remove``): a removed bar is dropped once no newer cached bar remains.
+followed too (``key_removed``): a removed bar is dropped once no newer cached bar remains.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class BarCache:
         self._last_insert_at: float | None = None
         self._numbering_start_ts: float | None = None  # bar_ts of the current numbering's first bar
         self._numbering_restarts = 0
-        self._removed_marks: set[int] = set()  # cached bars whose key the worker removed
+        self._removed_marks: dict[int, None] = {}  # cached bars whose key the worker removed
         self._removed = 0
         self._truncated = 0
         # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
@@ -222,7 +222,7 @@ class BarCache:
         while len(order) > self.capacity:
             gone = order.pop(0)
             del self._bars[gone]
-            self._removed_marks.discard(gone)
+            self._removed_marks.pop(gone, None)
             self._ts.pop(0)
             self._evicted += 1
         self.version += 1
@@ -234,28 +234,29 @@ class BarCache:
         dropped = len(self._order)
         log.info("bar numbering restarted: newest numbering wins bar_idx=%d bar_ts=%.3f previous_newest=%d "
                  "dropped=%d", bar.bar_idx, bar.bar_ts, self._order[-1], dropped)
-        self._bars.clear()
-        self._order.clear()
-        self._ts.clear()
-        self._removed_marks.clear()
+        # In place (del [:]) or rebound: other methods hold no reference across the lock.
+        self._bars = {}
+        del self._order[:]
+        del self._ts[:]
+        self._removed_marks = {}
         self._numbering_start_ts = bar.bar_ts
         self._numbering_restarts += 1
 
-    def remove(self, bar_idx: int) -> bool:
+    def key_removed(self, bar_idx: int) -> bool:
         """The worker removed key ``bar_idx``: drop it, and every removed bar below it, once no
         newer cached bar remains (its retention of old bars is ignored: the cache keeps more bars
         than the worker). True if the cache changed. Never raises."""
         with self._cond:
             if bar_idx not in self._bars:
                 return False
-            self._removed_marks.add(bar_idx)
+            self._removed_marks[bar_idx] = None
             order = self._order
             dropped = 0
             while order and order[-1] in self._removed_marks:
                 gone = order.pop()
                 self._ts.pop()
                 del self._bars[gone]
-                self._removed_marks.discard(gone)
+                self._removed_marks.pop(gone, None)
                 dropped += 1
             if not dropped:
                 return False

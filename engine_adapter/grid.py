@@ -5,7 +5,7 @@
 * an entry listener (added + updated, values included) decodes each record once, on arrival,
   into ``BarFeatures``; it runs on the client's reactor thread, so it only decodes and
   inserts, never blocks and never lets an exception escape; removals are passed on to
-  ``BarCache.remove`` (the worker removes the keys of a previous bar numbering);
+  ``BarCache.key_removed`` (the worker removes the keys of a previous bar numbering);
 * a seed at start reads the newest ``seed_bars`` bars already in the map;
 * after a reconnect (lifecycle CONNECTED following DISCONNECTED) a worker thread re-seeds the
   bars missed while disconnected; the reactor thread only signals it.
@@ -192,7 +192,7 @@ class FeatureMapReader:
         try:
             key = event.key
             if type(key) is int:
-                self._cache.remove(key)
+                self._cache.key_removed(key)
         except Exception:
             with self._lock:
                 self._listener_errors += 1

@@ -57,15 +57,23 @@ def record(idx: int, *, version: int = 0, assets: tuple[str, ...] = ASSETS, ts: 
                        "depth_asymmetry": imb / 4, "withdrawal_velocity": -0.001 * k},
         }
     return {
-        "schema": 1, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
+        "schema": 2, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
         "n_assets": len(assets), "n_present": len(assets), "assets": out,
-        "market": {"median_imbalance": (idx % 10) / 20, "agreement_pct": 60.0 + version, "depth_pressure": 0.125},
+        "market": {"median_imbalance": (idx % 10) / 20, "agreement_pct": 60.0 + version, "depth_pressure": 0.125,
+                   "notional_pressure": -0.125},
         "macro": {"cascade_count": idx % 3, "cascade_regime": ("CALM", "STRESS", "CASCADE")[idx % 3],
-                  "depth_velocity": idx / 1000, "acceleration": -idx / 2000},
+                  "depth_velocity": idx / 1000, "acceleration": -idx / 2000, "depth_ref_usd": 1000.0 + idx},
         "degraded": False,
         "producer": {"worker_id": "test", "computed_at": T0 + idx * SPACING + 0.01, "stale_assets": [],
                      "degraded": False},
     }
+
+
+def macro_of(rec: dict[str, Any]) -> OBMacroFeatures:
+    """The OBMacroFeatures of a record: the market's three in-process fields, then the macro's."""
+    m = rec["market"]
+    return OBMacroFeatures(median_imbalance=m["median_imbalance"], agreement_pct=m["agreement_pct"],
+                           depth_pressure=m["depth_pressure"], **rec["macro"])
 
 
 def put(m: Any, rec: dict) -> None:
@@ -122,7 +130,7 @@ def test_seed_reads_the_newest_bars_already_in_the_map(hz_cluster, hz_client, ba
         assert eng.get_placement("ETHUSDT", 15) == placement_of(recs[15], "ETHUSDT")
         assert eng.get_signal("SOLUSDT", 20) == signal_of(recs[20], "SOLUSDT")
         assert eng.get_market(20) == OBMarketFeatures(**recs[20]["market"])
-        assert eng.get_macro("BTCUSDT", 19) == OBMacroFeatures(**recs[19]["macro"])
+        assert eng.get_macro("BTCUSDT", 19) == macro_of(recs[19])
         assert eng.resolve(5).kind == "default"  # older than the seeded window, nothing earlier cached
 
 
@@ -136,7 +144,7 @@ def test_exact_bar_via_listener(shared_engine, bars_map) -> None:
         assert shared_engine.get_placement(sym, 7) == placement_of(rec, sym)
         assert shared_engine.get_signal(sym, 7) == signal_of(rec, sym)
     assert shared_engine.get_market(7) == shared_engine.get_market("BTCUSDT", 7) == OBMarketFeatures(**rec["market"])
-    assert shared_engine.get_macro(7) == shared_engine.get_macro("ETHUSDT", 7) == OBMacroFeatures(**rec["macro"])
+    assert shared_engine.get_macro(7) == shared_engine.get_macro("ETHUSDT", 7) == macro_of(rec)
 
 
 def test_fallback_to_latest_earlier_bar(shared_engine, bars_map) -> None:

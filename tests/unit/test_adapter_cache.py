@@ -22,7 +22,7 @@ SPACING = 5.0  # s between consecutive bars in these tests
 def bar(idx: int, ts: float | None = None, imbalance: float = 0.0) -> BarFeatures:
     """A one-asset bar; ``imbalance`` tags it so a test can tell two versions apart."""
     return bar_from_record({
-        "schema": 1, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
+        "schema": 2, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
         "n_assets": 1, "n_present": 1,
         "assets": {"BTCUSDT": {
             "ts": T0, "age_ms": 0.0, "seq": idx,
@@ -55,6 +55,12 @@ def cache_with(*indices: int, capacity: int = 100, stale_after_bars: int = 2) ->
     (1e9, (True, 1e9)),
     (1_723_161_000.25, (True, 1_723_161_000.25)),
     (datetime(2024, 8, 9, tzinfo=UTC), (True, 1723161600.0)),  # 2024-08-09T00:00Z, by date arithmetic
+    (1_723_161_000_250, (True, 1_723_161_000.25)),  # >= 1e12: unix milliseconds
+    (1_723_161_000_250.0, (True, 1_723_161_000.25)),
+    (1e12, (True, 1e9)),
+    (999_999_999_999, (True, 999_999_999_999.0)),  # just below 1e12: still seconds
+    (12.5, (False, 12)),  # non-integral below 1e9: truncated like the in-process engine's int()
+    (0.99, (False, 0)),
 ])
 def test_parse_key(key: object, expected: tuple[bool, float]) -> None:
     got = parse_key(key)
@@ -63,7 +69,7 @@ def test_parse_key(key: object, expected: tuple[bool, float]) -> None:
 
 
 @pytest.mark.parametrize(("key", "error"), [
-    (-1, ValueError), (12.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (-1, ValueError), (-0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
     (-3.0, ValueError), (True, TypeError), ("12", TypeError), (None, TypeError), ([1], TypeError),
 ])
 def test_parse_key_rejects(key: object, error: type[Exception]) -> None:
@@ -221,7 +227,7 @@ def test_a_bar_breaking_timestamp_order_is_ignored() -> None:
     c = BarCache(10, 2)
     c.insert(bar(5))
     c.insert(bar(7))
-    assert not c.insert(bar(6, ts=ts_of(8)))
+    assert not c.insert(bar(6, ts=ts_of(4)))
     assert not c.insert(bar(7, ts=ts_of(4)))
     assert c.cached_indices() == [5, 7] and c.stats().ignored == {"bar_ts_order": 2}
 
@@ -310,3 +316,61 @@ def test_concurrent_inserts_and_reads_stay_consistent() -> None:
     assert s.bars == cap and c.cached_indices() == list(range(n_bars - cap, n_bars))
     assert sum(s.inserted.values()) + s.ignored.get("too_old", 0) == n_bars
     assert sum(s.inserted.values()) - s.evicted == cap
+
+
+# -- numbering restarts and lookup keys (issue 13) -------------------------------------------------
+
+
+def test_a_newer_bar_with_a_lower_number_starts_a_new_numbering() -> None:
+    # The scan count restarted at UTC midnight: bars 86395..86399 of yesterday, then bar 0.
+    c = cache_with(86395, 86396, 86397, 86398, 86399)
+    assert c.insert(bar(0, ts=ts_of(86400)))
+    assert c.cached_indices() == [0]
+    res, b = c.resolve(0)
+    assert res.kind == "exact" and b is not None and b.bar_ts == ts_of(86400)
+    assert c.insert(bar(1, ts=ts_of(86401))) and c.resolve(1)[0].kind == "exact"
+    # A late bar of the previous numbering (listener or re-seed) is refused, whatever its number.
+    assert not c.insert(bar(86399))
+    assert not c.insert_many([bar(2, ts=ts_of(86398)), bar(86396)], "reseed")
+    s = c.stats()
+    assert s.numbering_restarts == 1 and s.ignored == {"old_numbering": 3}
+    assert c.cached_indices() == [0, 1]
+
+
+def test_an_upstream_scan_number_going_back_starts_a_new_numbering() -> None:
+    c = cache_with(100, 101, 102)
+    assert c.insert(bar(40, ts=ts_of(103)))  # newer in time, lower in number
+    assert c.cached_indices() == [40]
+    # bar 102 now means a future bar of the new numbering: far beyond bar 40, so default
+    assert c.resolve(102)[0].kind == "default" and c.resolve(41)[0].bar_idx == 40
+
+
+def test_removals_of_the_previous_numbering_are_followed() -> None:
+    # The worker removed its keys above the new numbering before the adapter saw the new bar.
+    c = cache_with(*range(10, 20))
+    assert not c.key_removed(12)  # a retention removal of an old bar: the cache keeps more bars
+    assert c.cached_indices() == list(range(10, 20))
+    assert not c.key_removed(18)  # 19 is still there
+    assert c.key_removed(19)  # the newest: it goes, and so does 18 (removed before)
+    assert c.cached_indices() == list(range(10, 18))
+    for k in (17, 16, 15, 14, 13, 11, 10):
+        c.key_removed(k)
+    assert c.cached_indices() == []  # 12 had been removed too
+    assert not c.key_removed(99)  # not cached
+    assert c.stats().removed == 10
+    assert c.insert(bar(0, ts=ts_of(30))) and c.resolve(0)[0].kind == "exact"
+
+
+def test_a_non_integral_key_is_truncated_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    c = cache_with(10, 11)
+    with caplog.at_level("WARNING", logger="engine_adapter.cache"):
+        assert c.resolve(11.7)[0].kind == "exact" and c.resolve(10.2)[0].bar_idx == 10
+    assert c.stats().truncated_keys == 2
+    assert len([r for r in caplog.records if "truncated" in r.getMessage()]) == 1  # logged once
+
+
+def test_a_millisecond_timestamp_resolves_like_the_second_one() -> None:
+    c = cache_with(10, 11, 12)
+    for ms in (int(ts_of(11) * 1000), ts_of(11) * 1000.0, int(ts_of(11) * 1000) + 2500):
+        res, b = c.resolve(ms)
+        assert res.kind == "exact" and b is not None and b.bar_idx == 11, ms

@@ -37,10 +37,12 @@ def record(idx: int, assets: tuple[str, ...] = ASSETS, tag: float = 0.0) -> dict
             "signal": {"imbalance": (idx % 7) / 10 - k / 100, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                        "depth_asymmetry": 0.0, "withdrawal_velocity": -k / 1000},
         }
-    return {"schema": 1, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
+    return {"schema": 2, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
             "n_present": len(assets), "assets": out,
-            "market": {"median_imbalance": idx / 1000, "agreement_pct": 50.0 + tag, "depth_pressure": 0.0},
-            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": idx / 100, "acceleration": 0.0},
+            "market": {"median_imbalance": idx / 1000, "agreement_pct": 50.0 + tag, "depth_pressure": 0.0,
+                       "notional_pressure": 0.0},
+            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": idx / 100, "acceleration": 0.0,
+                      "depth_ref_usd": 1000.0},
             "degraded": False}
 
 
@@ -282,7 +284,7 @@ def raw_assets(draw: st.DrawFn) -> dict[Any, Any]:
 
 @given(raw_assets())
 def test_bulk_asset_decode_equals_the_checked_path(raw: dict[Any, Any]) -> None:
-    rec = {"schema": 1, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}
+    rec = {"schema": 2, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}
     try:
         expected: Any = {sym: features._asset(sym, a) for sym, a in raw.items()}
     except (KeyError, TypeError, ValueError):

@@ -15,7 +15,7 @@ from obf_contract.record import dumps_record, loads_record
 
 def record(seq: int | None = 7, with_market: bool = True) -> dict[str, Any]:
     return {
-        "schema": 1, "bar_idx": 3, "bar_ts": 1_723_161_005.0, "n_assets": 1, "n_present": 1,
+        "schema": 2, "bar_idx": 3, "bar_ts": 1_723_161_005.0, "n_assets": 1, "n_present": 1,
         "assets": {"BTCUSDT": {
             "ts": 1_723_161_004.5, "age_ms": 500.0, "seq": seq,
             "placement": {"depth_1pct_usd": 1e6, "depth_quality": 1.0, "fill_probability": 0.5,

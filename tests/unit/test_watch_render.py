@@ -19,7 +19,7 @@ def hand_record() -> dict:
                 "signal": {"imbalance": imb, "imbalance_ma5": imb / 2, "imbalance_persistence": 1.0,
                            "depth_asymmetry": -0.5, "withdrawal_velocity": -0.02}}
     return {
-        "schema": 1, "bar_idx": 1234, "bar_ts": 1_723_161_600.0, "n_assets": 4, "n_present": 3,
+        "schema": 2, "bar_idx": 1234, "bar_ts": 1_723_161_600.0, "n_assets": 4, "n_present": 3,
         "assets": {"ETHUSDT": asset(-0.25, 0.4, 2_500_000.0, 120.0), "BTCUSDT": asset(0.5, 1.0, 12_340_000.0, 80.0),
                    "SOLUSDT": asset(0.1, 2.0, 950.0, 30.0)},
         "market": {"median_imbalance": 0.1, "agreement_pct": 66.6667, "depth_pressure": -0.2},
