@@ -1,0 +1,222 @@
+"""The trader's in-process engine calls, unchanged, against ours (issue 13): constructor calls and
+attribute reads of the feature types, step_live warnings, universe mismatch, lookup keys, the
+OBF_ENGINE switch and the mock engine. No member: the stub client of test_adapter_fastpath hands
+the adapter's own listener the records (real decode -> BarCache -> memo path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from typing import Any
+
+import orjson
+import pytest
+from hazelcast.core import HazelcastJsonValue
+
+import engine_adapter
+from engine_adapter import (
+    AdapterConfig,
+    HazelcastOBEngine,
+    MockOBEngine,
+    OBMacroFeatures,
+    OBMarketFeatures,
+    OBPlacementFeatures,
+    OBSignalFeatures,
+    wire,
+)
+from engine_adapter.mock import PAPER_BIASES
+from obf_contract.record import universe_hash
+from tests.unit.test_adapter_fastpath import ASSETS, StubClient, record
+
+# -- the in-process engine's constructor calls and attribute reads ---------------------------------
+
+
+def test_in_process_constructor_calls_work_unchanged() -> None:
+    # Exactly the calls of the trader's in-process OBFeatureEngine (keyword form).
+    placement = OBPlacementFeatures(depth_1pct_usd=2.5e6, depth_quality=1.2, fill_probability=0.545,
+                                    spread_proxy_bps=3.1)
+    signal = OBSignalFeatures(imbalance=0.1, imbalance_ma5=0.05, imbalance_persistence=0.6, depth_asymmetry=-0.2,
+                              withdrawal_velocity=-0.01)
+    market = OBMarketFeatures(median_imbalance=0.02, agreement_pct=62.5, depth_pressure=0.4)
+    macro = OBMacroFeatures(median_imbalance=0.02, agreement_pct=62.5, depth_pressure=0.4, cascade_regime="CALM",
+                            depth_velocity=-0.003, acceleration=0.001)
+    assert (macro.median_imbalance, macro.agreement_pct, macro.depth_pressure, macro.cascade_regime,
+            macro.depth_velocity, macro.acceleration) == (0.02, 62.5, 0.4, "CALM", -0.003, 0.001)
+    assert (market.median_imbalance, market.agreement_pct, market.depth_pressure) == (0.02, 62.5, 0.4)
+    assert placement.fill_probability == 0.545 and signal.withdrawal_velocity == -0.01
+    # ...and the positional form: the in-process six fields come first, in its order.
+    assert OBMacroFeatures(0.02, 62.5, 0.4, "CALM", -0.003, 0.001) == macro
+    assert OBMarketFeatures(0.02, 62.5, 0.4) == market
+    names = [f.name for f in dataclasses.fields(OBMacroFeatures)]
+    assert names[:6] == ["median_imbalance", "agreement_pct", "depth_pressure", "cascade_regime",
+                         "depth_velocity", "acceleration"]
+    assert all(f.default is not dataclasses.MISSING for f in dataclasses.fields(OBMacroFeatures)[6:])
+    assert [f.name for f in dataclasses.fields(OBMarketFeatures)][:3] == ["median_imbalance", "agreement_pct",
+                                                                          "depth_pressure"]
+    assert [f.name for f in dataclasses.fields(OBPlacementFeatures)] == [
+        "depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps"]
+    assert [f.name for f in dataclasses.fields(OBSignalFeatures)] == [
+        "imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry", "withdrawal_velocity"]
+
+
+def push(stub: StubClient, rec: dict[str, Any]) -> None:
+    event = type("E", (), {"key": rec["bar_idx"], "value": HazelcastJsonValue(orjson.dumps(rec).decode())})()
+    stub.map.on_entry(event)
+
+
+def engine(stub: StubClient, **kw: Any) -> HazelcastOBEngine:
+    return HazelcastOBEngine(AdapterConfig(max_wait_ms=0, **kw), client=stub)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def stub() -> StubClient:
+    return StubClient()
+
+
+def test_in_process_attribute_reads_against_the_adapter(stub: StubClient) -> None:
+    eng = engine(stub)
+    rec = record(7)
+    push(stub, rec)
+    eng.step_live(list(ASSETS), 7)
+    m = rec["market"]
+    # The trader's reads: get_macro(...).agreement_pct etc. (these raised AttributeError before).
+    assert eng.get_macro(7).agreement_pct == m["agreement_pct"]
+    assert eng.get_macro(7).median_imbalance == m["median_imbalance"]
+    assert eng.get_macro(7).depth_pressure == m["depth_pressure"]
+    assert eng.get_macro(7).cascade_regime == rec["macro"]["cascade_regime"]
+    assert eng.get_macro(7).depth_velocity == rec["macro"]["depth_velocity"]
+    assert eng.get_macro(7).acceleration == rec["macro"]["acceleration"]
+    assert eng.get_market("BTCUSDT", 7).agreement_pct == m["agreement_pct"]
+    assert eng.get_placement("BTCUSDT", 7).fill_probability == rec["assets"]["BTCUSDT"]["placement"]["fill_probability"]
+    assert eng.get_signal("ETHUSDT", 7).imbalance == rec["assets"]["ETHUSDT"]["signal"]["imbalance"]
+
+
+# -- step_live warnings -----------------------------------------------------------------------------
+
+
+def test_third_consecutive_non_exact_bar_warns_every_bar_then_info_on_recovery(
+        stub: StubClient, caplog: pytest.LogCaptureFixture) -> None:
+    eng = engine(stub, stale_after_bars=2)
+    push(stub, record(10))
+    caplog.set_level(logging.DEBUG, logger="engine_adapter.adapter")
+    assert eng.step_live(ASSETS, 10).kind == "exact"
+    kinds = [eng.step_live(ASSETS, b).kind for b in (11, 12, 13, 14)]
+    assert kinds == ["fallback", "fallback", "default", "default"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # bars 13 and 14: the third and fourth non-exact bars
+    msg = warnings[0].getMessage()
+    assert "bar_idx=13" in msg and "kind=default" in msg and "lag_bars=3" in msg and "last_exact_bar=10" in msg
+    s = eng.stats()
+    assert (s.non_exact_streak, s.non_exact_warnings, s.last_exact_bar_idx) == (4, 2, 10)
+    push(stub, record(15))
+    caplog.clear()
+    assert eng.step_live(ASSETS, 15).kind == "exact"
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("exact again bar_idx=15 after 4 non-exact bars" in m for m in infos)
+    s = eng.stats()
+    assert (s.non_exact_streak, s.non_exact_warnings, s.last_exact_bar_idx) == (0, 2, 15)
+
+
+def test_two_non_exact_bars_do_not_warn(stub: StubClient, caplog: pytest.LogCaptureFixture) -> None:
+    eng = engine(stub)
+    push(stub, record(10))
+    caplog.set_level(logging.INFO, logger="engine_adapter.adapter")
+    for b in (11, 12):
+        eng.step_live(ASSETS, b)
+    push(stub, record(13))
+    eng.step_live(ASSETS, 13)
+    assert [r for r in caplog.records if r.levelno >= logging.INFO and "exact" in r.getMessage()] == []
+    assert eng.stats().non_exact_warnings == 0
+
+
+def with_universe(rec: dict[str, Any], symbols: list[str]) -> dict[str, Any]:
+    return {**rec, "universe": {"configured": True, "size": len(symbols), "hash": universe_hash(symbols)}}
+
+
+def test_universe_mismatch_warns_once_per_change(stub: StubClient, caplog: pytest.LogCaptureFixture) -> None:
+    eng = engine(stub)
+    worker_universe = [*ASSETS, "XRPUSDT"]
+    caplog.set_level(logging.WARNING, logger="engine_adapter.adapter")
+    for b in (1, 2, 3):
+        push(stub, with_universe(record(b), worker_universe))
+        eng.step_live(ASSETS, b)
+    mismatch = [r.getMessage() for r in caplog.records if "universe" in r.getMessage()]
+    assert len(mismatch) == 1 and "trader=3 assets" in mismatch[0] and "worker=4 assets" in mismatch[0]
+    push(stub, with_universe(record(4), worker_universe))
+    eng.step_live(worker_universe[::-1], 4)  # the same set in another order: no mismatch
+    push(stub, with_universe(record(5), worker_universe))
+    eng.step_live(ASSETS[:2], 5)  # another trader list: a new mismatch, warned again
+    mismatch = [r.getMessage() for r in caplog.records if "universe" in r.getMessage()]
+    assert len(mismatch) == 2 and eng.stats().universe_mismatches == 2
+
+
+# -- lookup keys ------------------------------------------------------------------------------------
+
+
+def test_non_integral_and_millisecond_keys_never_raise(stub: StubClient) -> None:
+    eng = engine(stub)
+    rec = record(7)
+    push(stub, rec)
+    assert eng.step_live(ASSETS, 7.6).kind == "exact"  # truncated like int(7.6)
+    imb = rec["assets"]["BTCUSDT"]["signal"]["imbalance"]
+    assert eng.get_signal("BTCUSDT", 7.2).imbalance == imb
+    ms = int(rec["bar_ts"] * 1000)
+    assert eng.get_signal("BTCUSDT", ms).imbalance == imb
+    assert eng.resolve(ms).kind == "exact"
+    assert eng.stats().cache.truncated_keys == 2
+
+
+# -- switch: OBF_ENGINE, HZ_HOST, the mock engine -----------------------------------------------------
+
+
+def test_wire_off_mock_and_live(stub: StubClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="engine_adapter.wiring")
+    assert wire(ASSETS, environ={"OBF_ENGINE": "off"}) is None
+    mock = wire(ASSETS, environ={"OBF_ENGINE": "Mock"})
+    assert isinstance(mock, MockOBEngine)
+    live = wire(ASSETS, environ={"OBF_FEATURES_MAP": "OBF_X"}, client=stub)  # type: ignore[arg-type]
+    assert isinstance(live, HazelcastOBEngine)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("OBF wired: ")]
+    assert lines[0].startswith("OBF wired: off ") and "assets=3" in lines[0]
+    assert lines[1].startswith("OBF wired: mock ") and "assets=3" in lines[1]
+    assert lines[2].startswith("OBF wired: live map=OBF_X cluster=dev") and "assets=3" in lines[2]
+    live.close()
+    with pytest.raises(ValueError, match="OBF_ENGINE"):
+        wire(ASSETS, environ={"OBF_ENGINE": "paper"})
+
+
+def test_hz_host_beside_hz_members() -> None:
+    assert AdapterConfig.from_env({"HZ_HOST": "hz.internal"}).members == ("hz.internal",)
+    assert AdapterConfig.from_env({"HZ_HOST": "10.0.0.5:5702"}).members == ("10.0.0.5:5702",)
+    # HZ_MEMBERS wins when both are set
+    assert AdapterConfig.from_env({"HZ_HOST": "a:1", "HZ_MEMBERS": "b:2,c:3"}).members == ("b:2", "c:3")
+    with pytest.raises(ValueError, match="HZ_HOST"):
+        AdapterConfig.from_env({"HZ_HOST": "bad host:99999"})
+
+
+def test_mock_engine_biases_and_neutral_fields() -> None:
+    eng = MockOBEngine()
+    assert eng.step_live(["BTCUSDT", "XRPUSDT"], 42).kind == "exact"
+    assert eng.get_signal("BTCUSDT").imbalance == -0.086
+    assert eng.get_signal("ETHUSDT", 42).imbalance == -0.092
+    assert eng.get_signal("BNBUSDT").imbalance == 0.05 and eng.get_signal("SOLUSDT").imbalance == 0.05
+    assert eng.get_signal("XRPUSDT") == OBSignalFeatures()
+    assert dataclasses.replace(eng.get_signal("BTCUSDT"), imbalance=0.0) == OBSignalFeatures()
+    assert eng.get_placement("BTCUSDT") == OBPlacementFeatures()
+    assert eng.get_market() == OBMarketFeatures() and eng.get_macro("BTCUSDT", 42) == OBMacroFeatures()
+    assert dict(eng.biases) == dict(PAPER_BIASES)
+    s = eng.stats()
+    assert s.current_bar_idx == 42 and s.steps == {"exact": 1}
+    assert eng.step_live(None, 43.9).bar_idx == 43
+
+
+def test_mock_engine_has_the_adapter_api() -> None:
+    public = {n for n, _ in inspect.getmembers(HazelcastOBEngine) if not n.startswith("_")}
+    public -= {"from_client", "client"}  # ways to build/reach a Hazelcast client: live only
+    assert public <= {n for n, _ in inspect.getmembers(MockOBEngine)}
+    for name in ("step_live", "get_placement", "get_signal", "get_market", "get_macro", "resolve"):
+        live = list(inspect.signature(getattr(HazelcastOBEngine, name)).parameters)
+        mock = list(inspect.signature(getattr(MockOBEngine, name)).parameters)
+        assert live == mock, name
+    assert {"wire", "MockOBEngine"} <= set(engine_adapter.__all__)
