@@ -8,7 +8,14 @@ closes a bar. ``bar_idx`` is an integer JSON field of the value, or, without a f
 from 0 that restarts at UTC midnight. The listener thread only enqueues (``trigger``); the bar
 loop thread dequeues (``wait_tick``), so a close arriving while the previous bar is still being
 processed is queued, never dropped (up to ``max_queue``) and never computed twice: a field
-``bar_idx`` not greater than the last closed one is ignored and counted.
+``bar_idx`` not greater than the last closed one is ignored and counted, unless it is a restart.
+
+Repeat or restart (scan clock with a field): a scan whose field is *lower* than the last closed
+scan's is an upstream restart (the numbering starts again: ``BarTick.new_epoch``) when the scan's
+own time, its ``timestamp`` field (ISO-8601 or unix s/ms, as a snapshot's), is later than the
+last closed scan's ``timestamp``. Otherwise (not later, or either scan has no readable
+``timestamp``) it is a repeat or an out-of-order scan and is ignored, as before. Receipt times
+cannot tell the two apart: a repeat is received later too.
 
 Both clocks are driven by one thread (the worker's bar loop) through ``wait_tick(stop, timeout)``,
 which returns early when ``stop`` is set.
@@ -28,7 +35,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from obf_features_worker.engine.snapshot import SnapshotRejected, parse_timestamp
+
 log = logging.getLogger(__name__)
+
+# The scan value's own time: tells an upstream restart (later) from a repeat (not later).
+SCAN_TIME_FIELD = "timestamp"
 
 # Longest single wait, so a wall-clock step (NTP) is noticed within this many seconds.
 _MAX_WAIT_S = 1.0
@@ -45,7 +57,8 @@ class BarTick:
     bar_ts: unix s of the close (interval: ``bar_idx * bar_seconds``; scan: receipt of the update).
     triggered_at: unix s at which the close happened (interval: the close time; scan: receipt).
     skipped: bars skipped just before this one (interval clock after a long stall).
-    new_epoch: the bar numbering restarted (scan clock without a field, at UTC midnight).
+    new_epoch: the bar numbering restarted (scan clock without a field at UTC midnight, or a
+        scan field that went back with a later scan time).
     """
 
     bar_idx: int
@@ -178,12 +191,31 @@ def scan_bar_idx(value: object, field: str) -> int:
     Raises ``ScanRejected`` with one of SCAN_BAD_JSON / SCAN_MISSING_FIELD / SCAN_BAD_FIELD.
     An integral float (``12.0``) is accepted; booleans are not numbers.
     """
+    return _field_of(_scan_object(value), field)
+
+
+def _scan_object(value: object) -> dict[str, Any]:
     try:
         obj = _decode_scan_value(value)
     except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise ScanRejected(SCAN_BAD_JSON, str(exc)[:120]) from None
     if type(obj) is not dict:
         raise ScanRejected(SCAN_BAD_JSON, f"scan value is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def scan_time(obj: dict[str, Any]) -> float | None:
+    """The scan's own time (unix s) from its ``timestamp`` field, None if absent or unreadable."""
+    raw = obj.get(SCAN_TIME_FIELD)
+    if raw is None:
+        return None
+    try:
+        return parse_timestamp(raw)
+    except SnapshotRejected:
+        return None
+
+
+def _field_of(obj: dict[str, Any], field: str) -> int:
     if field not in obj:
         raise ScanRejected(SCAN_MISSING_FIELD, f"no field {field!r}")
     v = obj[field]
@@ -227,6 +259,8 @@ class ScanClock:
         self._triggers = 0
         self._ticks = 0
         self._ignored = 0
+        self._restarts = 0
+        self._last_time: float | None = None  # scan time of the last closed scan (field mode)
         self._dropped = 0
         self._rejected: dict[str, int] = {}
 
@@ -270,17 +304,28 @@ class ScanClock:
             self._last = idx
             return BarTick(idx, at, at, new_epoch=new_epoch)
         try:
-            idx = scan_bar_idx(value, self.field)
+            obj = _scan_object(value)
+            idx = _field_of(obj, self.field)
         except ScanRejected as exc:
             self._rejected[exc.reason] = self._rejected.get(exc.reason, 0) + 1
             log.warning("scan update rejected reason=%s detail=%s", exc.reason, exc.detail)
             return None
+        when = scan_time(obj)
+        new_epoch = False
         if self._last is not None and idx <= self._last:
-            self._ignored += 1
-            log.debug("scan update ignored bar_idx=%d last_bar_idx=%d", idx, self._last)
-            return None
+            last_time = self._last_time
+            if idx == self._last or when is None or last_time is None or when <= last_time:
+                self._ignored += 1
+                log.debug("scan update ignored bar_idx=%d last_bar_idx=%d", idx, self._last)
+                return None
+            # Lower number, later scan time: the upstream numbering restarted.
+            self._restarts += 1
+            new_epoch = True
+            log.info("scan numbering restarted upstream bar_idx=%d last_bar_idx=%d scan_time=%.3f "
+                     "last_scan_time=%.3f", idx, self._last, when, last_time)
         self._last = idx
-        return BarTick(idx, at, at)
+        self._last_time = when
+        return BarTick(idx, at, at, new_epoch=new_epoch)
 
     def wait_tick(self, stop: threading.Event, timeout: float) -> BarTick | None:
         """Block until a queued update closes a bar, ``stop`` is set (after ``interrupt``) or timeout."""
@@ -304,4 +349,5 @@ class ScanClock:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"triggers": self._triggers, "ticks": self._ticks, "ignored": self._ignored,
+                    "restarts": self._restarts,
                     "dropped": self._dropped, "rejected": dict(self._rejected), "pending": len(self._queue)}

@@ -6,6 +6,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from hazelcast.core import HazelcastJsonValue
 from hypothesis import given
@@ -107,6 +108,30 @@ def test_scan_clock_field_mode_dedupes_and_queues():
     assert [(t.bar_idx, t.bar_ts) for t in ticks] == [(5, 10.0), (6, 10.1), (7, 10.2), (8, 10.5)]
     st_ = clock.stats()
     assert st_["ignored"] == 2 and st_["triggers"] == 6 and st_["ticks"] == 4 and st_["pending"] == 0
+
+
+def test_scan_field_going_back_with_a_later_scan_time_is_a_restart():
+    # Repeat or restart: a lower field with a later `timestamp` is an upstream restart; a lower
+    # (or equal) field with an earlier/equal or no timestamp is a repeat, ignored as before.
+    clock = ScanClock("scan_number")
+    scans = [
+        ({"scan_number": 100, "timestamp": "2026-12-04T10:00:00Z"}, 1.0),
+        ({"scan_number": 101, "timestamp": "2026-12-04T10:00:05Z"}, 2.0),
+        ({"scan_number": 99, "timestamp": "2026-12-04T09:59:55Z"}, 3.0),  # an old scan again: repeat
+        ({"scan_number": 101, "timestamp": "2026-12-04T10:00:10Z"}, 4.0),  # same number: repeat
+        ({"scan_number": 3}, 5.0),  # no time: cannot be told from a repeat, ignored
+        ({"scan_number": 1, "timestamp": 1796378420.0}, 6.0),  # later (unix s): restart
+        ({"scan_number": 2, "timestamp": 1796378425000}, 7.0),  # unix ms, next scan
+        ({"scan_number": 1, "timestamp": 1796378425.0}, 8.0),  # lower, same time: repeat
+    ]
+    for obj, at in scans:
+        clock.trigger(orjson.dumps(obj).decode(), received_at=at)
+    ticks = []
+    while (t := clock.poll()) is not None:
+        ticks.append(t)
+    assert [(t.bar_idx, t.new_epoch) for t in ticks] == [(100, False), (101, False), (1, True), (2, False)]
+    st_ = clock.stats()
+    assert st_["restarts"] == 1 and st_["ignored"] == 4
 
 
 @pytest.mark.parametrize("value, reason", [
