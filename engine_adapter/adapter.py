@@ -272,6 +272,11 @@ class HazelcastOBEngine:
         idx = int(idx)
         if isinstance(bar_idx, float) and not bar_idx.is_integer():
             self._cache.note_truncated(bar_idx)
+        previous = self._cur.idx
+        if previous is not None and idx < previous:
+            # The trader's numbering went back (UTC midnight, upstream restart): the cached bars
+            # of the same numbers are the previous numbering's, never the answer for this one.
+            self._cache.trader_restarted(idx)
         waited_ms = None
         if self._max_wait_s > 0 and idx not in self._cache:
             t0 = time.perf_counter()

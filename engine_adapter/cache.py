@@ -23,6 +23,9 @@ bar but whose ``bar_idx`` is lower starts a new numbering: every cached bar (the
 numbering's) is dropped and bars older than the new numbering's first one are refused
 (``ignored["old_numbering"]``). The worker's removal of its keys of the previous numbering is
 followed too (``key_removed``): a removed bar is dropped once no newer cached bar remains.
+When the trader's own numbering goes back first (its count restarted, the worker's new bar is
+not here yet), ``trader_restarted`` drops the cached bars of the previous numbering, so its
+new numbers never resolve to the previous numbering's bars of the same numbers.
 """
 
 from __future__ import annotations
@@ -241,6 +244,27 @@ class BarCache:
         self._removed_marks = {}
         self._numbering_start_ts = bar.bar_ts
         self._numbering_restarts += 1
+
+    def trader_restarted(self, bar_idx: int) -> bool:
+        """The trader's bar numbering went back to ``bar_idx``: if the newest cached bar is above
+        it (the previous numbering's), drop every cached bar and refuse bars not newer than it.
+        True if the cache changed. Never raises."""
+        with self._cond:
+            order = self._order
+            if not order or order[-1] <= bar_idx:
+                return False  # the cache already follows the new numbering (or is empty)
+            newest_ts = self._ts[-1]
+            log.info("trader bar numbering restarted: dropping the previous numbering bar_idx=%d "
+                     "previous_newest=%d dropped=%d", bar_idx, order[-1], len(order))
+            self._bars = {}
+            del order[:]
+            del self._ts[:]
+            self._removed_marks = {}
+            self._numbering_start_ts = math.nextafter(newest_ts, math.inf)
+            self._numbering_restarts += 1
+            self.version += 1
+            self._changed_locked()
+        return True
 
     def key_removed(self, bar_idx: int) -> bool:
         """The worker removed key ``bar_idx``: drop it, and every removed bar below it, once no

@@ -374,3 +374,13 @@ def test_a_millisecond_timestamp_resolves_like_the_second_one() -> None:
     for ms in (int(ts_of(11) * 1000), ts_of(11) * 1000.0, int(ts_of(11) * 1000) + 2500):
         res, b = c.resolve(ms)
         assert res.kind == "exact" and b is not None and b.bar_idx == 11, ms
+
+
+def test_the_traders_numbering_going_back_drops_the_previous_numbering() -> None:
+    c = cache_with(0, 1, 86397, 86398, 86399)  # yesterday's bars, 0 and 1 among them
+    assert c.trader_restarted(0)  # today's bar 0 must not resolve to yesterday's
+    assert c.cached_indices() == [] and c.resolve(0)[0].kind == "default"
+    assert not c.insert(bar(86399))  # a late bar of the previous numbering
+    assert c.insert(bar(0, ts=ts_of(86400))) and c.resolve(0)[0].kind == "exact"
+    assert not c.trader_restarted(0)  # already following the new numbering
+    assert c.stats().numbering_restarts == 1
