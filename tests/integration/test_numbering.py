@@ -1,0 +1,142 @@
+"""Bar numbering restarts end to end (issue 13): a worker on the scan clock crossing a forced UTC
+midnight (no --scan-field: the count restarts at 0) and an upstream scan-number restart (the
+field goes back with a later scan timestamp), with an adapter that was running before. Every
+bar after the restart resolves exact, to the new numbering's record (never to the previous
+numbering's record of the same number).
+
+The worker runs in-process (a thread) so the midnight can be forced: its scan clock takes each
+scan's receipt time from the scan value (``at``), which the test sets just before and just after
+a UTC midnight. Everything else is the real worker against a real member.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from hazelcast.core import HazelcastJsonValue
+
+from engine_adapter import AdapterConfig, HazelcastOBEngine
+from obf_features_worker.service.bars import ScanClock
+from obf_features_worker.service.config import load_config
+from obf_features_worker.service.worker import Worker
+from tests.cluster import HzCluster
+from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, json_value, wait_for
+
+SCAN_KEY = "latest_eigen_scan"
+
+
+class ForcedTimeScanClock(ScanClock):
+    """The real scan clock, its receipt time taken from the scan's ``at`` field (test only)."""
+
+    def trigger(self, value: object, received_at: float | None = None) -> None:
+        at = json_value(value).get("at")
+        super().trigger(value, received_at if at is None else float(at))
+
+
+@pytest.fixture
+def feeder(hz_cluster: HzCluster, map_suffix: str) -> Iterator[TestFeeder]:
+    client = hz_cluster.client()
+    f = TestFeeder(client, "DOLPHIN_FEATURES" + map_suffix).start()
+    wait_for(lambda: f.ticks >= 3, 10, "feeder running")
+    yield f
+    f.stop()
+    client.shutdown()
+
+
+def start_worker(cluster: HzCluster, suffix: str, clock: ScanClock, *extra: str) -> tuple[Worker, threading.Thread]:
+    cfg, _ = load_config(["--clock", "scan", "--scan-key", SCAN_KEY, "--bar-seconds", "1",
+                          "--assets", ",".join(DEFAULT_SYMBOLS), *extra],
+                         environ={"HZ_MEMBERS": ",".join(cluster.members), "HZ_CLUSTER": cluster.cluster_name,
+                                  "OBF_MAP_SUFFIX": suffix})
+    worker = Worker(cfg, clock=clock)
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def health_up(client: Any, suffix: str) -> bool:
+    return client.get_map("DOLPHIN_OBF_HEALTH" + suffix).blocking().size() > 0
+
+
+def run_scans(inp: Any, eng: HazelcastOBEngine, scans: list[tuple[int, dict[str, Any]]]) -> list[tuple[str, float]]:
+    """Publish each scan, then step the adapter like the trader: (kind, bar_ts of the answer)."""
+    out = []
+    for trader_idx, scan in scans:
+        inp.put(SCAN_KEY, HazelcastJsonValue(orjson.dumps(scan).decode()))
+        res = eng.step_live(list(DEFAULT_SYMBOLS), trader_idx)
+        bar = eng.get_bar(trader_idx)
+        out.append((res.kind, math.nan if bar is None else bar.bar_ts))
+        # The trader's reads of the current bar answer from that same bar.
+        assert bar is None or eng.get_macro().agreement_pct == bar.market.agreement_pct  # type: ignore[union-attr]
+    return out
+
+
+def adapter(cluster: HzCluster, suffix: str) -> HazelcastOBEngine:
+    return HazelcastOBEngine(AdapterConfig(cluster_name=cluster.cluster_name, members=tuple(cluster.members),
+                                           map_name="DOLPHIN_OBF_FEATURES" + suffix, max_wait_ms=10_000,
+                                           stale_after_bars=2))
+
+
+def test_scan_count_crossing_a_forced_utc_midnight(hz_cluster: HzCluster, hz_client: Any, feeder: TestFeeder,
+                                                   map_suffix: str) -> None:
+    inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    # The last UTC midnight: snapshots (now) are then newer than the bars, which counts as present.
+    midnight = math.floor(time.time() / 86_400) * 86_400.0
+    worker, thread = start_worker(hz_cluster, map_suffix, ForcedTimeScanClock(None))
+    eng = adapter(hz_cluster, map_suffix)  # running before the restart
+    try:
+        wait_for(lambda: health_up(hz_client, map_suffix), 30, "worker up")
+        before = [(i, {"at": midnight - 4.0 + i * 0.5}) for i in range(5)]  # bars 0..4 of the day before
+        after = [(i, {"at": midnight + 1.0 + i * 0.5}) for i in range(6)]  # bars 0..5 of the new day
+        got = run_scans(inp, eng, before)
+        assert got == [("exact", s["at"]) for _, s in before]
+        got = run_scans(inp, eng, after)
+        # Every bar after the midnight: exact, and the new day's record (its bar_ts), never yesterday's.
+        assert got == [("exact", s["at"]) for _, s in after]
+        s = eng.stats()
+        assert s.cache.numbering_restarts >= 1 and s.steps["exact"] == 11 and s.non_exact_warnings == 0
+        # The worker removed the previous numbering's keys: only the new day's bars remain.
+        keys = sorted(hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().key_set())
+        assert keys == list(range(6))
+    finally:
+        eng.close()
+        worker.request_stop("test")
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_upstream_scan_number_restart(hz_cluster: HzCluster, hz_client: Any, feeder: TestFeeder,
+                                      map_suffix: str) -> None:
+    inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    worker, thread = start_worker(hz_cluster, map_suffix, ScanClock("scan_number"), "--scan-field", "scan_number")
+    eng = adapter(hz_cluster, map_suffix)
+    t0 = time.time()
+    try:
+        wait_for(lambda: health_up(hz_client, map_suffix), 30, "worker up")
+        before = [(n, {"scan_number": n, "timestamp": t0 + k}) for k, n in enumerate(range(100, 105))]
+        got = run_scans(inp, eng, before)
+        assert [kind for kind, _ in got] == ["exact"] * 5
+        # A repeat of an old scan (lower number, older time) is ignored: no bar 101 again.
+        inp.put(SCAN_KEY, HazelcastJsonValue(orjson.dumps({"scan_number": 101, "timestamp": t0 + 1}).decode()))
+        # The upstream restarts: numbers from 3, with later scan times.
+        after = [(n, {"scan_number": n, "timestamp": t0 + 10 + k}) for k, n in enumerate(range(3, 9))]
+        got = run_scans(inp, eng, after)
+        assert [kind for kind, _ in got] == ["exact"] * 6
+        for (n, _), (_, bar_ts) in zip(after, got):
+            rec = json_value(hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().get(n))
+            assert rec["bar_ts"] == bar_ts  # the answer is the new numbering's record
+        assert worker.clock.stats()["restarts"] == 1 and worker.clock.stats()["ignored"] >= 1
+        keys = sorted(hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().key_set())
+        assert keys == list(range(3, 9))  # 100..104 were removed with the restart
+        assert eng.stats().non_exact_warnings == 0
+    finally:
+        eng.close()
+        worker.request_stop("test")
+        thread.join(30)
+    assert not thread.is_alive()
