@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
                    "SQL mappings/views for Management Center: list, print, apply, run examples"),
     "status": Command("obf_features_worker.inspection.status",
                       "one-screen health of the pipeline; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"),
+    "verify": Command("obf_features_worker.inspection.verify",
+                      "the trader's go-live checklist: one ✓/✗ line per check; exit 0 only when all hold"),
     "watch": Command("obf_features_worker.inspection.watch",
                      "live terminal table of the features, refreshed on every bar (Ctrl-C to exit)"),
     "feed": Command("obf_features_worker.dev.feed",

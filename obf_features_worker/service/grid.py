@@ -527,6 +527,11 @@ class InspectionReader:
                 docs.append(doc)
         return sorted(docs, key=lambda d: str(d.get("worker_id")))
 
+    def get_values(self, map_name: str, keys: Iterable[Any]) -> dict[Any, Any]:
+        """The raw values of ``keys`` present in ``map_name`` (one get_all); for ``verify``."""
+        wanted = list(keys)
+        return dict(self._client.get_map(map_name).blocking().get_all(wanted)) if wanted else {}
+
     def latest_docs(self, latest_map: str) -> dict[str, dict[str, Any]]:
         """Every asset's latest flat doc, by symbol."""
         out = {}
