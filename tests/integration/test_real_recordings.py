@@ -217,7 +217,8 @@ def test_replay_features_in_range_and_finite(replayed):
                 assert -1 <= s[k] <= 1, k
             assert s["withdrawal_velocity"] >= -1
         m, x = r["market"], r["macro"]
-        assert -1 <= m["median_imbalance"] <= 1 and -1 <= m["depth_pressure"] <= 1
+        assert -1 <= m["median_imbalance"] <= 1 and -1 <= m["notional_pressure"] <= 1
+        assert abs(m["depth_pressure"]) <= r["n_present"]  # a plain sum of imbalances in [-1, 1]
         assert 0 <= m["agreement_pct"] <= 100
         assert 0 <= x["cascade_count"] <= r["n_present"]
         assert x["cascade_regime"] in ("CALM", "STRESS", "CASCADE")
