@@ -87,20 +87,24 @@ class NaiveFeatures:
         agreement = 100 * sum(1 for v in out.values() if ((v[1] > 0) - (v[1] < 0)) == sm) / n
         sb = sum(v[9] for v in out.values())
         sa = sum(v[10] for v in out.values())
-        pressure = (sb - sa) / (sb + sa) if sb + sa else 0.0
+        notional = (sb - sa) / (sb + sa) if sb + sa else 0.0
+        pressure = sum(v[1] for v in out.values())  # the in-process engine's: plain sum of imbalances
         cascades = sum(1 for v in out.values() if v[8] < -p.cascade_threshold)
-        self.market.append(sum(v[3] for v in out.values()) / n)
+        depth_ref = sum(self.ref.values()) / len(self.ref)  # mean reference depth over every asset seen
+        self.market.append(depth_ref)
         k = len(self.market) - 1
-        velocity = (self.market[-1] - self.market[0]) / k if k else 0.0
+        oldest = self.market[0]
+        velocity = (depth_ref - oldest) / oldest / k if k and oldest > 0 else 0.0
         accel = 0.0 if self.prev_velocity is None else velocity - self.prev_velocity
         self.prev_velocity = velocity
         regime = ("CASCADE" if cascades / n >= p.cascade_share
                   else "STRESS" if cascades / n >= p.stress_share else "CALM")
         return {
             "assets": assets, "n_present": n,
-            "market": {"median_imbalance": median, "agreement_pct": agreement, "depth_pressure": pressure},
+            "market": {"median_imbalance": median, "agreement_pct": agreement, "depth_pressure": pressure,
+                       "notional_pressure": notional},
             "macro": {"cascade_count": cascades, "cascade_regime": regime, "depth_velocity": velocity,
-                      "acceleration": accel},
+                      "acceleration": accel, "depth_ref_usd": depth_ref},
         }
 
     def _cost(self, side: list[float], w: float) -> float:
@@ -171,13 +175,15 @@ def _kernel_time(engine: FeatureEngine, bar: dict[str, Snapshot], repeat: int = 
     offsets = np.concatenate([[0], np.cumsum([len(s.bid_notional) for s in snaps])]).astype(np.int64)
     bid = np.concatenate([s.bid_notional for s in snaps])
     ask = np.concatenate([s.ask_notional for s in snaps])
-    st = FeatureEngine.from_state(engine.export_state(), engine.params)
+    st = FeatureEngine.from_state(engine.export_state(), engine.params, universe=engine.universe)
+    st.universe_info()  # builds the universe slots the kernel sums the reference depth over
     p = st.params
     asset_out = np.empty((n, K.N_ASSET_COLS))
     market_out = np.empty(K.N_MARKET_COLS)
     args = (slots, offsets, bid, ask, p.band_span_bps, p.ref_notional_usd, p.ema_alpha, p.ma_window,
             p.cascade_threshold, p.stress_share, p.cascade_share, st._ref_depth, st._n_obs, st._imb_hist,
-            st._depth_hist, st._market_hist, st._market_n, st._prev_velocity, asset_out, market_out)
+            st._depth_hist, st._universe_slots, st._market_hist, st._market_n, st._prev_velocity, asset_out,
+            market_out)
     K.step_bar(*args)
     t = time.perf_counter()
     for _ in range(repeat):

@@ -509,7 +509,7 @@ def test_end_to_end_with_the_real_worker(hz_cluster, hz_client, map_suffix: str,
         env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
     )
     rng = random.Random(11)
-    engine = FeatureEngine()  # the in-process reference, fed the very snapshots the worker used
+    engine = FeatureEngine(universe=ASSETS)  # the reference, fed the very snapshots the worker used
     sent: dict[tuple[str, int], Any] = {}  # (symbol, _push_seq) -> Snapshot
     cfg = config_for(hz_cluster, "DOLPHIN_OBF_FEATURES" + map_suffix, max_wait_ms=50)
     try:
