@@ -12,6 +12,7 @@ the same snapshots, compared byte for byte (the ``producer`` block aside).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -417,8 +418,17 @@ def _foreign_checkpoint(params: FeatureParams, bar: int) -> str:
     return checkpoint.encode(cp).decode()
 
 
+def _old_schema_checkpoint(bar: int) -> str:
+    """A checkpoint written by a schema-1 worker (engine state version 1), checksum intact."""
+    env = orjson.loads(_foreign_checkpoint(FeatureParams(), bar))
+    env["body"]["engine"]["version"] = 1
+    env["sha256"] = hashlib.sha256(orjson.dumps(env["body"], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return orjson.dumps(env).decode()
+
+
 @pytest.mark.parametrize("stored,reason", [
     (None, "missing"),
+    (_old_schema_checkpoint(9), "version"),
     ("{not json", "corrupt"),
     (_foreign_checkpoint(FeatureParams(ma_window=3), 9), "params"),
     (_foreign_checkpoint(FeatureParams(), 5), "too_old"),
