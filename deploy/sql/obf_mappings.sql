@@ -83,7 +83,9 @@ SELECT
     JSON_VALUE(this, '$.macro.depth_velocity' RETURNING DOUBLE) AS depth_velocity,
     JSON_VALUE(this, '$.macro.acceleration' RETURNING DOUBLE) AS acceleration,
     JSON_VALUE(this, '$.degraded' RETURNING BOOLEAN) AS degraded,
-    JSON_VALUE(this, '$.producer.worker_id') AS worker_id
+    JSON_VALUE(this, '$.producer.worker_id') AS worker_id,
+    JSON_VALUE(this, '$.market.notional_pressure' RETURNING DOUBLE) AS notional_pressure,
+    JSON_VALUE(this, '$.macro.depth_ref_usd' RETURNING DOUBLE) AS depth_ref_usd
 FROM DOLPHIN_OBF_FEATURES;
 
 -- name: view-workers
