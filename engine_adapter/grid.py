@@ -47,7 +47,7 @@ class GridStats:
     connected: bool
     disconnects: int
     reconnects: int
-    events: int  # listener events received
+    events: int  # listener events received (removals included)
     decoded: int  # listener events decoded into a bar
     rejected: dict[str, int]  # reason -> records that failed to decode (listener and seeds)
     listener_errors: int  # unexpected exceptions caught in the listener
@@ -190,6 +190,8 @@ class FeatureMapReader:
         if self._closed.is_set():
             return
         try:
+            with self._lock:
+                self._events += 1
             key = event.key
             if type(key) is int:
                 self._cache.key_removed(key)

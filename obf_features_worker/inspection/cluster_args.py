@@ -28,8 +28,11 @@ DEFAULT_CLUSTER = "dev"
 def add_cluster_options(parser: argparse.ArgumentParser, *, maps: Iterable[str] = ("features",),
                         connect_timeout: float = 5.0) -> None:
     """Add ``--members``, ``--cluster``, ``--connect-timeout`` and the requested ``--<name>-map`` options."""
-    parser.add_argument("--members", default=os.environ.get("HZ_MEMBERS", DEFAULT_MEMBERS),
-                        help=f"comma-separated host:port list (env HZ_MEMBERS, default {DEFAULT_MEMBERS})")
+    # HZ_HOST (one host or host:port, the trader's variable) when HZ_MEMBERS is unset.
+    members = os.environ.get("HZ_MEMBERS", "").strip() or os.environ.get("HZ_HOST", "").strip() or DEFAULT_MEMBERS
+    parser.add_argument("--members", default=members,
+                        help=f"comma-separated host:port list (env HZ_MEMBERS, else HZ_HOST; "
+                             f"default {DEFAULT_MEMBERS})")
     parser.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", DEFAULT_CLUSTER),
                         help=f"cluster name (env HZ_CLUSTER, default {DEFAULT_CLUSTER})")
     parser.add_argument("--connect-timeout", type=float, default=connect_timeout, metavar="SECONDS",

@@ -140,3 +140,39 @@ def test_upstream_scan_number_restart(hz_cluster: HzCluster, hz_client: Any, fee
         worker.request_stop("test")
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_the_adapter_follows_removals_of_its_newest_bars(hz_cluster: HzCluster, hz_client: Any,
+                                                        map_suffix: str) -> None:
+    """The worker's removal of the previous numbering's keys (remove_all with a predicate, as its
+    retention does) reaches the adapter's cache as entry removals: those bars go."""
+    from hazelcast import predicate
+
+    features = hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking()
+    t0 = time.time()
+
+    def rec(idx: int) -> str:
+        return orjson.dumps({"schema": 2, "bar_idx": idx, "bar_ts": t0 + idx, "n_assets": 0, "n_present": 0,
+                             "assets": {}, "market": None, "macro": None, "degraded": False}).decode()
+
+    for i in range(1, 6):
+        features.put(i, HazelcastJsonValue(rec(i)))
+    eng = adapter(hz_cluster, map_suffix)
+    try:
+        assert eng.stats().cache.bars == 5
+        foreign = hz_cluster.foreign_client()
+        try:
+            foreign.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().remove_all(
+                predicate.greater("__key", 2))
+        finally:
+            foreign.shutdown()
+        wait_for(lambda: eng.stats().cache.newest_idx == 2, 10, "removals followed")
+        s = eng.stats().cache
+        assert s.removed == 3 and s.bars == 2 and eng.resolve(4).kind == "fallback"
+        events = eng.stats().grid.events
+        features.remove_all(predicate.less_or_equal("__key", 1))  # a retention removal of an old bar
+        wait_for(lambda: eng.stats().grid.events == events + 1, 10, "the removal event")
+        assert eng.stats().cache.bars == 2  # old bars stay: the adapter keeps more than the worker
+        assert eng.stats().grid.listener_errors == 0
+    finally:
+        eng.close()
