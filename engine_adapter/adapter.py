@@ -252,7 +252,7 @@ class HazelcastOBEngine:
 
     # -- the trader's per-scan call ------------------------------------------------------------
 
-    def step_live(self, assets: Iterable[str] | None, bar_idx: int) -> Resolution:
+    def step_live(self, assets: Iterable[str] | None, bar_idx: int | float) -> Resolution:
         """Mark ``bar_idx`` as the current bar; wait up to max_wait_ms for its record if not here yet.
 
         Read-only; woken by the record's arrival (no polling). Returns how the bar resolves

@@ -64,7 +64,7 @@ class MockOBEngine:
         """symbol -> static imbalance."""
         return MappingProxyType({s: f.imbalance for s, f in self._signals.items()})
 
-    def step_live(self, assets: Iterable[str] | None, bar_idx: int) -> Resolution:
+    def step_live(self, assets: Iterable[str] | None, bar_idx: int | float) -> Resolution:
         """Mark ``bar_idx`` as the current bar (truncated like ``int()``); always "exact"."""
         is_ts, idx = parse_key(bar_idx)
         if is_ts:
