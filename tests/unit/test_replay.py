@@ -169,3 +169,23 @@ def test_cli_replay(tmp_path, capsys):
     assert cli.main(["replay", str(inp), "--bar-seconds", "1", "--ma-window", "99", "--output", str(out3)]) == 2
     assert cli.main(["replay", str(tmp_path / "missing"), "--bar-seconds", "1", "--output", str(out3)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_assets_filter_and_are_the_universe_of_the_cross_asset_depth(tmp_path, capsys):
+    # As a worker with --assets: only the listed assets count, and depth_ref_usd averages over
+    # all of them (CCC, listed but never present, counts 0).
+    lines = [line("AAA", 10.2, bid=(300.0,), ask=(100.0,), seq=1), line("BBB", 10.5, bid=(10.0,), ask=(30.0,), seq=1),
+             line("ZZZ", 10.6, seq=1)]
+    recs = list(replay.replay_records(lines, 1.0, assets=["BBB", "AAA", "CCC"]))
+    assert [set(r["assets"]) for r in recs] == [{"AAA", "BBB"}]
+    snaps = {s: snapshot.parse_snapshot(json.loads(x)["key"], json.loads(x)["value"], now=math.inf)
+             for s, x in (("AAA", lines[0]), ("BBB", lines[1]))}
+    expected = FeatureEngine(universe=["AAA", "BBB", "CCC"]).step(11, 11.0, snaps)
+    assert dumps_record(recs[0]) == dumps_record(expected)
+    assert recs[0]["macro"]["depth_ref_usd"] == (400.0 + 40.0) / 3
+    assert recs[0]["universe"]["configured"] is True and recs[0]["universe"]["size"] == 3
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("\n".join(lines) + "\n")
+    assert cli.main(["replay", str(inp), "--bar-seconds", "1", "--assets", "BBB,AAA,CCC", "--output", str(out)]) == 0
+    assert out.read_bytes() == dumps_record(expected) + b"\n"
+    capsys.readouterr()
