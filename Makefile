@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JARS   := .hazelcast/lib/.fetched
 
-.PHONY: help setup venv jars test test-unit test-integration soak demo bench clean
+.PHONY: help setup venv jars lint test test-unit test-integration soak demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -32,7 +32,11 @@ $(JARS): deploy/hazelcast/pom.xml deploy/hazelcast/fetch-jars.sh
 	deploy/hazelcast/fetch-jars.sh
 	@touch $@
 
-test: setup  ## run the whole suite (unit + integration against a real member)
+lint: setup  ## ruff (incl. the security rules) and mypy --strict over the packages
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint  ## lint, then the whole suite (unit + integration against a real member)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup  ## only the tests that need no member

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from hazelcast import HazelcastClient
+from hazelcast.client import HazelcastClient
 
 from engine_adapter.cache import DEFAULT, EXACT, FALLBACK, BarCache, CacheStats, Resolution, parse_key
 from engine_adapter.features import (
@@ -97,22 +97,19 @@ class AdapterConfig:
                 object.__setattr__(self, name, check(value))
             except ValueError as exc:
                 raise ValueError(f"AdapterConfig.{name}: {exc}") from None
-        for name, value, low in (("cache_bars", self.cache_bars, 1), ("stale_after_bars", self.stale_after_bars, 0)):
-            if type(value) is not int or value < low:
-                raise ValueError(f"AdapterConfig.{name} must be an int >= {low}, got {value!r}")
+        _check_int("cache_bars", self.cache_bars, 1)
+        _check_int("stale_after_bars", self.stale_after_bars, 0)
         seed = self.cache_bars if self.seed_bars is None else self.seed_bars
         if type(seed) is not int or not 1 <= seed <= self.cache_bars:
             raise ValueError(f"AdapterConfig.seed_bars must be an int in 1..cache_bars ({self.cache_bars}), "
                              f"got {self.seed_bars!r}")
         object.__setattr__(self, "seed_bars", seed)
-        for name, value, low, high in (("max_wait_ms", self.max_wait_ms, 0.0, 60_000.0),
-                                       ("connect_timeout_s", self.connect_timeout_s, 0.001, 1e9),
-                                       ("reconnect_backoff_max_s", self.reconnect_backoff_max_s, 0.01, 3600.0)):
-            if value is None and name == "connect_timeout_s":
-                continue
-            if type(value) not in (int, float) or not low <= value <= high:
-                raise ValueError(f"AdapterConfig.{name} must be a number in {low:g}..{high:g}, got {value!r}")
-            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "max_wait_ms", _number_in("max_wait_ms", self.max_wait_ms, 0.0, 60_000.0))
+        if self.connect_timeout_s is not None:
+            object.__setattr__(self, "connect_timeout_s",
+                               _number_in("connect_timeout_s", self.connect_timeout_s, 0.001, 1e9))
+        object.__setattr__(self, "reconnect_backoff_max_s",
+                           _number_in("reconnect_backoff_max_s", self.reconnect_backoff_max_s, 0.01, 3600.0))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AdapterConfig:
@@ -144,6 +141,17 @@ class AdapterConfig:
                     raise ValueError(f"{var}={raw!r} is not a valid {conv.__name__}") from None
         values.update(overrides)
         return cls(**values)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if type(value) is not int or value < low:
+        raise ValueError(f"AdapterConfig.{name} must be an int >= {low}, got {value!r}")
+
+
+def _number_in(name: str, value: object, low: float, high: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"AdapterConfig.{name} must be a number in {low:g}..{high:g}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +224,12 @@ class HazelcastOBEngine:
         self._lock = threading.Lock()
         self._cur = _NO_CURRENT  # the last memo (its idx is the current bar)
         # Counts of replaced memos (their hits / absent), folded in under _lock.
-        self._memo_lookups = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
+        self._memo_lookups: dict[str, int] = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
         self._memo_asset_defaults = 0
         # step_live's last (assets, bar symbols, missing): bars usually share their symbol set
         # (BarFeatures.symbols), so the count is done again only when either changes.
         self._missing_memo: tuple[tuple[str, ...], frozenset[str], int] = ((), frozenset(), 0)
-        self._steps = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
+        self._steps: dict[str, int] = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
         self._waits = 0
         self._wait_hits = 0
         self._wait_timeouts = 0
@@ -515,7 +523,7 @@ class HazelcastOBEngine:
         """Counters and freshness, see ``AdapterStats``."""
         with self._lock:
             cur = self._cur
-            memo_lookups = dict(self._memo_lookups)
+            memo_lookups: dict[str, int] = dict(self._memo_lookups)
             memo_lookups[cur.kind] += cur.hits
             memo_asset_defaults = self._memo_asset_defaults + cur.absent
         cache = self._cache.stats(extra_lookups=memo_lookups)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import chain
 from sys import intern
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -193,7 +193,7 @@ def bar_from_record(rec: Any) -> BarFeatures:
     if type(bar_idx) is not int or bar_idx < 0:
         raise RecordRejected("bar_idx", f"bar_idx {bar_idx!r} is not an int >= 0")
     bar_ts = rec.get("bar_ts")
-    if type(bar_ts) not in (int, float) or not math.isfinite(bar_ts) or bar_ts <= 0:
+    if not _is_number(bar_ts) or not math.isfinite(bar_ts) or bar_ts <= 0:
         raise RecordRejected("bar_ts", f"bar_ts {bar_ts!r} is not a positive unix time")
     raw_assets = rec.get("assets")
     if type(raw_assets) is not dict:
@@ -233,7 +233,7 @@ def bar_from_record(rec: Any) -> BarFeatures:
         macro=macro,
         degraded=bool(rec.get("degraded")) or bool(producer.get("degraded")),
         worker_id=worker_id if type(worker_id) is str else None,
-        computed_at=float(computed_at) if type(computed_at) in (int, float) else None,
+        computed_at=float(computed_at) if _is_number(computed_at) else None,
         symbols=_shared_symbols(assets),
         universe_size=u_size if type(u_size) is int else None,
         universe_hash=u_hash if type(u_hash) is str else None,
@@ -244,6 +244,11 @@ def bar_from_record(rec: Any) -> BarFeatures:
 # they then share one frozenset (and, through sys.intern, one str per symbol), so the trader's
 # per-bar work keyed on it is done once and its lookups touch memory that stays in the CPU cache.
 _last_symbols: frozenset[str] = frozenset()
+
+
+def _is_number(x: object) -> TypeGuard[int | float]:
+    """An int or float, not a bool (``type`` rather than isinstance: no subclasses either)."""
+    return type(x) in (int, float)
 
 
 def _shared_symbols(assets: dict[str, Any]) -> frozenset[str]:

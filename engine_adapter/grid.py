@@ -23,12 +23,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hazelcast import HazelcastClient
 from hazelcast import aggregator as agg
 from hazelcast import predicate as pred
+from hazelcast.client import HazelcastClient
 from hazelcast.core import HazelcastJsonValue
 from hazelcast.future import Future
 from hazelcast.lifecycle import LifecycleState
+from hazelcast.proxy.map import Map
 
 from engine_adapter.cache import BarCache
 from engine_adapter.features import BarFeatures, RecordRejected, decode_bar
@@ -65,7 +66,7 @@ class FeatureMapReader:
         self._map_name = map_name
         self._cache = cache
         self._seed_bars = seed_bars
-        self._map = client.get_map(map_name)
+        self._map: Map[Any, Any] = client.get_map(map_name)
         self._lock = threading.Lock()
         self._connected = True
         self._disconnects = 0
@@ -127,7 +128,7 @@ class FeatureMapReader:
         Blocking: never call it on the reactor thread. Raises on grid errors.
         """
         m = self._map.blocking()
-        newest = m.aggregate(agg.max_("__key"))
+        newest: Any = m.aggregate(agg.max_("__key"))
         inserted = 0
         if newest is not None:
             floor = max(0, int(newest) - self._seed_bars + 1)
@@ -260,7 +261,7 @@ class FeatureMapReader:
             )
 
 
-def _result_within(future: Future, timeout_s: float) -> Any:
+def _result_within(future: Future[Any], timeout_s: float) -> Any:
     """``future.result()`` but giving up after ``timeout_s`` (hazelcast futures have no timeout)."""
     done = threading.Event()
     future.add_done_callback(lambda _f: done.set())

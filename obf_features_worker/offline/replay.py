@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -183,7 +183,7 @@ def _replay(lines: Iterable[str | bytes], s: float, age_limit: float, params: Fe
         if stats.first_bar_idx is None:
             stats.first_bar_idx = k
         stats.last_bar_idx = k
-        yield rec
+        yield cast(dict[str, Any], rec)  # a BarRecord: plain dict at run time
         if progress is not None:
             progress(stats.bars, total)
     book_stats = book.stats()
