@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
-SCHEMA_VERSION = 2  # the record schema this adapter reads (obf_contract.record)
+from obf_contract.record import SCHEMA_VERSION  # the record schema this adapter reads
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})
