@@ -75,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `obf-features status | head`: the reader left; no traceback
+        from obf_features_worker import lifecycle
+
+        lifecycle.silence_stdout()
+        return lifecycle.EXIT_OUTPUT_CLOSED
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:

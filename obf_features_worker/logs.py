@@ -7,6 +7,7 @@ Snapshot rejects have their own per-reason limiter (``ingest.RejectStats``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -42,9 +43,34 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(obj, default=str).decode()
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None) -> None:
-    """Configure the root logger once for a command: ``level`` name, ``fmt`` 'text' or 'json'."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+class _ClosableStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """A stream handler that treats a closed stream (EPIPE, EIO from a hung-up terminal) as the
+    end of the output: it calls ``on_closed`` once (on a helper thread: it may be the reactor
+    thread that logged) and writes to /dev/null from then on, instead of a traceback per line."""
+
+    def __init__(self, stream: IO[str], on_closed: Callable[[], None]) -> None:
+        super().__init__(stream)
+        self._on_closed = on_closed
+        self._closed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError):
+            super().handleError(record)
+            return
+        if not self._closed:
+            self._closed = True
+            self.setStream(open(os.devnull, "w"))  # lives as long as the handler
+            threading.Thread(target=self._on_closed, name="output-closed", daemon=True).start()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None,
+                  on_output_closed: Callable[[], None] | None = None) -> None:
+    """Configure the root logger once for a command: ``level`` name, ``fmt`` 'text' or 'json'.
+    ``on_output_closed``: called once if the stream closes (a long-running command's stop)."""
+    out = stream if stream is not None else sys.stderr
+    handler: logging.StreamHandler[IO[str]] = (logging.StreamHandler(out) if on_output_closed is None
+                                               else _ClosableStreamHandler(out, on_output_closed))
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -10,7 +10,7 @@ Two sources:
   band values and ``_push_seq`` are kept (``--loop`` offsets seqs so they keep increasing).
 
 Values are written exactly in the upstream format, as JSON *strings* (``snapshot.payload_json``),
-one ``put_all`` per tick. Runs until SIGTERM/SIGINT or ``--duration``.
+one ``put_all`` per tick. Runs until SIGINT/SIGTERM/SIGHUP or ``--duration`` (``lifecycle``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 
 from obf_contract.keys import asset_key
+from obf_features_worker import lifecycle
 from obf_features_worker.engine import snapshot
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.offline.synthetic import DEFAULT_SYMBOLS, DrainSchedule, SyntheticMarket
@@ -239,7 +239,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when stopped or done, 1 if the cluster connection was given up, 2 on bad arguments."""
+    """Exit 0 when done or stopped (SIGINT/SIGTERM/SIGHUP), 1 if the cluster connection was given up (or a
+    second signal forced the exit), 2 on bad arguments, 141 if its log output closed (broken pipe)."""
     try:
         members = list(comma_list(args.members))
         if not members:
@@ -270,17 +271,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"feed: error: {exc}")
         return 2
 
-    setup_logging(level, args.log_format)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        threading.Thread(target=stop.set, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    request = lifecycle.StopRequest()
+    setup_logging(level, args.log_format, on_output_closed=request.output_lost)
     map_name = args.map + args.map_suffix
     publisher = Publisher(args.cluster, members, map_name)
-    feeder = Feeder(publisher, stop)
+    feeder = Feeder(publisher, request.event)
+    with lifecycle.capture_signals(request):
+        return _feed(args, publisher, feeder, market, recs, bad, map_name, request)
+
+
+def _feed(args: argparse.Namespace, publisher: Publisher, feeder: Feeder, market: SyntheticMarket | None,
+          recs: list[RecordedSnapshot] | None, bad: int, map_name: str, request: lifecycle.StopRequest) -> int:
+    stop = request.event
     try:
         if not publisher.connect(stop):
             return 0
@@ -295,8 +297,8 @@ def run(args: argparse.Namespace) -> int:
             feeder.run_recorded(recorded_schedule(recs, time.time(), args.speed, args.loop), args.duration)
     except GridClosed as exc:
         log.error("feed exiting: %s", exc)
-        return 1
+        return lifecycle.EXIT_FAILED
     finally:
         publisher.shutdown()
         log.info("feed stopped published=%d failures=%d", feeder.published, feeder.failures)
-    return 0
+    return request.exit_code()

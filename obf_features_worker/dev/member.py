@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obf_features_worker import lifecycle
 from obf_features_worker.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class LocalMember:
     lib_dir: Path = DEFAULT_LIB_DIR
     config_path: Path = DEFAULT_CONFIG
     heap: str = "512m"
+    # True: the JVM gets SIGTERM when the process that started it dies, even by SIGKILL (the
+    # demo's member). False: a deliberate daemon (`obf-features member start`, test fixtures).
+    die_with_parent: bool = False
 
     @property
     def address(self) -> str:
@@ -140,6 +144,7 @@ class LocalMember:
             proc = subprocess.Popen(  # noqa: S603 - our own command line, no shell
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=self.workdir,
+                preexec_fn=lifecycle.die_with_parent() if self.die_with_parent else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         log.info("member starting pid=%s address=%s cluster=%s", proc.pid, self.address, self.cluster_name)
@@ -205,7 +210,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The `obf-features member` options on the parser the CLI made for it."""
     parser.description = "Run a local Hazelcast member from the open-source jars in .hazelcast/lib."
     actions = parser.add_subparsers(dest="action", required=True)
-    for name, text in (("start", "start and wait until ready"), ("stop", "stop (SIGTERM, then SIGKILL)"),
+    parser.epilog = ("`member start` starts a deliberate daemon: the member keeps running after the command "
+                     "exits, the terminal closes or its parent dies, until `obf-features member stop`. "
+                     "(The member `obf-features demo` starts is not one: it stops with the demo.)")
+    for name, text in (("start", "start a daemon member (outlives this command; `member stop` ends it) "
+                                 "and wait until ready"),
+                       ("stop", "stop (SIGTERM, then SIGKILL)"),
                        ("status", "exit 0 if running")):
         p = actions.add_parser(name, help=text)
         p.add_argument("--port", type=int, default=int(os.environ.get("OBF_MEMBER_PORT", 5701)),

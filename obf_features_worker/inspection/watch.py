@@ -4,17 +4,18 @@ Driven by an entry listener on the features map (no polling): the listener callb
 puts the bar's JSON text on a queue; this module's render loop decodes and draws. Assets
 are rows, key features columns; regime, agreement and the bar's provenance are the header
 line. On a terminal it uses ``rich`` Live (plain text rendering, fine over SSH); when stdout
-is not a TTY it prints plain lines per bar. ``--once`` prints one frame and exits.
+is not a TTY it prints plain lines per bar. ``--once`` prints one frame and exits. Ctrl-C, SIGTERM,
+SIGHUP and a closed stdout stop it cleanly (``lifecycle``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import math
 import queue
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from obf_contract.record import loads_record
+from obf_features_worker import lifecycle
 from obf_features_worker.inspection import cluster_args
 from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
@@ -252,7 +254,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on Ctrl-C/SIGTERM or after --once, 1 if --once saw no bar, 2 on bad settings, 3 if unreachable."""
+    """Exit 0 on Ctrl-C/SIGTERM/SIGHUP or after --once, 1 if --once saw no bar (or a second signal
+    forced the exit), 2 on bad settings, 3 if unreachable, 141 if stdout closed (``| head``)."""
     setup_logging("WARNING")
     try:
         client = cluster_args.connect_from_args(args)
@@ -262,61 +265,65 @@ def run(args: argparse.Namespace) -> int:
     features_map = cluster_args.map_name(args, "features")
     inbox = BarInbox()
     listener = grid.BarListener(client, features_map, inbox.offer)
-    previous_term = signal.getsignal(signal.SIGTERM)
-    try:
-        # A supervisor or the demo stops us with SIGTERM: leave like Ctrl-C.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (e.g. called from a test thread)
-        previous_term = None
-    try:
-        listener.start()  # before the seed read, so no bar falls between the two
-        reader = grid.InspectionReader(client)
-        seed = reader.newest_bar(features_map)
-        if args.once:
-            return _once(args, features_map, inbox, seed)
-        _live(args, features_map, inbox, seed, reader)
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        listener.stop()
-        client.shutdown()
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+    stop = lifecycle.StopRequest()
+    # Ctrl-C, a supervisor's or the demo's SIGTERM, a closed terminal: leave cleanly.
+    with lifecycle.capture_signals(stop):
+        try:
+            listener.start()  # before the seed read, so no bar falls between the two
+            reader = grid.InspectionReader(client)
+            seed = reader.newest_bar(features_map)
+            if args.once:
+                return _once(args, features_map, inbox, seed, stop)
+            _live(args, features_map, inbox, seed, reader, stop)
+            return stop.exit_code()
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_GONE:
+                raise
+            stop.output_lost()  # rich's Live writing to a closed pipe or a hung-up terminal
+            return stop.exit_code()
+        finally:
+            listener.stop()
+            client.shutdown()
 
 
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+# A write to stdout failing with these means the reader went away: a stop, not an error.
+_OUTPUT_GONE = (errno.EPIPE, errno.EIO)
 
 
-def _once(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None) -> int:
+def _once(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None,
+          stop: lifecycle.StopRequest) -> int:
     record = seed
-    if record is None:
-        got = inbox.newest(timeout=args.timeout)
+    deadline = time.monotonic() + args.timeout
+    while record is None and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        got = inbox.newest(timeout=min(left, 1.0))
         record = got[1] if got else None
+    if stop.is_set():
+        return stop.exit_code()
     if record is None:
-        print(f"no bar in {features_map} within {args.timeout:g}s")
+        lifecycle.say(stop, f"no bar in {features_map} within {args.timeout:g}s")
         return 1
     if sys.stdout.isatty() and not args.plain:
         Console().print(frame(record, now=time.time(), sort=args.sort, max_rows=args.max_rows))
     else:
-        print("\n".join(plain_lines(record, now=time.time(), sort=args.sort, max_rows=args.max_rows)))
-    return 0
+        lifecycle.say(stop, "\n".join(plain_lines(record, now=time.time(), sort=args.sort, max_rows=args.max_rows)))
+    return stop.exit_code()
 
 
 def _live(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None,
-          reader: Any) -> None:
+          reader: Any, stop: lifecycle.StopRequest) -> None:
     current = seed
     if not sys.stdout.isatty() or args.plain:
         if current is not None:
-            print("\n".join(plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)), flush=True)
-        while reader.is_alive():
+            lifecycle.say(stop, "\n".join(plain_lines(current, now=time.time(), sort=args.sort,
+                                                       max_rows=args.max_rows)))
+        while reader.is_alive() and not stop.is_set():
             got = inbox.newest(timeout=1.0)
             if got and (current is None or got[0] > int(current.get("bar_idx", -1))):
                 current = got[1]
                 lines = plain_lines(current, now=time.time(), sort=args.sort, max_rows=args.max_rows)
-                print("\n".join(lines), flush=True)
-        print("cluster connection closed")
+                lifecycle.say(stop, "\n".join(lines))
+        if not stop.is_set():
+            lifecycle.say(stop, "cluster connection closed")
         return
 
     from rich.live import Live
@@ -332,9 +339,10 @@ def _live(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: di
     # auto_refresh off: we redraw on each bar and once a second (the header's age keeps
     # ticking, so a stalled worker is visible); transient=False leaves the last frame on exit.
     with Live(draw(), console=console, auto_refresh=False, screen=False) as live:
-        while reader.is_alive():
+        while reader.is_alive() and not stop.is_set():
             got = inbox.newest(timeout=1.0)
             if got and (current is None or got[0] >= int(current.get("bar_idx", -1))):
                 current = got[1]
             live.update(draw(), refresh=True)
-    print("cluster connection closed")
+    if not stop.is_set():
+        lifecycle.say(stop, "cluster connection closed")

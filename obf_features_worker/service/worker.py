@@ -3,9 +3,10 @@
 Threads: the client's reactor thread runs the listener callbacks, which only call
 ``SnapshotBook.offer`` (asset events) or ``ScanClock.trigger`` (scan clock). The main thread
 runs the bar loop: wait for the clock, re-read stale assets, ``FeatureEngine.step``, write.
-SIGTERM/SIGINT set a stop event (from a helper thread, so the handler never contends for a
-lock the interrupted main thread holds); the bar in progress is finished, health says
-``stopping``, the client disconnects and the process exits 0.
+SIGTERM/SIGINT/SIGHUP (``lifecycle.capture_signals``) and a closed log output set a stop event
+(from a helper thread, so the handler never contends for a lock the interrupted main thread
+holds); the bar in progress is finished, health says ``stopping``, the client disconnects and
+the process exits 0 (141 if its output closed).
 
 Writes that fail (cluster away) never stop the worker: records wait in a bounded backlog
 (``retain_bars``) and are written in bar order once the cluster answers again.
@@ -32,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
 import sys
 import threading
@@ -46,7 +46,7 @@ import orjson
 
 from obf_contract.keys import asset_key
 from obf_contract.record import dumps_record
-from obf_features_worker import __version__
+from obf_features_worker import __version__, lifecycle
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
 from obf_features_worker.engine.feature_engine import FeatureEngine
@@ -734,31 +734,24 @@ class Worker:
             log.log(level, msg + " suppressed_since_last=%d", *args, suppressed)
 
 
-def install_signal_handlers(worker: Worker) -> None:
-    """SIGTERM/SIGINT -> ``worker.request_stop``; a second signal exits at once (code 1)."""
-
-    received: list[int] = []
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        received.append(signum)
-        if len(received) > 1:
-            log.warning("second %s while stopping: exiting now", name)
-            os._exit(1)
-        # Set the stop event from another thread: the interrupted main thread may hold the
-        # event's internal lock at this very moment.
-        threading.Thread(target=worker.request_stop, args=(name,), name="stop-request", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def serve(config: WorkerConfig) -> int:
-    """Run a worker until a signal stops it: 0 = stopped by a signal, 1 = fatal error."""
-    setup_logging(config.log_level, config.log_format)
+    """Run a worker until asked to stop (``obf_features_worker.lifecycle``): 0 = stopped by
+    SIGTERM/SIGINT/SIGHUP, 1 = fatal error (or a second signal while stopping), 141 = its log
+    output closed (broken pipe), after the same clean stop."""
+    workers: list[Worker] = []
+
+    def output_closed() -> None:
+        for w in workers:
+            w.request_stop(lifecycle.OUTPUT_CLOSED)
+
+    setup_logging(config.log_level, config.log_format, on_output_closed=output_closed)
     worker = Worker(config)
-    install_signal_handlers(worker)
-    return worker.run()
+    workers.append(worker)
+    with lifecycle.capture_signals(worker.request_stop):
+        rc = worker.run()
+    if rc == lifecycle.EXIT_OK and worker.stop_reason == lifecycle.OUTPUT_CLOSED:
+        return lifecycle.EXIT_OUTPUT_CLOSED
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m obf_features_worker.service.worker`
