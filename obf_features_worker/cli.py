@@ -38,11 +38,12 @@ COMMANDS: dict[str, Command] = {
     "verify": Command("obf_features_worker.inspection.verify",
                       "the trader's go-live checklist: one ✓/✗ line per check; exit 0 only when all hold"),
     "watch": Command("obf_features_worker.inspection.watch",
-                     "live terminal table of the features, refreshed on every bar (Ctrl-C to exit)"),
+                     "live terminal table of the features, refreshed on every bar (Ctrl-C, SIGTERM, SIGHUP: exit 0)"),
     "feed": Command("obf_features_worker.dev.feed",
                     "publish synthetic (or recorded) order-book snapshots to the input map"),
     "demo": Command("obf_features_worker.dev.demo",
-                    "run member + worker + synthetic feeder + live view locally (Ctrl-C stops all)"),
+                    "run member + worker + synthetic feeder + live view locally "
+                    "(Ctrl-C or closing the terminal stops all)"),
 }
 
 

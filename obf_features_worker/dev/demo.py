@@ -121,6 +121,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR / "demo",
                    help="where logs (and the member's files) go (default .hazelcast/run/demo)")
     p.add_argument("--plain", action="store_true", help="plain lines in the live view instead of a table")
+    p.epilog = __doc__.split("\n\n")[2]  # the exit codes
     p.set_defaults(func=run)
 
 

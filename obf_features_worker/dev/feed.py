@@ -235,6 +235,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="stop after S seconds (default: run until stopped)")
     p.add_argument("--log-level", default=os.environ.get("OBF_LOG_LEVEL", "INFO"), help="default INFO")
     p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("OBF_LOG_FORMAT", "text"))
+    p.epilog = ("Stops cleanly on SIGINT, SIGTERM, SIGHUP or a closed log output. Exit codes: 0 done or stopped by a "
+                "signal, 1 cluster connection given up or a second signal forced the exit, 2 bad arguments, "
+                "141 its output closed.")
     p.set_defaults(func=run)
 
 

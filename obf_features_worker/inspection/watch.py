@@ -250,6 +250,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="asset rows shown (default: what fits the terminal; all when not a TTY)")
     p.add_argument("--plain", action="store_true", help="plain lines per bar even on a terminal")
     cluster_args.add_cluster_options(p, maps=("features",), connect_timeout=30.0)
+    p.epilog = ("Exit codes: 0 stopped by Ctrl-C, SIGTERM or SIGHUP (or --once printed a bar), 1 --once saw no bar "
+                "or a second signal forced the exit, 2 bad settings, 3 cluster unreachable, 141 stdout closed.")
     p.set_defaults(func=run)
 
 

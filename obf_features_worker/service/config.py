@@ -371,11 +371,11 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Compute per-bar order-book features from asset_<SYMBOL>_ob snapshots in Hazelcast and write "
-            "them to the features map, until SIGTERM/SIGINT. Every option can also be set by the "
+            "them to the features map, until SIGTERM/SIGINT/SIGHUP. Every option can also be set by the "
             "environment variable shown; a flag wins over the variable, the variable over the default."
         ),
-        epilog="Exit codes: 0 = stopped by SIGTERM/SIGINT, 1 = crashed or could not connect, "
-               "2 = invalid configuration.",
+        epilog="Exit codes: 0 = stopped by SIGTERM/SIGINT/SIGHUP, 1 = crashed, could not connect or a second "
+               "signal forced the exit, 2 = invalid configuration, 141 = its log output closed (after a clean stop).",
     )
     groups = {
         "cluster": parser.add_argument_group("cluster"),
