@@ -382,12 +382,12 @@ class Publisher(_Connection):
 
     def __init__(self, cluster_name: str, members: Iterable[str], map_name: str, *, op_timeout_s: float = 5.0,
                  reconnect_backoff_max_s: float = 5.0, connect_timeout_s: float | None = None,
-                 security: Mapping[str, Any] | None = None) -> None:
+                 security: Mapping[str, Any] | None = None, client_factory: Callable[..., Any] | None = None) -> None:
         super().__init__(
             client_settings(cluster_name, members, "obf-features-feed", connect_timeout_s=connect_timeout_s,
                             reconnect_backoff_max_s=reconnect_backoff_max_s,
                             security=tls_auth_settings() if security is None else security),
-            op_timeout_s=op_timeout_s,
+            op_timeout_s=op_timeout_s, client_factory=client_factory,
         )
         self.map_name = map_name
 

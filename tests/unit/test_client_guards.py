@@ -63,8 +63,7 @@ def test_feeder_publisher_takes_tls_settings_from_the_environment(monkeypatch) -
     for k, v in AUTH_ENV.items():
         monkeypatch.setenv(k, v)
     made: list[FakeClient] = []
-    p = Publisher("c", ["h:1"], "m")
-    p._client_factory = lambda **s: made.append(FakeClient(**s)) or made[-1]
+    p = Publisher("c", ["h:1"], "m", client_factory=lambda **s: made.append(FakeClient(**s)) or made[-1])
     stop = threading.Event()
     stop.set()
     p.connect(stop)
