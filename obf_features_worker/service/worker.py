@@ -37,15 +37,12 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from obf_contract.keys import asset_key
-from obf_contract.record import dumps_record
 from obf_features_worker import __version__, lifecycle
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
@@ -53,6 +50,7 @@ from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.ingest import SnapshotBook, present_at
 from obf_features_worker.engine.snapshot import Snapshot, SnapshotRejected, parse_snapshot
 from obf_features_worker.logs import RateLimiter, setup_logging
+from obf_features_worker.service.backlog import PendingRecord, WriteBacklog
 from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
 from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
@@ -73,22 +71,6 @@ _DUE_TOLERANCE = 0.95
 
 # Health cold_start_reason when the checkpoint could not even be read at the first bar.
 COLD_UNAVAILABLE = "unavailable"
-
-
-@dataclass(slots=True)
-class PendingRecord:
-    """A bar record not yet known to be in the features map.
-
-    record: the record as computed here (None for one taken from another writer's checkpoint,
-    whose ``payload`` is then fixed). term: my lease epoch when I computed it (None: not leading,
-    or no lease); a record of my current term is written with ``set``, any other only if the key
-    is absent. payload / epoch: the JSON text, serialised with ``producer.epoch = epoch``.
-    """
-
-    record: dict[str, Any] | None
-    term: int | None
-    payload: str | None = None
-    epoch: int | None = None
 
 
 def make_clock(config: WorkerConfig) -> BarClock:
@@ -129,8 +111,7 @@ class Worker:
             worker_id=config.worker_id, host=socket.gethostname(), pid=os.getpid(), version=__version__,
             clock=config.clock, bar_seconds=config.bar_seconds, started_at=time.time(), role=self.role,
         )
-        self._backlog: deque[tuple[int, PendingRecord]] = deque()
-        self.backlog_dropped = 0
+        self.backlog = WriteBacklog(config.retain_bars)
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
@@ -301,7 +282,7 @@ class Worker:
     def _shutdown(self, rc: int) -> None:
         self.health.state = "stopping"
         if self.grid.connected:
-            if self._backlog:
+            if self.backlog:
                 self._write_cycle(None)
             self._put_health()  # the role this worker stopped in, state "stopping"
             if self.lease is not None:
@@ -311,7 +292,7 @@ class Worker:
             self.metrics.stop()
         log.info("worker stopped rc=%d reason=%s bars_written=%d write_failures=%d backlog=%d", rc,
                  self.stop_reason or ("error" if rc else "-"), self.health.bars_written,
-                 self.health.write_failures, len(self._backlog))
+                 self.health.write_failures, len(self.backlog))
 
     # --- one bar ----------------------------------------------------------------------
 
@@ -449,34 +430,19 @@ class Worker:
 
     # --- writes -----------------------------------------------------------------------
 
+    @property
+    def backlog_dropped(self) -> int:
+        """Records dropped because the backlog was full (``retain_bars``), since start."""
+        return self.backlog.dropped
+
     def _epoch_now(self) -> int | None:
         return self.lease.epoch if self.lease is not None else None
 
     def _enqueue(self, bar_idx: int, entry: PendingRecord) -> None:
-        if len(self._backlog) >= self.config.retain_bars:
-            dropped_idx, _ = self._backlog.popleft()
-            self.backlog_dropped += 1
-            if self.may_write(None):  # a standby's backlog overflowing is routine, not news
-                self._warn("backlog", "write backlog full, dropping oldest bar_idx=%d dropped_total=%d",
-                           dropped_idx, self.backlog_dropped)
-        if self._backlog and self._backlog[-1][0] >= bar_idx:
-            # Out of order (a record from another writer's checkpoint): keep the backlog sorted,
-            # one entry per bar, the newer entry winning.
-            entries = {b: e for b, e in self._backlog}
-            entries[bar_idx] = entry
-            self._backlog = deque(sorted(entries.items()))
-        else:
-            self._backlog.append((bar_idx, entry))
-
-    def _payload(self, entry: PendingRecord, epoch: int | None) -> str:
-        if entry.record is None:
-            assert entry.payload is not None  # noqa: S101 - narrows the type; holds by construction
-            return entry.payload
-        if entry.payload is None or entry.epoch != epoch:
-            entry.record["producer"]["epoch"] = epoch
-            entry.payload = dumps_record(entry.record).decode()
-            entry.epoch = epoch
-        return entry.payload
+        dropped = self.backlog.add(bar_idx, entry)
+        if dropped is not None and self.may_write(None):  # a standby's backlog overflowing is routine
+            self._warn("backlog", "write backlog full, dropping oldest bar_idx=%d dropped_total=%d",
+                       dropped, self.backlog.dropped)
 
     def _write_cycle(self, tick: BarTick | None) -> list[int]:
         """As leader: the checkpoint (when due), then the backlog oldest first, then retention.
@@ -484,7 +450,7 @@ class Worker:
         checkpoint that carries them, so a crash in between loses none."""
         if self.lease is not None:
             self._sync_term()
-        if not (self._backlog or self._checkpoint_due) or not self.may_write(tick):
+        if not (self.backlog or self._checkpoint_due) or not self.may_write(tick):
             return []
         epoch = self._epoch_now()
         if self.lease is not None and self._checkpoint_due and self.engine.last_bar_idx is not None:
@@ -497,7 +463,7 @@ class Worker:
     def _write_checkpoint(self, epoch: int | None) -> bool:
         cfg = self.config
         try:
-            records = {b: self._payload(e, epoch) for b, e in self._backlog}
+            records = self.backlog.payloads(epoch)
             cp = checkpoint.capture(self.engine, seqs=self.book.export_seqs(), bar_ts=self._engine_bar_ts or 0.0,
                                     worker_id=cfg.worker_id, written_at=time.time(), epoch=epoch, records=records)
             text = checkpoint.encode(cp).decode()
@@ -525,11 +491,11 @@ class Worker:
         in an earlier term, or another writer's) are written only if the key is absent."""
         written: list[int] = []
         flushed = 0
-        while self._backlog:
+        while self.backlog:
             if not self.may_write(tick):
                 break
-            bar_idx, entry = self._backlog[0]
-            payload = self._payload(entry, epoch)
+            bar_idx, entry = self.backlog.first()
+            payload = entry.payload_for(epoch)
             overwrite = self.lease is None or (entry.term is not None and entry.term == epoch)
             try:
                 if overwrite:
@@ -543,12 +509,12 @@ class Worker:
                     self._write_outage = True
                     self._limiter.reset("write")
                     log.warning("bar write failed, keeping records in backlog bar_idx=%d backlog=%d error=%s",
-                                bar_idx, len(self._backlog), exc)
+                                bar_idx, len(self.backlog), exc)
                 else:
                     self._warn("write", "bar writes still failing backlog=%d failures=%d error=%s",
-                               len(self._backlog), self.health.write_failures, exc)
+                               len(self.backlog), self.health.write_failures, exc)
                 break
-            self._backlog.popleft()
+            self.backlog.pop_first()
             flushed += 1
             if ok:
                 self.health.bars_written += 1
@@ -556,7 +522,7 @@ class Worker:
             else:
                 self.backfill_present += 1
                 log.debug("back-fill skipped, bar already written bar_idx=%d", bar_idx)
-        if flushed and self._write_outage and not self._backlog:
+        if flushed and self._write_outage and not self.backlog:
             self._write_outage = False
             log.warning("bar writes resumed flushed=%d last_bar_idx=%s write_failures=%d", flushed,
                         written[-1] if written else None, self.health.write_failures)
@@ -599,7 +565,7 @@ class Worker:
         if prev is not None and status.epoch != prev:
             # The backlog is kept: its records now go out only where no other writer put a bar.
             log.info("standby now worker_id=%s lost_epoch=%d holder=%s backlog_kept=%d", self.config.worker_id,
-                     prev, status.holder, len(self._backlog))
+                     prev, status.holder, len(self.backlog))
         if status.epoch is not None and status.epoch != prev:
             self._on_acquired(status.epoch)
             return True
@@ -615,7 +581,7 @@ class Worker:
             log.warning("leader: previous checkpoint unreadable error=%s", exc)
             return
         if raw is None:
-            log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self._backlog))
+            log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self.backlog))
             return
         try:
             cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=None, max_age_bars=0,
@@ -624,7 +590,7 @@ class Worker:
             log.warning("leader epoch=%d: previous checkpoint not used reason=%s detail=%s", epoch, exc.reason,
                         exc.detail)
             return
-        mine = {b for b, _ in self._backlog}
+        mine = set(self.backlog.bars())
         adopted = 0
         for bar_idx, text in sorted(cp.records.items()):
             # Prefer the previous writer's record: my state continues from its checkpoint.
@@ -694,8 +660,7 @@ class Worker:
         self._engine_bar_ts = cp.bar_ts
         # My records of bars up to the checkpoint's are the leader's to write (or already written);
         # records taken from a checkpoint at a takeover stay until written.
-        if self._backlog and self._backlog[0][0] <= cp.bar_idx:
-            self._backlog = deque((b, e) for b, e in self._backlog if b > cp.bar_idx or e.record is None)
+        self.backlog.drop_covered(cp.bar_idx)
         if first:
             self.book.import_seqs(cp.seqs)
             self.health.restored_from_bar = cp.bar_idx

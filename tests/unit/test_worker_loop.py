@@ -126,13 +126,13 @@ def test_writes_fail_into_a_backlog_and_flush_in_order():
     grid.failing = True
     for i in range(1, 4):
         w.process_bar(tick(B0 + i))
-    assert w.health.write_failures == 3 and len(w._backlog) == 3
+    assert w.health.write_failures == 3 and len(w.backlog) == 3
     grid.failing = False
     w.process_bar(tick(B0 + 4))
     assert grid.write_calls == [B0, B0 + 1, B0 + 2, B0 + 3, B0 + 4]  # oldest first, one call per bar
     assert sorted(grid.bars) == [B0 + 1, B0 + 2, B0 + 3, B0 + 4]  # retention after the flush
     assert grid.retention[-1] == (B0 + 4 - 4, B0 + 4)
-    assert w.health.bars_written == 5 and not w._backlog
+    assert w.health.bars_written == 5 and not w.backlog
 
 
 def test_backlog_is_bounded_by_retain_bars():
@@ -140,7 +140,7 @@ def test_backlog_is_bounded_by_retain_bars():
     grid.failing = True
     for i in range(5):
         w.process_bar(tick(B0 + i))
-    assert [b for b, _ in w._backlog] == [B0 + 3, B0 + 4] and w.backlog_dropped == 3
+    assert w.backlog.bars() == [B0 + 3, B0 + 4] and w.backlog_dropped == 3
     grid.failing = False
     w.process_bar(tick(B0 + 5))
     # The backlog holds the newest retain_bars records, the current one included.

@@ -392,7 +392,7 @@ def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars() -> No
     for i in range(6, 16):
         run_bar([w1, w2], clock, i)
     assert w2.role == "leader" and w1.role == "standby"
-    assert [b - B0 for b, _ in w1._backlog] == list(range(6, 16))
+    assert [b - B0 for b in w1.backlog.bars()] == list(range(6, 16))
     # w2 dies at bar 16 before its checkpoint, and the checkpoint it left is then damaged: w1
     # cannot tell from it which bars w2 wrote, and keeps its whole backlog.
     g2.kill_at = ("put_checkpoint", B0 + 16)
