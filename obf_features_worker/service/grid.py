@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hazelcast import predicate as P
 from hazelcast.aggregator import max_
@@ -44,6 +44,9 @@ from obf_contract.record import loads_record
 from obf_contract.security import describe, tls_auth_settings
 from obf_features_worker.logs import RateLimiter
 from obf_features_worker.service.config import WorkerConfig
+
+if TYPE_CHECKING:
+    from obf_features_worker.service.lease import LeaseMap
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,38 @@ class _Connection:
             return fut.result()
         except Exception as exc:
             raise GridError(what, exc) from exc
+
+
+@runtime_checkable
+class WorkerGrid(Protocol):
+    """What the worker needs of the cluster: the real ``Grid`` and the unit tests' fake
+    (``tests/fakes.py``) both implement it (checked by mypy and by a test).
+
+    Every call but ``connect`` / ``shutdown`` waits at most ``op_timeout_s`` and raises
+    ``GridError`` (``GridClosed`` once the client gave up); listener callbacks run on the
+    client's reactor thread."""
+
+    listener_errors: int  # listener callbacks that raised (counted, never propagated)
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    def connect(self, stop: threading.Event) -> bool: ...
+    def shutdown(self) -> None: ...
+    def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None: ...
+    def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None: ...
+    def read_assets(self) -> dict[Any, Any]: ...
+    def get_assets(self, keys: Iterable[str]) -> dict[Any, Any]: ...
+    def get_scan_value(self) -> Any: ...
+    def get_checkpoint(self) -> Any: ...
+    def put_checkpoint(self, text: str) -> None: ...
+    def lease_map(self) -> LeaseMap: ...
+    def write_bar(self, bar_idx: int, record_json: str) -> None: ...
+    def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool: ...
+    def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None: ...
+    def put_latest(self, entries: Mapping[str, str]) -> None: ...
+    def put_health(self, doc_json: str) -> None: ...
 
 
 class Grid(_Connection):

@@ -53,7 +53,7 @@ from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.service.backlog import PendingRecord, WriteBacklog
 from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, json_text
+from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, WorkerGrid, json_text
 from obf_features_worker.service.health import HealthStats
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.metrics import WorkerMetrics
@@ -95,10 +95,13 @@ def latest_entry(symbol: str, record: dict[str, Any]) -> dict[str, Any]:
 class Worker:
     """One worker process. ``run()`` blocks until ``request_stop()`` (or a fatal error)."""
 
-    def __init__(self, config: WorkerConfig, *, grid: Grid | None = None,
-                 clock: BarClock | None = None) -> None:
+    def __init__(self, config: WorkerConfig, *, grid: WorkerGrid | None = None,
+                 clock: BarClock | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``grid``: the cluster (default: a ``Grid`` of ``config``); ``clock``: the bar clock
+        (default: ``make_clock(config)``); ``monotonic``: seconds, schedules the idle lease ticks
+        and health writes (tests pass a fake clock)."""
         self.config = config
-        self.grid = grid if grid is not None else Grid(config)
+        self.grid: WorkerGrid = grid if grid is not None else Grid(config)
         self.book = SnapshotBook(assets=config.assets, max_future_skew_s=config.max_future_skew_s,
                                  max_payload_bytes=config.max_payload_bytes)
         self.clock = clock if clock is not None else make_clock(config)
@@ -126,7 +129,8 @@ class Worker:
         self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
         self.checkpoint_failures = 0
         self.backfill_present = 0  # back-filled records whose key another writer had written
-        self._monotonic: Callable[[], float] = time.monotonic  # schedules idle work (a seam for tests)
+        self._monotonic = monotonic
+        self._closed = False
         self._last_lease_tick = -math.inf  # self._monotonic() s
         self._last_health_put = -math.inf
 
@@ -285,14 +289,24 @@ class Worker:
             if self.backlog:
                 self._write_cycle(None)
             self._put_health()  # the role this worker stopped in, state "stopping"
-            if self.lease is not None:
-                self.lease.release()  # after the last write: a standby takes over at its next tick
-        self.grid.shutdown()
-        if self.metrics is not None:
-            self.metrics.stop()
+        self.close()
         log.info("worker stopped rc=%d reason=%s bars_written=%d write_failures=%d backlog=%d", rc,
                  self.stop_reason or ("error" if rc else "-"), self.health.bars_written,
                  self.health.write_failures, len(self.backlog))
+
+    def close(self) -> None:
+        """Release what the worker holds, in order: the lease (after the last write, so a
+        standby takes over at its next tick), the cluster client, the metrics endpoint.
+        Idempotent; ``run()`` ends with it, and a worker driven by ``process_bar`` alone (tests)
+        is closed with it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.lease is not None and self.grid.connected:
+            self.lease.release()
+        self.grid.shutdown()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     # --- one bar ----------------------------------------------------------------------
 

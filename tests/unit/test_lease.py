@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-from hazelcast.core import HazelcastJsonValue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,7 @@ from obf_features_worker.service.lease import (
     decide,
     parse_lease,
 )
+from tests.fakes import FakeClock, FakeMap
 from tests.hypothesis_profiles import scaled
 
 S = LeaseSettings(ttl_s=10.0, guard_s=1.0, backstop_ttl_s=100.0)
@@ -216,71 +216,6 @@ def test_my_lost_entry_is_recreated_during_my_term_only() -> None:
 
 
 # -- the class over an in-memory model of the map ------------------------------------------------
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def mono(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1.7e9 + self.t
-
-
-class FakeMap:
-    """The IMap operations the lease uses, with Hazelcast's semantics as measured on 5.5:
-    values compare by serialized form (type + text); put_if_absent(ttl) sets a TTL, ttl=0 means
-    none; replace_if_same clears the TTL; set_ttl sets one on a present entry; expired = absent."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.data: dict[Any, tuple[Any, float]] = {}
-        self.fail: Exception | None = None
-
-    @staticmethod
-    def _ser(v: Any) -> tuple[str, str]:
-        return (type(v).__name__, v.to_string() if isinstance(v, HazelcastJsonValue) else v)
-
-    def _live(self, key: Any) -> Any:
-        entry = self.data.get(key)
-        if entry is None:
-            return None
-        if self.clock.t >= entry[1]:
-            del self.data[key]
-            return None
-        return entry[0]
-
-    def _fail_if_set(self) -> None:
-        if self.fail is not None:
-            raise self.fail
-
-    def get(self, key):
-        self._fail_if_set()
-        return self._live(key)
-
-    def put_if_absent(self, key, value, ttl=None):
-        self._fail_if_set()
-        cur = self._live(key)
-        if cur is not None:
-            return cur
-        self.data[key] = (value, self.clock.t + ttl if ttl else math.inf)
-        return None
-
-    def replace_if_same(self, key, old, new):
-        self._fail_if_set()
-        cur = self._live(key)
-        if cur is None or self._ser(cur) != self._ser(old):
-            return False
-        self.data[key] = (new, math.inf)
-        return True
-
-    def set_ttl(self, key, ttl):
-        self._fail_if_set()
-        cur = self._live(key)
-        if cur is not None:
-            self.data[key] = (cur, self.clock.t + ttl if ttl else math.inf)
-
 
 def make(clock: FakeClock, m: FakeMap, wid: str, s: LeaseSettings = S, **kw) -> LeaderLease:
     return LeaderLease(m, wid, s, clock=clock.mono, wall=clock.wall, **kw)

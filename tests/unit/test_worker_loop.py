@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,66 +16,24 @@ from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import parse_snapshot
 from obf_features_worker.service.bars import BarTick, ScanClock
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import GridError
 from obf_features_worker.service.worker import Worker
-
-
-class FakeGrid:
-    def __init__(self) -> None:
-        self.inputs: dict[str, str] = {}
-        self.bars: dict[int, dict[str, Any]] = {}
-        self.write_calls: list[int] = []
-        self.retention: list[tuple[int, int]] = []
-        self.latest: dict[str, dict[str, Any]] = {}
-        self.health: list[dict[str, Any]] = []
-        self.get_calls: list[list[str]] = []
-        self.failing = False
-        self.connected = True
-        self.closed = False
-        self.listener_errors = 0
-
-    def _check(self, what: str) -> None:
-        if self.failing:
-            raise GridError(what, "ClientOfflineError: No connection found to cluster")
-
-    def get_assets(self, keys):
-        self._check("re-read")
-        keys = list(keys)
-        self.get_calls.append(keys)
-        return {k: self.inputs[k] for k in keys if k in self.inputs}
-
-    def write_bar(self, bar_idx: int, payload: str) -> None:
-        self._check("write")
-        self.write_calls.append(bar_idx)
-        self.bars[bar_idx] = json.loads(payload)
-
-    def remove_bars_outside(self, low: int, high: int) -> None:
-        self._check("retention")
-        self.retention.append((low, high))
-        self.bars = {k: v for k, v in self.bars.items() if low < k <= high}
-
-    def put_latest(self, entries):
-        self._check("latest")
-        self.latest.update({k: json.loads(v) for k, v in entries.items()})
-
-    def put_health(self, doc: str) -> None:
-        self._check("health")
-        self.health.append(json.loads(doc))
-
-    def shutdown(self) -> None:
-        self.closed = True
+from tests.fakes import FakeGrid, WorkerFactory
 
 
 def payload(ts: float, seq: int, bid: float = 100.0, ask: float = 50.0) -> str:
     return json.dumps({"timestamp": ts, "bid_notional": [bid, bid], "ask_notional": [ask, ask], "_push_seq": seq})
 
 
-def make_worker(**overrides: Any) -> tuple[Worker, FakeGrid]:
-    grid = FakeGrid()
-    # Bars are driven by the test (like a scan clock), 1 s apart.
-    overrides.setdefault("clock", "scan")
-    cfg = WorkerConfig(worker_id="w-test", bar_seconds=1.0, max_age_s=2.0, **overrides)
-    return Worker(cfg, grid=grid), grid  # type: ignore[arg-type]
+@pytest.fixture
+def make_worker(workers: WorkerFactory) -> Callable[..., tuple[Worker, FakeGrid]]:
+    """A worker on its own fake grid, closed at teardown."""
+
+    def make(**overrides: Any) -> tuple[Worker, FakeGrid]:
+        # Bars are driven by the test (like a scan clock), 1 s apart.
+        overrides.setdefault("clock", "scan")
+        return workers(WorkerConfig(worker_id="w-test", bar_seconds=1.0, max_age_s=2.0, **overrides))
+
+    return make
 
 
 def tick(i: int, ts: float | None = None) -> BarTick:
@@ -86,7 +45,7 @@ NOW = time.time()
 B0 = int(NOW) - 100  # bar indices near "now" so snapshots pass the future-timestamp check
 
 
-def test_presence_by_age_and_record_equals_engine():
+def test_presence_by_age_and_record_equals_engine(make_worker):
     w, grid = make_worker()
     w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))
     w.book.offer("asset_BBBUSDT_ob", payload(B0 - 2.5, 1, bid=10.0))  # older than max age 2 s
@@ -105,7 +64,7 @@ def test_presence_by_age_and_record_equals_engine():
     assert (h["state"], h["n_assets"], h["n_present"], h["stale_assets"]) == ("running", 2, 1, ["BBBUSDT"])
 
 
-def test_stale_asset_is_re_read_once_and_used_when_fresher():
+def test_stale_asset_is_re_read_once_and_used_when_fresher(make_worker):
     w, grid = make_worker()
     w.book.offer("asset_AAAUSDT_ob", payload(B0 - 5.0, 1))
     w.book.offer("asset_BBBUSDT_ob", payload(B0 - 0.1, 1))
@@ -119,7 +78,7 @@ def test_stale_asset_is_re_read_once_and_used_when_fresher():
     assert stats["rejected"] == {} and stats["accepted"] == 3
 
 
-def test_writes_fail_into_a_backlog_and_flush_in_order():
+def test_writes_fail_into_a_backlog_and_flush_in_order(make_worker):
     w, grid = make_worker(retain_bars=4)
     w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
     w.process_bar(tick(B0))
@@ -135,7 +94,7 @@ def test_writes_fail_into_a_backlog_and_flush_in_order():
     assert w.health.bars_written == 5 and not w.backlog
 
 
-def test_backlog_is_bounded_by_retain_bars():
+def test_backlog_is_bounded_by_retain_bars(make_worker):
     w, grid = make_worker(retain_bars=2)
     grid.failing = True
     for i in range(5):
@@ -147,7 +106,7 @@ def test_backlog_is_bounded_by_retain_bars():
     assert grid.write_calls == [B0 + 4, B0 + 5] and w.backlog_dropped == 4
 
 
-def test_degraded_after_three_empty_bars_and_recovery():
+def test_degraded_after_three_empty_bars_and_recovery(make_worker):
     w, grid = make_worker()
     states = []
     for i in range(4):
@@ -160,7 +119,7 @@ def test_degraded_after_three_empty_bars_and_recovery():
     assert grid.health[-1]["state"] == "running" and rec["degraded"] is False
 
 
-def test_write_gate_blocks_every_write_but_not_the_engine():
+def test_write_gate_blocks_every_write_but_not_the_engine(workers: WorkerFactory):
     class Standby(Worker):
         @property
         def role(self) -> str:
@@ -169,21 +128,20 @@ def test_write_gate_blocks_every_write_but_not_the_engine():
         def may_write(self, tick: BarTick) -> bool:
             return False
 
-    grid = FakeGrid()
     seen: list[tuple[int, bool]] = []
 
     class Hooked(Standby):
         def after_bar(self, tick, record, written):
             seen.append((tick.bar_idx, written))
 
-    w = Hooked(WorkerConfig(worker_id="w-standby", clock="scan", bar_seconds=1.0), grid=grid)  # type: ignore[arg-type]
+    w, grid = workers(WorkerConfig(worker_id="w-standby", clock="scan", bar_seconds=1.0), cls=Hooked)
     w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
     w.process_bar(tick(B0))
     assert grid.bars == {} and grid.latest == {} and seen == [(B0, False)]
     assert grid.health[-1]["role"] == "standby" and w.engine.last_bar_idx == B0
 
 
-def test_scan_count_restart_keeps_engine_state_and_accepts_bar_zero():
+def test_scan_count_restart_keeps_engine_state_and_accepts_bar_zero(make_worker):
     w, grid = make_worker(clock="scan")
     assert isinstance(w.clock, ScanClock)
     w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
@@ -198,7 +156,7 @@ def test_scan_count_restart_keeps_engine_state_and_accepts_bar_zero():
     assert grid.retention[-1] == (0 - 500, 0)  # yesterday's higher keys go
 
 
-def test_explicit_assets_are_re_read_even_if_never_seen():
+def test_explicit_assets_are_re_read_even_if_never_seen(make_worker):
     w, grid = make_worker(assets=("AAAUSDT", "CCCUSDT"))
     grid.inputs["asset_CCCUSDT_ob"] = payload(B0 - 0.1, 9)
     rec = w.process_bar(tick(B0))

@@ -4,7 +4,7 @@ after the record), takeover by a standby, back-fill without double writes, cold-
 retention with a lease, and unreadable input values.
 
 Several ``Worker`` objects share one ``FakeCluster`` (the features map, the state map with the
-lease entry from ``tests.unit.test_lease.FakeMap`` and the checkpoint) and one fake monotonic
+lease entry, ``tests.fakes``) and one fake monotonic
 clock; a "SIGKILL" is an exception raised inside a chosen grid call, after which that worker is
 never called again. Expected records come from a fresh ``FeatureEngine`` stepping every bar over
 the same snapshots, compared byte for byte (the ``producer`` block aside).
@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import time
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -30,119 +30,22 @@ from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
 from obf_features_worker.service.bars import BarTick
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import GridError, UnreadableValue
+from obf_features_worker.service.grid import UnreadableValue
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.worker import Worker
-from tests.unit.test_lease import FakeClock, FakeMap
+from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
 
 BAR_S = 1.0
 B0 = int(time.time()) - 10_000  # bar indices in the past: snapshot timestamps pass the future check
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL: raised inside a grid call, it unwinds the worker mid-bar."""
-
-
-class FakeCluster:
-    """The shared grid state; ``writes`` counts successful writes per bar key."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.features: dict[int, str] = {}
-        self.writes: Counter[int] = Counter()
-        self.checkpoint: Any = None
-        self.lease = FakeMap(clock)
-        self.scan_value: Any = None
-        self.retention: list[tuple[int, int]] = []
-
-
-class FakeGrid:
-    """One worker's connection. ``kill_at=(op, bar_idx)`` raises Killed in that call;
-    ``offline`` makes every call fail like a lost connection."""
-
-    def __init__(self, cluster: FakeCluster) -> None:
-        self.c = cluster
-        self.kill_at: tuple[str, int | None] | None = None
-        self.offline = False
-        self.connected = True
-        self.closed = False
-        self.listener_errors = 0
-        self.inputs: dict[str, Any] = {}
-        self.latest: dict[str, Any] = {}
-        self.health: list[dict[str, Any]] = []
-
-    def _op(self, name: str, bar: int | None = None) -> None:
-        if self.kill_at is not None and self.kill_at[0] == name and self.kill_at[1] in (None, bar):
-            raise Killed(name)
-        if self.offline:
-            raise GridError(name, "ClientOfflineError: No connection found to cluster")
-
-    def get_assets(self, keys):
-        self._op("get_assets")
-        return {k: self.inputs[k] for k in keys if k in self.inputs}
-
-    def write_bar(self, bar_idx: int, payload: str) -> None:
-        self._op("write_bar", bar_idx)
-        self.c.features[bar_idx] = payload
-        self.c.writes[bar_idx] += 1
-
-    def put_bar_if_absent(self, bar_idx: int, payload: str) -> bool:
-        self._op("write_bar", bar_idx)
-        if bar_idx in self.c.features:
-            return False
-        self.c.features[bar_idx] = payload
-        self.c.writes[bar_idx] += 1
-        return True
-
-    def remove_bars_outside(self, low: int, high: int) -> None:
-        self._op("retention")
-        self.c.retention.append((low, high))
-        self.c.features = {k: v for k, v in self.c.features.items() if low < k <= high}
-
-    def put_latest(self, entries) -> None:
-        self._op("put_latest", json.loads(next(iter(entries.values())))["bar_idx"] if entries else None)
-        self.latest.update(entries)
-
-    def put_health(self, doc: str) -> None:
-        self.health.append(json.loads(doc))
-
-    def get_checkpoint(self) -> Any:
-        self._op("get_checkpoint")
-        return self.c.checkpoint
-
-    def put_checkpoint(self, text: str) -> None:
-        bar = json.loads(text)["body"]["bar_idx"]
-        self._op("put_checkpoint", bar)
-        self.c.checkpoint = HazelcastJsonValue(text)
-
-    def lease_map(self) -> Any:
-        grid = self
-
-        class Guarded:  # the lease's map calls fail while this worker is offline
-            def __getattr__(self, name: str) -> Any:
-                fn = getattr(grid.c.lease, name)
-
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    grid._op("lease")
-                    return fn(*args, **kwargs)
-                return call
-
-        return Guarded()
-
-    def get_scan_value(self) -> Any:
-        return self.c.scan_value
-
-    def shutdown(self) -> None:
-        self.closed = True
-
-
 class ClockedWorker(Worker):
-    """A worker whose lease runs on the test's fake clock."""
+    """A worker whose lease, idle lease ticks and health writes run on the test's fake clock."""
 
-    def __init__(self, config: WorkerConfig, grid: FakeGrid, clock: FakeClock) -> None:
-        self._fake_clock = clock
-        super().__init__(config, grid=grid)  # type: ignore[arg-type]
-        self._monotonic = clock.mono  # idle lease ticks and health writes on the same clock
+    def __init__(self, config: WorkerConfig, *, grid: FakeGrid, fake_clock: FakeClock) -> None:
+        self._fake_clock = fake_clock
+        super().__init__(config, grid=grid, monotonic=fake_clock.mono)
 
     def make_lease(self, min_epoch: int) -> LeaderLease:
         return LeaderLease(self.grid.lease_map(), self.config.worker_id, self.config.lease_settings(),
@@ -223,11 +126,20 @@ def check_records(cluster: FakeCluster, first: int, last: int) -> dict[int, dict
     return producers
 
 
-def start(cluster: FakeCluster, fake_clock: FakeClock, worker_id: str, **kw: Any) -> tuple[ClockedWorker, FakeGrid]:
-    grid = FakeGrid(cluster)
-    w = ClockedWorker(config(worker_id, **kw), grid, fake_clock)
-    w.before_first_bar()
-    return w, grid
+Start = Callable[..., tuple[Worker, FakeGrid]]
+
+
+@pytest.fixture
+def start(workers: WorkerFactory) -> Start:
+    """``start(cluster, clock, worker_id, **config)``: a connected worker contending for the lease
+    (``before_first_bar`` done) on its own grid of ``cluster``; closed at teardown."""
+
+    def start_(cluster: FakeCluster, fake_clock: FakeClock, worker_id: str, **kw: Any) -> tuple[Worker, FakeGrid]:
+        w, grid = workers(config(worker_id, **kw), FakeGrid(cluster), cls=ClockedWorker, fake_clock=fake_clock)
+        w.before_first_bar()
+        return w, grid
+
+    return start_
 
 
 def run_bar(workers: list[Worker], clock: FakeClock, i: int) -> None:
@@ -237,7 +149,7 @@ def run_bar(workers: list[Worker], clock: FakeClock, i: int) -> None:
     clock.t += BAR_S
 
 
-def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record() -> None:
+def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w1, g1 = start(cluster, clock, "w1")
@@ -278,7 +190,7 @@ def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(
     assert w2.health.document(0.0, {}, 0)["epoch"] == 2
 
 
-def test_every_health_document_shows_the_role_of_its_moment() -> None:
+def test_every_health_document_shows_the_role_of_its_moment(start: Start) -> None:
     # The first document (written right after start, before any bar) once said "leader" for
     # every worker: the role was only copied into health at some call sites. At start nobody
     # may write yet (the first term settles one ttl), so both are standbys.
@@ -298,7 +210,7 @@ def test_every_health_document_shows_the_role_of_its_moment() -> None:
 
 @pytest.mark.parametrize("standby_first", [True, False])
 @pytest.mark.parametrize("kill_phase", [0.0, 0.1, 0.26, 0.5, 0.74, 0.99])
-def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(kill_phase: float,
+def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(start: Start, kill_phase: float,
                                                                           standby_first: bool) -> None:
     """The worker loop on a fake clock: bars close every BAR_S, and between them each worker
     runs ``_idle`` whenever ``_idle_due_in`` says so (as ``_loop`` does). The leader dies at
@@ -346,7 +258,7 @@ def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(kill_p
 
 
 @pytest.mark.parametrize("kill_at", ["put_checkpoint", "write_bar", "put_latest", "before_bar"])
-def test_warm_restart_is_bit_identical_whatever_the_crash_point(kill_at: str) -> None:
+def test_warm_restart_is_bit_identical_whatever_the_crash_point(start: Start, kill_at: str) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     kw = {"clock": "scan", "scan_field": "n"}
@@ -380,7 +292,7 @@ def test_warm_restart_is_bit_identical_whatever_the_crash_point(kill_at: str) ->
     check_records(cluster, 0, 21)
 
 
-def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars() -> None:
+def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w1, g1 = start(cluster, clock, "w1")
@@ -434,7 +346,7 @@ def _old_schema_checkpoint(bar: int) -> str:
     (_foreign_checkpoint(FeatureParams(), 5), "too_old"),
     (_foreign_checkpoint(FeatureParams(), 20), "from_future"),
 ])
-def test_a_refused_checkpoint_means_a_cold_start_with_the_reason(stored: str | None, reason: str) -> None:
+def test_a_refused_checkpoint_means_a_cold_start_with_the_reason(start: Start, stored: str | None, reason: str) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     cluster.checkpoint = None if stored is None else HazelcastJsonValue(stored)
@@ -451,7 +363,7 @@ def test_a_refused_checkpoint_means_a_cold_start_with_the_reason(stored: str | N
     assert dumps_record({k: v for k, v in rec.items() if k != "producer"}) == dumps_record(fresh)
 
 
-def test_the_checkpoints_epoch_seeds_the_lease() -> None:
+def test_the_checkpoints_epoch_seeds_the_lease(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     cluster.checkpoint = HazelcastJsonValue(_foreign_checkpoint(FeatureParams(), 9))  # epoch 5, entry lost
@@ -461,7 +373,7 @@ def test_the_checkpoints_epoch_seeds_the_lease() -> None:
     assert w.health.restored_from_bar == B0 + 9 and w.lease is not None and w.lease.epoch == 6
 
 
-def test_retention_with_a_lease_keeps_a_margin_above_the_newest_bar() -> None:
+def test_retention_with_a_lease_keeps_a_margin_above_the_newest_bar(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w, _ = start(cluster, clock, "w", max_future_skew_s=2.5)
@@ -472,7 +384,7 @@ def test_retention_with_a_lease_keeps_a_margin_above_the_newest_bar() -> None:
     assert cluster.retention[-1] == (newest - 100, newest + margin)
 
 
-def test_an_unreadable_input_value_is_counted_once_and_never_fatal() -> None:
+def test_an_unreadable_input_value_is_counted_once_and_never_fatal(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w, grid = start(cluster, clock, "w")
