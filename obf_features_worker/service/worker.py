@@ -45,18 +45,18 @@ import orjson
 from obf_contract.keys import asset_key
 from obf_features_worker import __version__, lifecycle
 from obf_features_worker.engine import checkpoint
-from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.ingest import SnapshotBook, present_at
 from obf_features_worker.engine.snapshot import Snapshot, SnapshotRejected, parse_snapshot
 from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.service.backlog import PendingRecord, WriteBacklog
-from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock, ScanRejected, scan_bar_idx
+from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, WorkerGrid, json_text
+from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, WorkerGrid
 from obf_features_worker.service.health import HealthStats
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.metrics import WorkerMetrics
+from obf_features_worker.service.succession import StartCold, Succession, TermChange
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ _RETRY_SUBSCRIBE_S = 1.0
 # A periodic action is due once this fraction of its interval has passed: the wait that ends on
 # its deadline may wake a hair early, and running it a little early beats a whole period late.
 _DUE_TOLERANCE = 0.95
-
-
-# Health cold_start_reason when the checkpoint could not even be read at the first bar.
-COLD_UNAVAILABLE = "unavailable"
 
 
 def make_clock(config: WorkerConfig) -> BarClock:
@@ -107,7 +103,7 @@ class Worker:
         self.clock = clock if clock is not None else make_clock(config)
         self.engine = self.make_engine()
         # Warm restart / hot standby; the lease exists once run() is connected (before_first_bar).
-        self.lease: LeaderLease | None = None
+        self.succession = Succession(self.grid, config, self.make_lease)
         self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self.health = HealthStats(
@@ -118,11 +114,6 @@ class Worker:
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
-        self._epoch: int | None = None  # my epoch at the last lease tick
-        self._restore_pending = False  # the first bar still has to decide: warm or cold
-        self._startup_cp: Checkpoint | None = None
-        self._last_cp_text: str | None = None
-        self._cp_refusal: str | None = None
         self._checkpoint_due = False  # the engine or the backlog changed since the last checkpoint
         self._engine_bar_ts: float | None = None
         self._numbering_restarted = False
@@ -139,6 +130,12 @@ class Worker:
     def make_engine(self) -> FeatureEngine:
         """The engine at start: cold; a checkpoint is adopted at the first bar (``process_bar``)."""
         return FeatureEngine(self.config.params, universe=self.config.assets)
+
+    @property
+    def lease(self) -> LeaderLease | None:
+        """The leader lease (None until ``before_first_bar``, or for a worker driven by
+        ``process_bar`` alone: a sole writer)."""
+        return self.succession.lease
 
     @property
     def role(self) -> str:
@@ -158,16 +155,11 @@ class Worker:
     def before_first_bar(self) -> None:
         """Called once connected and subscribed, before the first bar: contend for the lease
         (its epochs continue from the checkpoint's) and arm the warm-restart decision."""
-        cfg = self.config
-        self._startup_cp = self._peek_checkpoint()
-        min_epoch = (self._startup_cp.epoch or 0) if self._startup_cp is not None else 0
-        self.lease = self.make_lease(min_epoch)
-        self._restore_pending = True
-        log.info("contending for the leader lease worker_id=%s ttl_s=%g min_epoch=%d", cfg.worker_id,
-                 self.lease.settings.ttl_s, min_epoch)
+        self.succession.begin()
         if self._tick_lease():  # start the lease's clock now, not at the first bar
             self._write_cycle(None)
-        self._catch_up_scan()
+        if isinstance(self.clock, ScanClock) and (value := self.succession.scan_to_catch_up()) is not None:
+            self.clock.trigger(value)
 
     def after_bar(self, tick: BarTick, record: dict[str, Any], written: bool) -> None:
         """Called after each bar this worker stepped, written or not (``written``: by me, now)."""
@@ -317,7 +309,7 @@ class Worker:
         cfg = self.config
         if tick.new_epoch:
             self._restart_bar_numbering(tick)
-        if self.lease is not None and (self._restore_pending or not self.may_write(tick)):
+        if self.lease is not None and (self.succession.restore_pending or not self.may_write(tick)):
             self._adopt_checkpoint(tick)
         last = self.engine.last_bar_idx
         if last is not None and tick.bar_idx <= last:
@@ -450,7 +442,7 @@ class Worker:
         return self.backlog.dropped
 
     def _epoch_now(self) -> int | None:
-        return self.lease.epoch if self.lease is not None else None
+        return self.succession.current_epoch()
 
     def _enqueue(self, bar_idx: int, entry: PendingRecord) -> None:
         dropped = self.backlog.add(bar_idx, entry)
@@ -496,7 +488,7 @@ class Worker:
             self._warn("checkpoint", "checkpoint write failed failures=%d error=%s", self.checkpoint_failures, exc)
             return False
         self._checkpoint_due = False
-        self._last_cp_text = text
+        self.succession.wrote_checkpoint(text)
         return True
 
     def _flush(self, tick: BarTick | None = None, epoch: int | None = None) -> list[int]:
@@ -564,24 +556,21 @@ class Worker:
 
     def _tick_lease(self) -> bool:
         """Tick the lease (never raises); True if a new term of mine began."""
-        assert self.lease is not None  # noqa: S101 - narrows the type; holds by construction
         self._last_lease_tick = self._monotonic()
-        self.lease.tick()
-        return self._sync_term()
+        return self._follow_term(self.succession.tick())
 
     def _sync_term(self) -> bool:
-        """Follow the lease's writable epoch; True if a new term of mine began. A term can become
-        writable between ticks (a settling term, see lease.decide), so every write cycle checks."""
-        assert self.lease is not None  # noqa: S101 - narrows the type; holds by construction
-        status = self.lease.status()
-        prev, self._epoch = self._epoch, status.epoch
-        self.health.epoch = status.epoch
-        if prev is not None and status.epoch != prev:
+        """Follow the lease's writable epoch; True if a new term of mine began."""
+        return self._follow_term(self.succession.sync_term())
+
+    def _follow_term(self, change: TermChange) -> bool:
+        self.health.epoch = self.succession.epoch
+        if change.lost is not None:
             # The backlog is kept: its records now go out only where no other writer put a bar.
             log.info("standby now worker_id=%s lost_epoch=%d holder=%s backlog_kept=%d", self.config.worker_id,
-                     prev, status.holder, len(self.backlog))
-        if status.epoch is not None and status.epoch != prev:
-            self._on_acquired(status.epoch)
+                     change.lost, change.holder, len(self.backlog))
+        if change.acquired is not None:
+            self._on_acquired(change.acquired)
             return True
         return False
 
@@ -589,93 +578,36 @@ class Worker:
         """A new term: the last leader's checkpoint may hold records it never confirmed written
         (it died between its checkpoint and its records); they join the backlog, written if absent."""
         self._checkpoint_due = True
-        try:
-            raw = self.grid.get_checkpoint()
-        except GridError as exc:
-            log.warning("leader: previous checkpoint unreadable error=%s", exc)
-            return
-        if raw is None:
+        cp = self.succession.previous_records(epoch)
+        if cp is None:
             log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self.backlog))
             return
-        try:
-            cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=None, max_age_bars=0,
-                                   universe=self.config.assets)
-        except CheckpointRejected as exc:
-            log.warning("leader epoch=%d: previous checkpoint not used reason=%s detail=%s", epoch, exc.reason,
-                        exc.detail)
-            return
         mine = set(self.backlog.bars())
-        adopted = 0
         for bar_idx, text in sorted(cp.records.items()):
             # Prefer the previous writer's record: my state continues from its checkpoint.
             self._enqueue(bar_idx, PendingRecord(None, None, payload=text))
-            adopted += 1
         log.info("leader epoch=%d: previous checkpoint bar=%d writer=%s epoch=%s unconfirmed_records=%d "
-                 "back-fill=%d", epoch, cp.bar_idx, cp.worker_id, cp.epoch, adopted,
+                 "back-fill=%d", epoch, cp.bar_idx, cp.worker_id, cp.epoch, len(cp.records),
                  len(mine - set(cp.records)))
 
-    def _peek_checkpoint(self) -> Checkpoint | None:
-        """Any valid checkpoint of my parameters, whatever its age (its epoch seeds the lease)."""
-        try:
-            raw = self.grid.get_checkpoint()
-            return None if raw is None else checkpoint.decode(raw, params=self.config.params, now_bar_idx=None,
-                                                              max_age_bars=0, universe=self.config.assets)
-        except (GridError, CheckpointRejected):
-            return None
-
-    def _catch_up_scan(self) -> None:
-        """Scan clock with a field: if the previous process checkpointed the bar before the
-        current scan but not the current scan (it died while closing it), close it now."""
-        cfg = self.config
-        cp = self._startup_cp
-        if not isinstance(self.clock, ScanClock) or cfg.scan_field is None or cp is None:
-            return
-        try:
-            value = self.grid.get_scan_value()
-            idx = scan_bar_idx(value, cfg.scan_field) if value is not None else None
-        except (GridError, ScanRejected):
-            return
-        if idx is not None and cp.bar_idx < idx <= cp.bar_idx + cfg.checkpoint_max_age_bars:
-            log.info("closing the current scan the previous process did not checkpoint bar_idx=%d checkpoint_bar=%d",
-                     idx, cp.bar_idx)
-            self.clock.trigger(value)
-
     def _adopt_checkpoint(self, tick: BarTick) -> None:
-        """Before stepping ``tick``: continue from the checkpoint in the state map if it is at
-        least as new as my state and recent. At the first bar this is the warm-restart decision."""
-        cfg = self.config
-        first = self._restore_pending
-        self._restore_pending = False
-        try:
-            raw = self.grid.get_checkpoint()
-        except GridError as exc:
-            if first:
-                self._start_cold(COLD_UNAVAILABLE, str(exc))
+        """Before stepping ``tick``: apply the succession's decision (warm restart at the first
+        bar, a standby following its leader's checkpoint)."""
+        decision = self.succession.adoption(tick.bar_idx, self.engine.last_bar_idx)
+        if isinstance(decision, StartCold):
+            self.health.cold_start_reason = decision.reason
+            self.health.restored_from_bar = None
+            log.warning("starting cold reason=%s detail=%s", decision.reason, decision.detail[:300])
             return
-        text = json_text(raw)
-        if not first and text is not None and text == self._last_cp_text:
-            return  # unchanged since the last look
-        self._last_cp_text = text
-        try:
-            cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=tick.bar_idx,
-                                   max_age_bars=cfg.checkpoint_max_age_bars, universe=cfg.assets)
-        except CheckpointRejected as exc:
-            if first:
-                self._start_cold(exc.reason, exc.detail)
-            elif exc.reason != self._cp_refusal:
-                log.info("standby: leader checkpoint not adopted reason=%s detail=%s", exc.reason, exc.detail)
-            self._cp_refusal = exc.reason
+        if decision is None:
             return
-        self._cp_refusal = None
-        own = self.engine.last_bar_idx
-        if own is not None and cp.bar_idx < own:
-            return  # my own state is newer (the leader is behind or gone)
+        cp = decision.checkpoint
         self.engine = cp.restore_engine()
         self._engine_bar_ts = cp.bar_ts
         # My records of bars up to the checkpoint's are the leader's to write (or already written);
         # records taken from a checkpoint at a takeover stay until written.
         self.backlog.drop_covered(cp.bar_idx)
-        if first:
+        if decision.first:
             self.book.import_seqs(cp.seqs)
             self.health.restored_from_bar = cp.bar_idx
             self.health.cold_start_reason = None
@@ -683,11 +615,6 @@ class Worker:
                      tick.bar_idx)
         else:
             log.debug("standby adopted checkpoint bar=%d writer=%s epoch=%s", cp.bar_idx, cp.worker_id, cp.epoch)
-
-    def _start_cold(self, reason: str, detail: str) -> None:
-        self.health.cold_start_reason = reason
-        self.health.restored_from_bar = None
-        log.warning("starting cold reason=%s detail=%s", reason, detail[:300])
 
     def _put_latest(self, record: dict[str, Any]) -> None:
         entries = {s: orjson.dumps(latest_entry(s, record)).decode() for s in record["assets"]}
