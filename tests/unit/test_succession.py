@@ -1,0 +1,148 @@
+"""``service.succession`` on its own, over the fake grid: the lease's epochs continue from the
+checkpoint's, term changes, the warm-restart / standby adoption decision (with its reasons) and
+the previous leader's records at a takeover."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hazelcast.core import HazelcastJsonValue
+
+from obf_features_worker.engine import checkpoint
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.service.lease import LeaderLease
+from obf_features_worker.service.succession import COLD_UNAVAILABLE, Adopt, StartCold, Succession
+from tests.fakes import FakeClock, FakeCluster, FakeGrid
+
+B0 = 1_000_000
+
+
+def cp_text(bar: int, *, epoch: int | None = 5, records: dict[int, str] | None = None,
+            params: FeatureParams | None = None) -> str:
+    engine = FeatureEngine(params or FeatureParams())
+    engine.step(bar, float(bar), {})
+    cp = checkpoint.capture(engine, seqs={}, bar_ts=float(bar), worker_id="old", written_at=1.0, epoch=epoch,
+                            records=records or {})
+    return checkpoint.encode(cp).decode()
+
+
+def make(stored: str | None = None, **cfg: Any) -> tuple[Succession, FakeGrid, FakeClock]:
+    clock = FakeClock()
+    grid = FakeGrid(FakeCluster(clock))
+    grid.c.checkpoint = None if stored is None else HazelcastJsonValue(stored)
+    config = WorkerConfig(worker_id="w", clock="scan", bar_seconds=1.0, **cfg)
+
+    def lease(min_epoch: int) -> LeaderLease:
+        return LeaderLease(grid.lease_map(), "w", config.lease_settings(), min_epoch=min_epoch, clock=clock.mono,
+                           wall=clock.wall)
+
+    return Succession(grid, config, lease), grid, clock
+
+
+def test_without_begin_there_is_no_lease_and_every_write_is_allowed() -> None:
+    s, _, _ = make()
+    assert s.lease is None and s.may_write() and s.current_epoch() is None
+
+
+def test_lease_epochs_continue_above_the_checkpoints() -> None:
+    s, _, clock = make(cp_text(B0, epoch=5))
+    s.begin()
+    assert s.restore_pending and s.startup_checkpoint is not None and s.startup_checkpoint.epoch == 5
+    change = s.tick()
+    while change.acquired is None:  # the first term settles one ttl
+        clock.t += 1.0
+        change = s.tick()
+    assert change.acquired == 6 and change.lost is None and s.epoch == 6 and s.may_write()
+
+
+def test_losing_the_lease_is_reported_once_with_the_holder() -> None:
+    s, grid, clock = make()
+    s.begin()
+    while s.tick().acquired is None:
+        clock.t += 1.0
+    mine = s.epoch
+    grid.c.lease.data.clear()  # the entry expired while I was away ...
+    LeaderLease(grid.lease_map(), "w2", s.config.lease_settings(), clock=clock.mono, wall=clock.wall).tick()
+    # ... and another worker took it
+    change = s.tick()
+    assert change.lost == mine and change.acquired is None and change.holder == "w2"
+    assert s.tick().lost is None
+
+
+def test_first_bar_adopts_a_recent_checkpoint_then_only_changes() -> None:
+    text = cp_text(B0)
+    s, grid, _ = make(text)
+    s.begin()
+    decision = s.adoption(B0 + 1, None)
+    assert isinstance(decision, Adopt) and decision.first and decision.checkpoint.bar_idx == B0
+    assert s.adoption(B0 + 2, B0 + 1) is None  # the same text: not looked at again
+    grid.c.checkpoint = HazelcastJsonValue(cp_text(B0 + 2))
+    later = s.adoption(B0 + 3, B0 + 2)
+    assert isinstance(later, Adopt) and not later.first and later.checkpoint.bar_idx == B0 + 2
+
+
+def test_my_own_newer_state_is_kept() -> None:
+    s, _, _ = make(cp_text(B0))
+    s.begin()
+    assert s.adoption(B0 + 2, B0 + 1) is None
+
+
+def test_my_own_checkpoint_is_not_adopted_back() -> None:
+    s, grid, _ = make()
+    s.begin()
+    first = s.adoption(B0, None)
+    assert isinstance(first, StartCold) and first.reason == "missing"
+    text = cp_text(B0)
+    grid.c.checkpoint = HazelcastJsonValue(text)
+    s.wrote_checkpoint(text)
+    assert s.adoption(B0 + 1, B0) is None
+
+
+@pytest.mark.parametrize("stored,reason", [
+    (None, "missing"),
+    ("{not json", "corrupt"),
+    (cp_text(B0, params=FeatureParams(ma_window=3)), "params"),
+])
+def test_first_bar_starts_cold_with_the_reason(stored: str | None, reason: str) -> None:
+    s, _, _ = make(stored)
+    s.begin()
+    decision = s.adoption(B0 + 1, None)
+    assert isinstance(decision, StartCold) and decision.reason == reason
+    assert s.adoption(B0 + 2, B0 + 1) is None  # later refusals are a standby's, not a cold start
+
+
+def test_unreadable_state_map_at_the_first_bar_is_a_cold_start() -> None:
+    s, grid, _ = make(cp_text(B0))
+    s.begin()
+    grid.offline = True
+    decision = s.adoption(B0 + 1, None)
+    assert isinstance(decision, StartCold) and decision.reason == COLD_UNAVAILABLE
+    assert s.adoption(B0 + 2, B0 + 1) is None
+
+
+def test_previous_records_at_a_takeover() -> None:
+    records = {B0 - 1: f'{{"bar_idx": {B0 - 1}}}', B0: f'{{"bar_idx": {B0}}}'}
+    s, grid, _ = make(cp_text(B0, records=records))
+    cp = s.previous_records(6)
+    assert cp is not None and cp.records == records
+    grid.c.checkpoint = HazelcastJsonValue("{not json")
+    assert s.previous_records(7) is None
+    grid.c.checkpoint = None
+    assert s.previous_records(8) is None
+    grid.offline = True
+    assert s.previous_records(9) is None
+
+
+def test_scan_catch_up_only_for_the_scan_just_after_the_checkpoint() -> None:
+    s, grid, _ = make(cp_text(B0), scan_field="scan_number")
+    s.begin()
+    grid.c.scan_value = HazelcastJsonValue(f'{{"scan_number": {B0 + 1}}}')
+    assert s.scan_to_catch_up() is grid.c.scan_value
+    grid.c.scan_value = HazelcastJsonValue(f'{{"scan_number": {B0}}}')  # already checkpointed
+    assert s.scan_to_catch_up() is None
+    s2, _, _ = make(cp_text(B0))  # no scan field: nothing to catch up
+    s2.begin()
+    assert s2.scan_to_catch_up() is None
