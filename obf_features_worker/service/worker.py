@@ -9,7 +9,7 @@ holds); the bar in progress is finished, health says ``stopping``, the client di
 the process exits 0 (141 if its output closed).
 
 Writes that fail (cluster away) never stop the worker: records wait in a bounded backlog
-(``retain_bars``) and are written in bar order once the cluster answers again.
+(``retain_bars``, ``service.backlog``) and are written in bar order once the cluster answers again.
 
 Warm restart and hot standby (docs/reliability.md). Once connected (``before_first_bar``) the
 worker contends for the leader lease in the state map; every shared write (records, LATEST,
@@ -21,11 +21,19 @@ first bar) adopts the leader's checkpoint when it is at least as new as its own 
 histories are the leader's; it steps the bar itself and keeps its own records in the backlog
 until the leader's checkpoint covers them. On taking the lease it writes the previous leader's
 unconfirmed records and back-fills its own (``put_if_absent``: never over another writer's bar).
-A ``Worker`` driven through ``process_bar`` alone (unit tests) has no lease: a sole writer.
+A ``Worker`` driven through ``process_bar`` alone (unit tests) has no lease: a sole writer. The
+lease, the term and the adoption decisions are ``service.succession``'s; this module applies them.
 
-Seams: ``make_engine()`` builds the engine, ``before_first_bar()`` runs once connected,
-``may_write(tick)`` gates every write of a bar, ``role`` goes into health, and
-``after_bar(tick, record, written)`` runs after each bar. Subclass ``Worker`` to override them.
+Parts: this module is the bar loop and its wiring; ``service.backlog`` (the write backlog) and
+``service.succession`` (lease, checkpoint adoption, back-fill) are tested alone. The grid is any
+``service.grid.WorkerGrid`` (the real ``Grid``, or ``tests/fakes.py``'s). ``close()`` releases
+in order: lease, client, metrics.
+
+Seams: constructor parameters ``grid``, ``clock`` (the bar clock) and ``monotonic`` (schedules
+idle lease ticks and health writes); ``make_engine()`` builds the engine, ``make_lease()`` the
+lease, ``before_first_bar()`` runs once connected, ``may_write(tick)`` gates every write of a bar,
+``role`` goes into health, and ``after_bar(tick, record, written)`` runs after each bar. Subclass
+``Worker`` to override them.
 """
 
 from __future__ import annotations
