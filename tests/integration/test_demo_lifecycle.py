@@ -1,7 +1,8 @@
 """Nothing outlives the demo (issue 18): the terminal closed (SIGHUP on a pseudo-terminal), its
-output pipe closed by a reader that leaves early, the demo SIGKILLed. In each case every process
-of the demo's tree (live view, worker, feeder, the member JVM it started) is gone within a
-deadline, checked by pid (and start time, so a reused pid is not mistaken for a survivor).
+output pipe closed by a reader that leaves early, the demo SIGKILLed, a second signal forcing the
+stop. In each case every process of the demo's tree (live view, worker, feeder, the member JVM it
+started) is gone within a deadline, checked by pid (and start time, so a reused pid is not
+mistaken for a survivor).
 
 Real processes and a real member: the demo starts its own JVM (or, with an external test
 cluster, uses it on this test's maps).
@@ -214,3 +215,33 @@ def test_demo_parts_die_with_a_sigkilled_demo(hz_cluster: HzCluster, map_suffix:
             proc.kill()
             proc.wait(10)
     reader.join(10)
+
+
+def test_a_second_signal_forces_the_stop_and_still_leaves_nothing(hz_cluster: HzCluster, map_suffix: str,
+                                                                   tmp_path: Path, reap: dict[int, int]) -> None:
+    proc = subprocess.Popen([sys.executable, *_demo_args(hz_cluster, map_suffix, tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(b.decode(errors="replace") for b in proc.stdout or ()),
+                              daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(_full_frames("".join(lines))) >= 1 or proc.poll() is not None, FIRST_FRAMES_S,
+                 "a bar with every asset in the live view")
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        tree = _tree(proc.pid)
+        reap.update(tree)
+        _expected_tree(tree, hz_cluster, "".join(lines))
+        proc.send_signal(signal.SIGTERM)  # the ordered stop begins (it takes seconds: worker, member) ...
+        wait_for(lambda: "stopping ..." in "".join(lines) or proc.poll() is not None, 30, "the stop to begin")
+        proc.send_signal(signal.SIGTERM)  # ... and an impatient second signal forces it
+        rc = proc.wait(GONE_S)
+        _assert_all_gone(tree)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    reader.join(10)
+    out = "".join(lines)
+    assert rc == lifecycle.EXIT_FAILED, (rc, out[-3000:])
+    assert "every part killed" in out, out[-3000:]
