@@ -120,7 +120,7 @@ class FakeGrid:
         self.c = cluster if cluster is not None else FakeCluster()
         self.kill_at: tuple[str, int | None] | None = None
         self.offline = False
-        self.connected = True
+        self.connected = False  # as the real Grid before connect(); tests driving process_bar need not connect
         self.closed = False
         self.listener_errors = 0
         self.inputs: dict[str, Any] = {}
@@ -156,8 +156,9 @@ class FakeGrid:
     # --- connection and listeners ------------------------------------------------------
 
     def connect(self, stop: threading.Event) -> bool:
-        self.connected = True
-        return not stop.is_set()
+        """Connected at once, unless ``stop`` is already set (then False, as the real one)."""
+        self.connected = not stop.is_set()
+        return self.connected
 
     def shutdown(self) -> None:
         self.connected = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -58,6 +59,7 @@ def test_close_releases_the_lease_then_shuts_the_client_once(workers: WorkerFact
     grid.shutdown = lambda: (order.append("client"), shutdown())[1]  # type: ignore[method-assign]
     w, _ = workers(WorkerConfig(worker_id="w", clock="scan", bar_seconds=1.0), grid, cls=Recorded,
                    monotonic=clock.mono)
+    assert grid.connect(threading.Event())
     w.before_first_bar()
     w.close()
     w.close()
