@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -38,6 +39,10 @@ EXIT_FAILED = 1
 EXIT_OUTPUT_CLOSED = 128 + signal.SIGPIPE  # 141
 
 OUTPUT_CLOSED = "output-closed"  # the stop reason when stdout/stderr is gone
+
+# A write failing with these means the reader went away (a pipe's reader exited, the terminal hung
+# up): a stop, not an error. Others (a full disk, say) are errors and handled as such.
+_OUTPUT_GONE = (errno.EPIPE, errno.EIO)
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -138,6 +143,11 @@ def capture_signals(stop: Callable[[str], None], *, signals: tuple[signal.Signal
             old(sig, None)
 
 
+def output_gone(exc: BaseException | None) -> bool:
+    """True if ``exc`` says the output's reader is gone (EPIPE, or EIO from a hung-up terminal)."""
+    return isinstance(exc, OSError) and exc.errno in _OUTPUT_GONE
+
+
 def silence_stdout() -> None:
     """Point fd 1 at /dev/null so later prints (and the interpreter's final flush) do not raise
     or print "Exception ignored ... BrokenPipeError" (the recipe of the Python signal docs)."""
@@ -157,7 +167,9 @@ def say(stop: StopRequest, text: str = "", **kwargs: Any) -> bool:
     try:
         print(text, flush=True, **kwargs)
         return True
-    except OSError:  # BrokenPipeError, or EIO: the terminal is gone
+    except OSError as exc:
+        if not output_gone(exc):
+            raise
         stop.output_lost()
         return False
 

@@ -6,6 +6,8 @@ Snapshot rejects have their own per-reason limiter (``ingest.RejectStats``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -55,13 +57,19 @@ class _ClosableStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
-        if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError):
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.EIO)):
             super().handleError(record)
             return
         if not self._closed:
             self._closed = True
-            self.setStream(open(os.devnull, "w"))  # lives as long as the handler
+            self.setStream(open(os.devnull, "w"))  # closed with the handler
             threading.Thread(target=self._on_closed, name="output-closed", daemon=True).start()
+
+    def close(self) -> None:
+        if self._closed:
+            with contextlib.suppress(OSError):
+                self.stream.close()  # our /dev/null, never the caller's stream
+        super().close()
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None,

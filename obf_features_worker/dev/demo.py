@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             return _run(args, demo)
         except OSError as exc:  # stdout gone outside a say() (e.g. the interpreter's own writes)
-            if not isinstance(exc, BrokenPipeError):
+            if not lifecycle.output_gone(exc):
                 raise
             stop.output_lost()
             return _stop_all(demo)

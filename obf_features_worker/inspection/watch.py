@@ -11,7 +11,6 @@ SIGHUP and a closed stdout stop it cleanly (``lifecycle``).
 from __future__ import annotations
 
 import argparse
-import errno
 import io
 import logging
 import math
@@ -279,17 +278,13 @@ def run(args: argparse.Namespace) -> int:
             _live(args, features_map, inbox, seed, reader, stop)
             return stop.exit_code()
         except OSError as exc:
-            if exc.errno not in _OUTPUT_GONE:
+            if not lifecycle.output_gone(exc):
                 raise
             stop.output_lost()  # rich's Live writing to a closed pipe or a hung-up terminal
             return stop.exit_code()
         finally:
             listener.stop()
             client.shutdown()
-
-
-# A write to stdout failing with these means the reader went away: a stop, not an error.
-_OUTPUT_GONE = (errno.EPIPE, errno.EIO)
 
 
 def _once(args: argparse.Namespace, features_map: str, inbox: BarInbox, seed: dict[str, Any] | None,

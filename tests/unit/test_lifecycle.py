@@ -4,6 +4,7 @@ forces, previous handlers restored and passed on), the stop request, output-clos
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -185,3 +186,17 @@ def test_without_it_the_child_outlives_the_parent() -> None:
         assert not _gone(child)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_other_write_errors_are_errors_not_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.StringIO):
+        def write(self, _s: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    stop = lifecycle.StopRequest()
+    with pytest.raises(OSError, match="No space"):
+        lifecycle.say(stop, "frame")
+    assert not stop.is_set()
+    assert lifecycle.output_gone(BrokenPipeError(errno.EPIPE, "x")) and lifecycle.output_gone(OSError(errno.EIO, "x"))
+    assert not lifecycle.output_gone(OSError(errno.ENOSPC, "x")) and not lifecycle.output_gone(None)
