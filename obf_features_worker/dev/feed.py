@@ -288,7 +288,7 @@ def _feed(args: argparse.Namespace, publisher: Publisher, feeder: Feeder, market
     stop = request.event
     try:
         if not publisher.connect(stop):
-            return 0
+            return request.exit_code()  # stopped before connecting
         if market is not None:
             log.info("feeding synthetic books map=%s assets=%s hz=%g seed=%d drain_at=%s drain_every=%s", map_name,
                      ",".join(market.symbols), market.hz, args.seed, args.drain_at, args.drain_every)
