@@ -192,18 +192,30 @@ def test_demo_stops_everything_when_its_reader_exits(hz_cluster: HzCluster, map_
     assert worker_logs and "worker stopped rc=0" in worker_logs[0].read_text(), worker_logs
 
 
-def test_demo_parts_die_with_a_sigkilled_demo(hz_cluster: HzCluster, map_suffix: str,
-                                              tmp_path: Path, reap: dict[int, int]) -> None:
-    proc = subprocess.Popen([sys.executable, *_demo_args(hz_cluster, map_suffix, tmp_path)], stdout=subprocess.PIPE,
+def _demo_with_frames(hz_cluster: HzCluster, map_suffix: str, run_dir: Path,
+                      frames: int) -> tuple[subprocess.Popen[bytes], list[str], threading.Thread]:
+    """The demo on a pipe read by a thread into ``lines``, once it shows ``frames`` full bars."""
+    proc = subprocess.Popen([sys.executable, *_demo_args(hz_cluster, map_suffix, run_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(b.decode(errors="replace") for b in proc.stdout or ()),
                               daemon=True)
     reader.start()
     try:
-        wait_for(lambda: len(_full_frames("".join(lines))) >= 3 or proc.poll() is not None, FIRST_FRAMES_S,
-                 "three bars with every asset in the live view")
+        wait_for(lambda: len(_full_frames("".join(lines))) >= frames or proc.poll() is not None, FIRST_FRAMES_S,
+                 f"{frames} bar(s) with every asset in the live view")
         assert proc.poll() is None, "".join(lines)[-3000:]
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, lines, reader
+
+
+def test_demo_parts_die_with_a_sigkilled_demo(hz_cluster: HzCluster, map_suffix: str,
+                                              tmp_path: Path, reap: dict[int, int]) -> None:
+    proc, lines, reader = _demo_with_frames(hz_cluster, map_suffix, tmp_path, 3)
+    try:
         tree = _tree(proc.pid)
         reap.update(tree)
         _expected_tree(tree, hz_cluster, "".join(lines))
@@ -219,16 +231,8 @@ def test_demo_parts_die_with_a_sigkilled_demo(hz_cluster: HzCluster, map_suffix:
 
 def test_a_second_signal_forces_the_stop_and_still_leaves_nothing(hz_cluster: HzCluster, map_suffix: str,
                                                                    tmp_path: Path, reap: dict[int, int]) -> None:
-    proc = subprocess.Popen([sys.executable, *_demo_args(hz_cluster, map_suffix, tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(b.decode(errors="replace") for b in proc.stdout or ()),
-                              daemon=True)
-    reader.start()
+    proc, lines, reader = _demo_with_frames(hz_cluster, map_suffix, tmp_path, 1)
     try:
-        wait_for(lambda: len(_full_frames("".join(lines))) >= 1 or proc.poll() is not None, FIRST_FRAMES_S,
-                 "a bar with every asset in the live view")
-        assert proc.poll() is None, "".join(lines)[-3000:]
         tree = _tree(proc.pid)
         reap.update(tree)
         _expected_tree(tree, hz_cluster, "".join(lines))

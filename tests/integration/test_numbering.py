@@ -14,11 +14,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 from hazelcast.core import HazelcastJsonValue
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine
@@ -38,15 +36,6 @@ class ForcedTimeScanClock(ScanClock):
         at = json_value(value).get("at")
         super().trigger(value, received_at if at is None else float(at))
 
-
-@pytest.fixture
-def feeder(hz_cluster: HzCluster, map_suffix: str) -> Iterator[TestFeeder]:
-    client = hz_cluster.client()
-    f = TestFeeder(client, "DOLPHIN_FEATURES" + map_suffix).start()
-    wait_for(lambda: f.ticks >= 3, 10, "feeder running")
-    yield f
-    f.stop()
-    client.shutdown()
 
 
 def start_worker(cluster: HzCluster, suffix: str, clock: ScanClock, *extra: str) -> tuple[Worker, threading.Thread]:

@@ -10,7 +10,6 @@ Synchronisation is by polling the grid with deadlines (``wait_for``), never a ba
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from obf_features_worker.inspection.sql import apply_statements, load_statements
 from obf_features_worker.service.grid import InspectionReader, asset_key_regex
 from tests.cluster import HzCluster
 from tests.integration.feeder import TestFeeder, WorkerProcess, json_value, wait_for
+from tests.integration.prometheus import scrape
 
 SYMBOLS = ("BTCUSD_PERP", "ETHUSD_250328", "1000PEPE-USDT", "BTCUSDT")
 # Malformed asset keys: each reaches the worker once and is counted as bad_symbol.
@@ -34,16 +34,6 @@ BAD_AFTER_START = ("asset_BTC USD_ob", "asset__PERP_ob")  # seen as entry events
 FOREIGN = {"latest_eigen_scan": '{"scan_number": 1}', "assetXBTCUSDTXob": "{}", "status": "x",
            "ASSET_BTCUSDT_OB": "{}"}
 
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
@@ -75,7 +65,7 @@ def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
             wait_for(lambda: health()["n_present"] == len(SYMBOLS), 15, "every symbol present")
             h0 = health()["bars_written"]
             wait_for(lambda: health()["bars_written"] >= h0 + 2, 15, "bars after the bad keys")
-            metrics = _scrape(port)
+            metrics = scrape(port)
             assert metrics['obf_events_rejected_total{reason="bad_symbol"}'] == expected["bad_symbol"]
 
             rc = cli.main(["status", "--json", "--members", ",".join(hz_cluster.members), "--cluster",

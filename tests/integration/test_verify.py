@@ -15,16 +15,6 @@ from tests.cluster import HzCluster
 from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess, json_value, wait_for
 
 
-@pytest.fixture
-def feeder(hz_cluster: HzCluster, map_suffix: str):
-    client = hz_cluster.client()
-    f = TestFeeder(client, "DOLPHIN_FEATURES" + map_suffix).start()
-    wait_for(lambda: f.ticks >= 3, 10, "feeder running")
-    yield f
-    f.stop()
-    client.shutdown()
-
-
 def verify(cluster: HzCluster, suffix: str, capsys: pytest.CaptureFixture[str], *args: str,
            assets: tuple[str, ...] = DEFAULT_SYMBOLS) -> tuple[int, dict[str, str]]:
     """Run the command in-process: (exit code, check name -> its printed line)."""

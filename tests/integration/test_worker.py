@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hazelcast.core import HazelcastJsonValue
 
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from tests.cluster import HzCluster
 from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, WorkerProcess, json_value, wait_for
+from tests.integration.prometheus import scrape
 
 HEALTH_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
@@ -65,15 +65,6 @@ def recompute(feeder: TestFeeder, recs: dict[int, dict[str, Any]]) -> None:
 def assert_contiguous(keys: list[int]) -> None:
     assert keys == list(range(min(keys), max(keys) + 1)), f"bars missing or extra: {keys}"
 
-
-@pytest.fixture
-def feeder(hz_cluster: HzCluster, map_suffix: str):
-    client = hz_cluster.client()
-    f = TestFeeder(client, "DOLPHIN_FEATURES" + map_suffix).start()
-    wait_for(lambda: f.ticks >= 3, 10, "feeder running")
-    yield f
-    f.stop()
-    client.shutdown()
 
 
 def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder, map_suffix, tmp_path: Path):
@@ -258,19 +249,6 @@ def test_connect_timeout_exits_non_zero_with_the_reason(tmp_path: Path):
     assert "cluster connection given up" in w.log_text()
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """Prometheus text format -> {"name{labels}": value} (comments skipped)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
 
 def test_metrics_endpoint_scrapes(hz_cluster, hz_client, feeder, map_suffix, tmp_path: Path):
     from obf_features_worker.dev.member import free_port
@@ -283,9 +261,9 @@ def test_metrics_endpoint_scrapes(hz_cluster, hz_client, feeder, map_suffix, tmp
         wait_for(lambda: (h := health(hz_client, map_suffix, worker_id)) and h["bars_written"] >= 2, 30,
                  "first bars")
         inp.put("asset_BADAUSDT_ob", "{not json")
-        wait_for(lambda: _scrape(port).get('obf_events_rejected_total{reason="bad_json"}') == 1.0, 15,
+        wait_for(lambda: scrape(port).get('obf_events_rejected_total{reason="bad_json"}') == 1.0, 15,
                  "reject visible in metrics")
-        m = _scrape(port)
+        m = scrape(port)
         h = health(hz_client, map_suffix, worker_id)
         assert w.stop() == 0, w.log_text()[-3000:]
     # Scraped after the health doc was read: counters can only have grown since.
