@@ -34,8 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from hazelcast.client import HazelcastClient
 from hazelcast import predicate as pred
+from hazelcast.client import HazelcastClient
 from hazelcast.core import HazelcastJsonValue
 
 from engine_adapter.adapter import AdapterStats, _market_key
