@@ -20,15 +20,19 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 
+from obf_contract import dayfiles
 from obf_contract.record import dumps_record
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.feature_engine import FeatureEngine, normalise_universe
@@ -213,7 +217,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bar-seconds", type=float, required=True, help="bar length in seconds (> 0)")
     p.add_argument("--max-age-s", type=float, default=None,
                    help="an asset is present if its snapshot is at most this old at bar close (default 2 x bar)")
-    p.add_argument("--output", "-o", required=True, help="BarRecord JSONL path ('-' for stdout)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", "-o", help="BarRecord JSONL path ('-' for stdout)")
+    out.add_argument("--by-date", metavar="DIR",
+                     help="write one BarRecord file per UTC day of bar_ts, DIR/YYYY-MM-DD.jsonl (the layout the "
+                          "offline OB engine's preload_date reads; existing day files are overwritten)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
     p.add_argument("--assets", default=None, metavar="SYM,SYM",
                    help="the worker's --assets: only these count and they are the cross-asset universe "
@@ -249,6 +257,48 @@ def _progress_bar() -> Iterator[Callable[[int, int], None]]:
         yield advance
 
 
+def write_by_date(records: Iterable[dict[str, Any]], folder: str | Path) -> list[date]:
+    """Write ``records`` (ascending bar_ts, as replay yields them) into one file per UTC day of
+    ``bar_ts``: ``folder/YYYY-MM-DD.jsonl`` (``obf_contract.dayfiles``); returns the days written.
+
+    Each day file is written to a temporary name and renamed when its day is complete, so a
+    reader never sees half a day; a day file already there is replaced.
+    """
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    days: list[date] = []
+    current: date | None = None
+    f: Any = None
+    try:
+        for rec in records:
+            day = dayfiles.day_of(rec["bar_ts"])
+            if day != current:
+                if f is not None:
+                    _finish_day(f, root, days[-1])
+                if day in days:
+                    raise ValueError(f"records are not in bar_ts order: {day} seen twice")
+                current = day
+                days.append(day)
+                f = open(_partial(root, day), "wb")
+            f.write(dumps_record(rec) + b"\n")
+        if f is not None:
+            _finish_day(f, root, days[-1])
+            f = None
+    finally:
+        if f is not None:
+            f.close()
+    return days
+
+
+def _partial(root: Path, day: date) -> Path:
+    return root / f".{dayfiles.day_file(root, day).name}.partial"
+
+
+def _finish_day(f: Any, root: Path, day: date) -> None:
+    f.close()
+    os.replace(_partial(root, day), dayfiles.day_file(root, day))
+
+
 def run(args: argparse.Namespace) -> int:
     """Exit 0 on success (bad lines are reported, not fatal), 2 on bad arguments or unreadable files."""
     stats = ReplayStats()
@@ -257,14 +307,20 @@ def run(args: argparse.Namespace) -> int:
         params = params_from_args(args)
         with contextlib.ExitStack() as stack:
             fin = sys.stdin.buffer if args.input == "-" else stack.enter_context(open(args.input, "rb"))
-            out = sys.stdout.buffer if args.output == "-" else stack.enter_context(open(args.output, "wb"))
             progress: Callable[[int, int], None] | None = None
             if not args.no_progress and sys.stderr.isatty():
                 progress = stack.enter_context(_progress_bar())
             assets = comma_list(args.assets) if args.assets else None
-            for rec in replay_records(fin, args.bar_seconds, args.max_age_s, params, stats=stats,
-                                      progress=progress, assets=assets):
-                out.write(dumps_record(rec) + b"\n")
+            records = replay_records(fin, args.bar_seconds, args.max_age_s, params, stats=stats, progress=progress,
+                                     assets=assets)
+            if args.by_date is not None:
+                days = write_by_date(records, args.by_date)
+                print(f"replay: wrote {len(days)} day file(s) to {args.by_date}: "
+                      + ", ".join(d.isoformat() for d in days), file=sys.stderr)
+            else:
+                out = sys.stdout.buffer if args.output == "-" else stack.enter_context(open(args.output, "wb"))
+                for rec in records:
+                    out.write(dumps_record(rec) + b"\n")
     except (OSError, ValueError) as exc:
         print(f"replay: error: {exc}", file=sys.stderr)
         return 2
