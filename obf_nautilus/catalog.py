@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nautilus_trader.model.data import CustomData, DataType
 from nautilus_trader.model.identifiers import ClientId
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 
@@ -74,14 +75,18 @@ def write_catalog(paths: Iterable[str | Path], catalog: str | Path | ParquetData
 
 
 def load_catalog(catalog: str | Path | ParquetDataCatalog, start: Any = None, end: Any = None) -> list[Any]:
-    """The features in ``catalog`` (optionally ``start``..``end``) as one list ordered by ts_init,
-    each bar's assets before the bar: ready for ``BacktestEngine.add_data(..., client_id=CLIENT_ID)``."""
+    """The features in ``catalog`` (optionally ``start``..``end``) as ``CustomData`` ordered by ts_init,
+    each bar's assets before the bar: ready for ``BacktestEngine.add_data(..., client_id=CLIENT_ID)``
+    (a strategy receives the ``OBAssetFeatures`` / ``OBBarFeatures`` inside)."""
     cat = catalog if isinstance(catalog, ParquetDataCatalog) else ParquetDataCatalog(str(catalog))
     rows = []
     for rank, cls in ((0, OBAssetFeatures), (1, OBBarFeatures)):
         for item in cat.query(cls, start=start, end=end):
-            obj = getattr(item, "data", item)  # the catalog wraps custom data in CustomData
-            rows.append((obj.ts_init, rank, getattr(obj, "symbol", ""), obj))
+            # The data engine routes custom data wrapped in CustomData (as the catalog returns it).
+            if not isinstance(item, CustomData):
+                item = CustomData(DataType(cls), item)
+            obj = item.data
+            rows.append((obj.ts_init, rank, getattr(obj, "symbol", ""), item))
     rows.sort(key=lambda r: r[:3])
     return [r[3] for r in rows]
 
