@@ -322,7 +322,7 @@ class OfflineOBEngine:
 
 def _unix(t: TimeLike, name: str) -> float:
     if isinstance(t, datetime):
-        return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+        return datetime(*t.timetuple()[:6], t.microsecond, tzinfo=t.tzinfo or UTC).timestamp()
     if isinstance(t, date):
         return day_bounds(t)[0]
     if isinstance(t, bool) or not isinstance(t, (int, float)):

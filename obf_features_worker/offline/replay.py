@@ -273,10 +273,11 @@ def write_by_date(records: Iterable[dict[str, Any]], folder: str | Path) -> list
         for rec in records:
             day = dayfiles.day_of(rec["bar_ts"])
             if day != current:
+                if current is not None and day < current:
+                    raise ValueError(f"records are not in bar_ts order: bar {rec.get('bar_idx')} of {day} "
+                                     f"after bars of {current}")
                 if f is not None:
                     _finish_day(f, root, days[-1])
-                if day in days:
-                    raise ValueError(f"records are not in bar_ts order: {day} seen twice")
                 current = day
                 days.append(day)
                 f = open(_partial(root, day), "wb")
@@ -285,8 +286,9 @@ def write_by_date(records: Iterable[dict[str, Any]], folder: str | Path) -> list
             _finish_day(f, root, days[-1])
             f = None
     finally:
-        if f is not None:
+        if f is not None:  # an error: the unfinished day never replaces a complete file
             f.close()
+            _partial(root, days[-1]).unlink(missing_ok=True)
     return days
 
 
