@@ -10,8 +10,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JARS   := .hazelcast/lib/.fetched
+# The NautilusTrader tests (tests/nautilus) run in a second venv: nautilus_trader 1.231.0 needs
+# Python 3.12 (1.221.0, the last for 3.11, crashes in BacktestEngine.run() here), while the
+# project venv stays on $(PYTHON). The first Python 3.12 found: on PATH, else a pyenv install.
+NAUTILUS_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$p"; break; }; done)
+NVENV  := .venv-nautilus
+NBIN   := $(NVENV)/bin
+NSTAMP := $(NVENV)/.installed
 
-.PHONY: help setup venv jars lint test test-unit test-integration soak demo bench clean
+.PHONY: help setup venv jars nautilus-venv lint test test-unit test-integration test-nautilus soak demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -26,6 +34,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $@
 
+nautilus-venv: $(NSTAMP)  ## create/refresh the Python 3.12 venv of the NautilusTrader tests
+$(NSTAMP): pyproject.toml
+	@test -n "$(NAUTILUS_PYTHON)" || { echo "Python 3.12 is required for the NautilusTrader tests (set NAUTILUS_PYTHON=...)" >&2; exit 1; }
+	@test -x $(NBIN)/python || $(NAUTILUS_PYTHON) -m venv $(NVENV)
+	$(NBIN)/python -m pip install -q --upgrade pip
+	$(NBIN)/python -m pip install -q -e ".[test,nautilus]"
+	@touch $@
+
 jars: $(JARS)
 $(JARS): deploy/hazelcast/pom.xml deploy/hazelcast/fetch-jars.sh
 	@command -v java >/dev/null || { echo "Java 17+ is required for the Hazelcast member" >&2; exit 1; }
@@ -36,8 +52,12 @@ lint: setup  ## ruff (incl. the security rules) and mypy --strict over the packa
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint  ## lint, then the whole suite (unit + integration against a real member)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: lint nautilus-venv  ## lint, then the whole suite (unit + integration against a real member), then the Nautilus tests
+	$(BIN)/python -m pytest --ignore=tests/nautilus $(PYTEST_ARGS)
+	$(NBIN)/python -m pytest tests/nautilus $(PYTEST_ARGS)
+
+test-nautilus: setup nautilus-venv  ## only the NautilusTrader tests (Python 3.12 venv)
+	$(NBIN)/python -m pytest tests/nautilus $(PYTEST_ARGS)
 
 test-unit: setup  ## only the tests that need no member
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -55,4 +75,4 @@ bench: setup  ## run the benchmarks (prints tables with ratios)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:  ## remove the venv, jars and run files
-	rm -rf $(VENV) .hazelcast .pytest_cache
+	rm -rf $(VENV) $(NVENV) .hazelcast .pytest_cache

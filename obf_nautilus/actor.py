@@ -42,13 +42,15 @@ class OBEngine(Protocol):
     def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None: ...
 
 
-class OBFeaturesActorConfig(ActorConfig, frozen=True):
-    """bar_seconds: the worker's bar length, s (> 0; a close is a multiple of it in unix time).
+class OBFeaturesActorConfig(ActorConfig, frozen=True):  # type: ignore[misc,call-arg]  # untyped base
+    """bar_seconds: the worker's interval bar length, s (> 0; a close is a multiple of it in unix
+    time); None: no timer, the owner calls ``publish_bar(bar_idx, ts_ns)`` itself (scan clock:
+    ``bar_idx`` = the scan's number).
     assets: the symbols to publish each bar (None = every asset of the resolved bar).
     publish_delay_ms: fire this long after each close (>= 0; live: ~ the worker's write latency).
     """
 
-    bar_seconds: float = 5.0
+    bar_seconds: float | None = 5.0
     assets: tuple[str, ...] | None = None
     publish_delay_ms: float = 0.0
 
@@ -60,19 +62,21 @@ class OBFeaturesActor(Actor):  # type: ignore[misc]  # nautilus_trader ships no 
 
     def __init__(self, engine: OBEngine, config: OBFeaturesActorConfig | None = None) -> None:
         config = config if config is not None else OBFeaturesActorConfig()
-        if not config.bar_seconds > 0:
+        if config.bar_seconds is not None and not config.bar_seconds > 0:
             raise ValueError(f"OBFeaturesActorConfig.bar_seconds must be > 0, got {config.bar_seconds!r}")
         if not config.publish_delay_ms >= 0:
             raise ValueError(f"OBFeaturesActorConfig.publish_delay_ms must be >= 0, got {config.publish_delay_ms!r}")
         super().__init__(config)
         self.engine = engine
-        self._bar_ns = round(config.bar_seconds * 1e9)
+        self._bar_ns = 0 if config.bar_seconds is None else round(config.bar_seconds * 1e9)
         self._delay_ns = round(config.publish_delay_ms * 1e6)
         self._assets = None if config.assets is None else tuple(config.assets)
         self.published_bars = 0
         self.errors = 0
 
     def on_start(self) -> None:
+        if not self._bar_ns:
+            return  # publish_bar is called by the owner
         now = self.clock.timestamp_ns()
         first = (now - self._delay_ns) // self._bar_ns * self._bar_ns + self._delay_ns  # the timer fires at +1 bar
         self.clock.set_timer(self.TIMER, timedelta(microseconds=self._bar_ns / 1000),
