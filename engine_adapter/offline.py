@@ -1,7 +1,7 @@
 """OfflineOBEngine: the live adapter's API over bars loaded up front, for paper trading and backtests.
 
 Same calls as ``HazelcastOBEngine`` (``step_live``, ``get_placement`` / ``get_signal`` /
-``get_market`` / ``get_macro``, ``resolve``, ``get_bar``, ``stats``, ``close``) plus
+``get_market`` / ``get_macro``, ``resolve``, ``get_bar``, ``get_asset``, ``stats``, ``close``) plus
 ``preload_date(day)`` / ``preload(start, end)``, which load the bar records of a time range from
 a source into a ``BarCache``, the same cache class and resolution code the live adapter uses: a
 lookup is exact, falls back to the newest earlier bar at most ``stale_after_bars`` old, or
@@ -241,6 +241,11 @@ class OfflineOBEngine:
     def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None:
         """The whole decoded bar that answers ``timestamp_or_idx``, or None (default)."""
         return self._resolved(timestamp_or_idx)[1]
+
+    def get_asset(self, asset: str, timestamp_or_idx: Any = None) -> AssetFeatures | None:
+        """One asset's features (with snapshot ts/age/seq), or None if unavailable."""
+        bar = self._resolved(timestamp_or_idx)[1]
+        return None if bar is None else bar.assets.get(asset)
 
     def wait_for_bar(self, bar_idx: int, timeout_s: float) -> bool:
         """True if bar ``bar_idx`` is loaded (never waits: nothing arrives later)."""

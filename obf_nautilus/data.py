@@ -14,7 +14,9 @@ object tells a strategy that the bar is complete (Actor mode).
 The value fields are derived from the adapter's dataclasses (``dataclasses.fields`` of
 ``OBPlacementFeatures`` / ``OBSignalFeatures`` / ``OBMarketFeatures`` / ``OBMacroFeatures``,
 typed from their neutral defaults): a field added there appears here, in the same order, with
-no edit. Field names must stay unique across placement + signal and market + macro.
+no edit. Each is named ``{group}_{field}`` (``signal_imbalance``, ``market_median_imbalance``,
+``macro_cascade_regime``): the groups may share field names (the in-process engine's macro
+object repeats market values), and ``get_signal(...).imbalance`` reads as ``signal_imbalance``.
 """
 
 from __future__ import annotations
@@ -48,14 +50,15 @@ _HEAD: dict[str, type] = {"bar_idx": int, "resolution": str, "used_bar_idx": int
 
 
 def value_fields(groups: tuple[tuple[str, type], ...]) -> dict[str, type]:
-    """Field name -> Python type (from the neutral default) of the dataclasses in ``groups``."""
+    """``{group}_{field}`` -> Python type (from the neutral default) of the dataclasses in ``groups``."""
     out: dict[str, type] = {}
     for group, cls in groups:
         for f in dataclasses.fields(cls):
-            if f.name in out or f.name in _HEAD or f.name == "symbol":
-                raise TypeError(f"feature field {group}.{f.name} collides with another Nautilus data field")
+            name = f"{group}_{f.name}"
+            if name in out:
+                raise TypeError(f"feature field {name} is defined twice")
             default = f.default
-            out[f.name] = bool if type(default) is bool else int if type(default) is int else \
+            out[name] = bool if type(default) is bool else int if type(default) is int else \
                 float if type(default) is float else str
     return out
 
@@ -103,19 +106,19 @@ def to_nautilus(bar_idx: int, res: Resolution, bar: BarFeatures | None, symbols:
     out = []
     for sym in (sorted(assets) if symbols is None else symbols):
         a = assets.get(sym)
-        values: dict[str, Any] = {}
-        for obj in ((NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL) if a is None else (a.placement, a.signal)):
-            values.update(_values(obj))
+        placement, signal = (NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL) if a is None else (a.placement, a.signal)
+        values = {**_values("placement", placement), **_values("signal", signal)}
         out.append(OBAssetFeatures(ts_event, ts_init, **head, symbol=sym, present=a is not None, **values))
     market = NEUTRAL_MARKET if bar is None or bar.market is None else bar.market
     macro = NEUTRAL_MACRO if bar is None or bar.macro is None else bar.macro
     bar_obj = OBBarFeatures(ts_event, ts_init, **head, n_present=0 if bar is None else bar.n_present,
-                            degraded=False if bar is None else bar.degraded, **_values(market), **_values(macro))
+                            degraded=False if bar is None else bar.degraded, **_values("market", market),
+                            **_values("macro", macro))
     return out, bar_obj
 
 
-def _values(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+def _values(group: str, obj: Any) -> dict[str, Any]:
+    return {f"{group}_{f.name}": getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 def bar_ns(bar_ts: float) -> int:

@@ -36,7 +36,7 @@ def _answers(eng: Any, keys: list[Any]) -> list[Any]:
         out.append((key, eng.resolve(key), None if bar is None else bar.bar_idx, eng.get_market(key),
                      eng.get_macro(key), eng.get_market("BTCUSDT", key)))
         for sym in (*ASSETS, "XRPUSDT"):
-            out.append((key, sym, eng.get_placement(sym, key), eng.get_signal(sym, key)))
+            out.append((key, sym, eng.get_placement(sym, key), eng.get_signal(sym, key), eng.get_asset(sym, key)))
     return out
 
 

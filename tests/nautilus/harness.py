@@ -65,7 +65,7 @@ def assert_bar_equals_record(bar: Any, rec: dict[str, Any]) -> None:
     assert bar.n_present == rec["n_present"] and bar.degraded == rec["degraded"]
     for group in ("market", "macro"):
         assert rec[group] is not None
-        got = {k: getattr(bar, k) for k in rec[group]}
+        got = {k: getattr(bar, f"{group}_{k}") for k in rec[group]}
         assert got == rec[group], f"bar {rec['bar_idx']} {group}"
 
 
@@ -78,4 +78,4 @@ def assert_assets_equal_record(assets: dict[tuple[int, str], Any], rec: dict[str
         obj = assets[idx, sym]
         assert obj.present and obj.resolution == "exact"
         for group in ("placement", "signal"):
-            assert {k: getattr(obj, k) for k in a[group]} == a[group], f"bar {idx} {sym} {group}"
+            assert {k: getattr(obj, f"{group}_{k}") for k in a[group]} == a[group], f"bar {idx} {sym} {group}"

@@ -121,10 +121,11 @@ def test_actor_over_the_offline_engine_publishes_every_bar_equal_to_the_records(
             # Before the first record nothing earlier exists (never a future bar); long after the
             # last the newest is too old: neutral defaults.
             assert bar.resolution == "default" and bar.used_bar_idx == -1, idx
-            assert (bar.median_imbalance, bar.agreement_pct, bar.cascade_regime) == (0.0, 50.0, "CALM")
+            assert (bar.market_median_imbalance, bar.market_agreement_pct, bar.macro_cascade_regime) == \
+                (0.0, 50.0, "CALM")
         else:  # just after the last record: it is the fallback, with its values
             assert (bar.resolution, bar.used_bar_idx, bar.age_bars) == ("fallback", recs[-1]["bar_idx"],
                                                                          idx - recs[-1]["bar_idx"])
-            assert {k: getattr(bar, k) for k in recs[-1]["market"]} == recs[-1]["market"]
+            assert {k: getattr(bar, f"market_{k}") for k in recs[-1]["market"]} == recs[-1]["market"]
     assert min(recorder.bars) < recs[0]["bar_idx"] and max(recorder.bars) > recs[-1]["bar_idx"]
     assert offline.stats().steps["exact"] == len(recs)

@@ -25,27 +25,29 @@ from obf_nautilus.actor import OBFeaturesActor, OBFeaturesActorConfig  # noqa: E
 from tests.integration.test_adapter import ASSETS, record  # noqa: E402
 
 
-def names(*classes: type) -> list[str]:
-    return [f.name for c in classes for f in dataclasses.fields(c)]
+def names(**groups: type) -> list[str]:
+    return [f"{g}_{f.name}" for g, c in groups.items() for f in dataclasses.fields(c)]
 
 
 def test_fields_are_the_adapter_dataclasses_fields_in_order() -> None:
     head = ["bar_idx", "resolution", "used_bar_idx", "age_bars"]
-    assert list(data.OBAssetFeatures.__annotations__) == [*head, "symbol", "present",
-                                                           *names(OBPlacementFeatures, OBSignalFeatures)]
-    assert list(data.OBBarFeatures.__annotations__) == [*head, "n_present", "degraded",
-                                                         *names(OBMarketFeatures, OBMacroFeatures)]
-    assert data.OBBarFeatures.__annotations__["cascade_count"] is int
-    assert data.OBBarFeatures.__annotations__["cascade_regime"] is str
+    assert list(data.OBAssetFeatures.__annotations__) == [
+        *head, "symbol", "present", *names(placement=OBPlacementFeatures, signal=OBSignalFeatures)]
+    assert list(data.OBBarFeatures.__annotations__) == [
+        *head, "n_present", "degraded", *names(market=OBMarketFeatures, macro=OBMacroFeatures)]
+    assert data.OBBarFeatures.__annotations__["macro_cascade_count"] is int
+    assert data.OBBarFeatures.__annotations__["macro_cascade_regime"] is str
 
 
-def test_a_colliding_field_is_refused() -> None:
+def test_groups_may_share_field_names() -> None:
     @dataclasses.dataclass
-    class Clash:
-        imbalance: float = 0.0
+    class Repeats:  # as the in-process macro object repeats market values
+        median_imbalance: float = 0.0
+        count: int = 0
 
-    with pytest.raises(TypeError, match="collides"):
-        data.value_fields((("signal", OBSignalFeatures), ("other", Clash)))
+    fields = data.value_fields((("market", OBMarketFeatures), ("macro", Repeats)))
+    assert fields["market_median_imbalance"] is float and fields["macro_median_imbalance"] is float
+    assert fields["macro_count"] is int
 
 
 def test_to_nautilus_exact_and_absent_assets() -> None:
@@ -54,13 +56,14 @@ def test_to_nautilus_exact_and_absent_assets() -> None:
     assets, bar_obj = data.to_nautilus(7, Resolution("exact", 7, 7, 0, bar.bar_ts), bar, ASSETS, 5, 6)
     assert [a.symbol for a in assets] == list(ASSETS)
     for a in assets[:2]:
-        assert a.present and {k: getattr(a, k) for k in rec["assets"][a.symbol]["placement"]} \
+        assert a.present and {k: getattr(a, f"placement_{k}") for k in rec["assets"][a.symbol]["placement"]} \
             == rec["assets"][a.symbol]["placement"]
-    assert not assets[2].present and assets[2].depth_quality == 1.0 and assets[2].fill_probability == 0.5
-    assert {k: getattr(bar_obj, k) for k in rec["macro"]} == rec["macro"]
+    assert not assets[2].present and assets[2].placement_depth_quality == 1.0
+    assert assets[2].placement_fill_probability == 0.5
+    assert {k: getattr(bar_obj, f"macro_{k}") for k in rec["macro"]} == rec["macro"]
     assert (bar_obj.ts_event, bar_obj.ts_init, bar_obj.n_present) == (5, 6, 2)
     _, default = data.to_nautilus(8, Resolution("default", None, 8, None), None, None, 1, 1)
-    assert (default.resolution, default.used_bar_idx, default.age_bars, default.agreement_pct) == \
+    assert (default.resolution, default.used_bar_idx, default.age_bars, default.market_agreement_pct) == \
         ("default", -1, -1, 50.0)
 
 
@@ -75,7 +78,7 @@ def test_catalog_round_trip_and_cli(tmp_path: Path) -> None:
     assert [type(o).__name__ for o in objs[:len(ASSETS) + 1]] == ["OBAssetFeatures"] * len(ASSETS) + ["OBBarFeatures"]
     bars = [o for o in objs if isinstance(o, data.OBBarFeatures)]
     assert [b.bar_idx for b in bars] == [1, 2, 3, 4, 5]
-    assert all({k: getattr(b, k) for k in r["market"]} == r["market"] for b, r in zip(bars, recs))
+    assert all({k: getattr(b, f"market_{k}") for k in r["market"]} == r["market"] for b, r in zip(bars, recs))
 
 
 class _Broken:

@@ -84,4 +84,4 @@ def test_actor_over_the_live_adapter_publishes_the_records_in_the_map(hz_cluster
         present = {(idx, sym): recorder.assets[idx, sym] for sym in rec["assets"]}
         assert_assets_equal_record(present, rec)
         for sym in set(DEFAULT_SYMBOLS) - set(rec["assets"]):
-            assert not recorder.assets[idx, sym].present and recorder.assets[idx, sym].imbalance == 0.0
+            assert not recorder.assets[idx, sym].present and recorder.assets[idx, sym].signal_imbalance == 0.0
