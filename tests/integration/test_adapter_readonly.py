@@ -108,3 +108,28 @@ def test_the_recorder_catches_a_write(hz_cluster: HzCluster, map_suffix: str, op
         assert _writes(client.calls) != []
     finally:
         inner.shutdown()
+
+
+def test_offline_engine_reads_the_map_read_only(hz_cluster: HzCluster, map_suffix: str) -> None:
+    # OfflineOBEngine.from_map (paper trading over a range of the live map) is read-only too.
+    from engine_adapter.offline import OfflineOBEngine
+
+    name = "DOLPHIN_OBF_FEATURES" + map_suffix
+    writer = hz_cluster.client()
+    inner = hz_cluster.client()
+    try:
+        m = writer.get_map(name).blocking()
+        recs = [bar_record(i) for i in range(1, 4)]
+        for rec in recs:
+            _put(m, rec)
+        client = RecordingClient(inner)
+        eng = OfflineOBEngine.from_map(client, name)  # type: ignore[arg-type]
+        assert eng.preload(recs[0]["bar_ts"], recs[-1]["bar_ts"] + 1) == 3
+        assert eng.step_live(["BTCUSDT"], 3).kind == "exact"
+        eng.get_placement("BTCUSDT")
+        eng.get_market()
+        assert "map.entry_set" in client.calls
+        assert _writes(client.calls) == []
+    finally:
+        writer.shutdown()
+        inner.shutdown()
