@@ -97,6 +97,13 @@ def check_published(recorder: FeatureRecorder, recs: dict[int, dict[str, Any]], 
         assert not recorder.assets[idx, sym].present and recorder.assets[idx, sym].signal_imbalance == 0.0
 
 
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
 def test_actor_in_a_live_trading_node_publishes_the_records_in_the_map(live: Live) -> None:
     node = TradingNode(TradingNodeConfig(trader_id=TraderId("OBF-LIVE-001"), logging=LoggingConfig(log_level="ERROR")))
     # Fire 0.5 s after each close: the worker has written the bar by then (step_live waits up to 1 s more).
@@ -114,8 +121,10 @@ def test_actor_in_a_live_trading_node_publishes_the_records_in_the_map(live: Liv
                  90, f"{BARS} exact full bars published live")
     finally:
         # The node's loop runs on `runner`: stop it from there (thread-safe), then dispose here.
-        asyncio.run_coroutine_threadsafe(node.stop_async(), node.get_event_loop()).result(60)
+        loop = node.get_event_loop()
+        asyncio.run_coroutine_threadsafe(node.stop_async(), loop).result(60)
         runner.join(60)
+        _cancel_pending(loop)  # the actors' executor workers, which the node's dispose leaves pending
         node.dispose()
     assert not runner.is_alive()
     recs = live.records()
