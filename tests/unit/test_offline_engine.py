@@ -14,6 +14,7 @@ import pytest
 from engine_adapter.features import NEUTRAL_MARKET, NEUTRAL_PLACEMENT, OBMarketFeatures
 from engine_adapter.offline import DayFolderSource, OfflineOBEngine, RecordFileSource
 from obf_contract import dayfiles
+from obf_contract.record import SCHEMA_VERSION
 from obf_features_worker import cli
 from obf_features_worker.offline.replay import write_by_date
 
@@ -27,10 +28,12 @@ def rec(idx: int, ts: float | None = None, assets: tuple[str, ...] = ("BTCUSDT",
                            "spread_proxy_bps": 1.0 + k},
              "signal": {"imbalance": 0.1 * k, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                         "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}} for k, s in enumerate(assets)}
-    return {"schema": 1, "bar_idx": idx, "bar_ts": MIDNIGHT + (idx - 100) * SPACING if ts is None else ts,
+    return {"schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": MIDNIGHT + (idx - 100) * SPACING if ts is None else ts,
             "n_assets": 2, "n_present": len(a), "assets": a,
-            "market": {"median_imbalance": idx / 1000, "agreement_pct": 75.0, "depth_pressure": 0.0},
-            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0},
+            "market": {"median_imbalance": idx / 1000, "agreement_pct": 75.0, "depth_pressure": 0.0,
+                       "notional_pressure": 0.0},
+            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0,
+                      "depth_ref_usd": 1000.0},
             "degraded": False}
 
 
@@ -62,7 +65,7 @@ def test_resolution_exact_fallback_default_never_future(engine: OfflineOBEngine)
     assert engine.step_live(["BTCUSDT"], 89).kind == "default"  # the first loaded bar is in its future
     assert engine.get_placement("BTCUSDT") == NEUTRAL_PLACEMENT
     assert engine.step_live(["BTCUSDT", "XRPUSDT"], 103).kind == "exact"
-    assert engine.get_market() == OBMarketFeatures(0.103, 75.0, 0.0)
+    assert engine.get_market() == OBMarketFeatures(**rec(103)["market"])
     assert engine.get_placement("BTCUSDT").depth_1pct_usd == 103.0
     res = engine.step_live(None, 104)
     assert (res.kind, res.bar_idx, res.age_bars) == ("fallback", 103, 1)
@@ -77,7 +80,7 @@ def test_resolution_exact_fallback_default_never_future(engine: OfflineOBEngine)
 
 
 def test_bad_records_are_counted_and_skipped(tmp_path: Path) -> None:
-    bad_schema = dict(rec(101), schema=99)
+    bad_schema = dict(rec(101), schema=SCHEMA_VERSION + 99)
     out_of_order = rec(103, ts=MIDNIGHT - 100)  # bar_ts decreasing with bar_idx
     eng = OfflineOBEngine(write(tmp_path / "x.jsonl", [rec(100), b"{not json", bad_schema, rec(102), out_of_order]))
     assert eng.preload_date("2024-08-09") == 2
