@@ -208,12 +208,15 @@ class OfflineOBEngine:
 
     # -- the trader's per-scan call ------------------------------------------------------------
 
-    def step_live(self, assets: Iterable[str] | None, bar_idx: int) -> Resolution:
+    def step_live(self, assets: Iterable[str] | None, bar_idx: int | float) -> Resolution:
         """Mark ``bar_idx`` as the current bar and return how it resolves (never waits: every bar
-        that will ever be here is loaded). Assets absent from the resolved bar are counted."""
+        that will ever be here is loaded). Assets absent from the resolved bar are counted; a
+        non-integral ``bar_idx`` is truncated like the live adapter's (counted)."""
         is_ts, idx = parse_key(bar_idx)
         if is_ts:
             raise ValueError(f"step_live takes a bar_idx (< 1e9), got {bar_idx!r}")
+        if isinstance(bar_idx, float) and not bar_idx.is_integer():
+            self._cache.note_truncated(bar_idx)
         res, bar = self._cache.resolve(int(idx), count=False)
         missing = 0
         if assets is not None and bar is not None:
