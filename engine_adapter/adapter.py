@@ -13,6 +13,7 @@ Imports only the stdlib, hazelcast and orjson: the trader process never loads th
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -23,7 +24,16 @@ from typing import Any
 
 from hazelcast.client import HazelcastClient
 
-from engine_adapter.cache import DEFAULT, EXACT, FALLBACK, BarCache, CacheStats, Resolution, parse_key
+from engine_adapter.cache import (
+    DEFAULT,
+    EXACT,
+    FALLBACK,
+    TIMESTAMP_MIN,
+    BarCache,
+    CacheStats,
+    Resolution,
+    parse_key,
+)
 from engine_adapter.features import (
     NEUTRAL_MACRO,
     NEUTRAL_MARKET,
@@ -184,6 +194,9 @@ class AdapterStats:
     non_exact_warnings: int = 0  # step_live bars logged at WARNING (the streak had reached 3)
     last_exact_bar_idx: int | None = None  # the last step_live bar that resolved exact
     universe_mismatches: int = 0  # changes to a trader asset list that differs from the worker's universe
+    bad_steps: dict[str, int] = field(default_factory=dict)  # refused step_live bar_idx by kind (answered default)
+    bad_assets: int = 0  # non-str entries skipped from step_live's assets
+    bad_keys: dict[str, int] = field(default_factory=dict)  # refused getter keys by error kind (answered default)
 
 
 class HazelcastOBEngine:
@@ -242,6 +255,13 @@ class HazelcastOBEngine:
         self._universe_memo: tuple[tuple[str, ...], str | None] = ((), None)
         self._universe_warned: tuple[str, str] | None = None
         self._universe_mismatches = 0
+        self._last_idx: int | None = None  # the last good step_live bar_idx
+        self._last_bar_ts: float | None = None  # bar_ts of the last bar a step_live resolved to
+        self._high_water: int | None = None  # the number the trader's numbering went back from
+        self._bad_steps: dict[str, int] = {}  # refused step_live keys by kind
+        self._bad_assets = 0  # non-str entries skipped from step_live's assets
+        self._bad_keys: dict[str, int] = {}  # refused getter keys by kind
+        self._assets_memo: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
         self._closed = False
         try:
             self._reader.start()
@@ -267,6 +287,17 @@ class HazelcastOBEngine:
         (exact / fallback / default). ``assets``: the symbols the trader will ask about; the
         ones absent from the resolved bar are counted in ``stats().asset_defaults``. A
         non-integral ``bar_idx`` is truncated like the in-process engine's ``int()`` (counted).
+        Never raises: a bar_idx that is not one (negative, NaN, a bool, a timestamp >= 1e9, another
+        type) answers neutral defaults for this bar, counted in ``stats().bad_steps`` by kind and
+        logged once per kind; a non-str asset is skipped (``stats().bad_assets``). ``assets`` is
+        read once (a generator is fine).
+
+        When the bar_idx goes back (the trader's numbering restarted, or a scan is re-stepped),
+        nothing cached is dropped; until the trader passes the number it went back from (or the
+        worker's numbering restarts), a bar_idx lookup resolves only to bars newer than the bar
+        the trader used before going back: never to the previous numbering's bar of the same
+        number, never to a future bar. The worker's new numbering that arrived first resolves
+        exact at once.
 
         From the third consecutive bar that does not resolve exact, every such bar logs a WARNING
         (bar, kind, lag, last exact bar); an INFO line when exact bars return. When ``assets``
@@ -274,17 +305,22 @@ class HazelcastOBEngine:
         size and hash), one WARNING per change: those values then differ from the in-process
         engine's, which used the trader's list.
         """
-        is_ts, idx = parse_key(bar_idx)
-        if is_ts:
-            raise ValueError(f"step_live takes a bar_idx (< 1e9), got {bar_idx!r}")
-        idx = int(idx)
-        if isinstance(bar_idx, float) and not bar_idx.is_integer():
-            self._cache.note_truncated(bar_idx)
-        previous = self._cur.idx
-        if previous is not None and idx < previous:
-            # The trader's numbering went back (UTC midnight, upstream restart): the cached bars
-            # of the same numbers are the previous numbering's, never the answer for this one.
-            self._cache.trader_restarted(idx)
+        idx = self._step_index(bar_idx)
+        if idx is None:
+            return self._bad_step()
+        if assets is not None:
+            assets = self._clean_assets(assets)  # once: a generator must not be consumed twice
+        last = self._last_idx
+        if last is not None and idx < last:
+            # The trader's numbering went back (UTC midnight, upstream restart, a re-stepped
+            # scan). Nothing is dropped (the worker's restart does that, and its new bars may be
+            # here already); bar_idx lookups resolve only to bars after the trader's last one.
+            self._high_water = last if self._high_water is None else max(self._high_water, last)
+            self._cache.trader_restarted(idx, self._last_bar_ts)
+        elif self._high_water is not None and idx > self._high_water:
+            self._high_water = None  # past the number it went back from: no bar of before can match
+            self._cache.lift_trader_floor()
+        self._last_idx = idx
         waited_ms = None
         if self._max_wait_s > 0 and idx not in self._cache:
             t0 = time.perf_counter()
@@ -292,6 +328,8 @@ class HazelcastOBEngine:
             waited_ms = (time.perf_counter() - t0) * 1000.0
         cur = self._memoise(idx)
         res = cur.res
+        if res.bar_ts is not None:
+            self._last_bar_ts = res.bar_ts
         missing = 0 if assets is None else self._count_missing(assets, cur.symbols)
         with self._lock:
             self._steps[res.kind] += 1
@@ -313,6 +351,63 @@ class HazelcastOBEngine:
             self._check_universe(assets, cur.bar)
         return res
 
+    def _step_index(self, bar_idx: object) -> int | None:
+        """step_live's bar_idx as an int, or None (counted in ``bad_steps`` by kind, logged once per kind)."""
+        if type(bar_idx) is int and 0 <= bar_idx < TIMESTAMP_MIN:  # the usual case, no parsing
+            return bar_idx
+        try:
+            if isinstance(bar_idx, str):
+                raise TypeError("a str is not a bar_idx")
+            is_ts, idx = parse_key(bar_idx)
+        except TypeError:
+            kind = "bool" if isinstance(bar_idx, bool) else "type"
+        except ValueError:
+            kind = "negative" if _as_float(bar_idx) < 0 else "not_finite"
+        else:
+            if not is_ts:
+                if idx != bar_idx:  # non-integral: truncated like the in-process engine's int()
+                    self._cache.note_truncated(float(bar_idx))  # type: ignore[arg-type]
+                return int(idx)
+            kind = "timestamp"
+        self._bad_step_count(kind, bar_idx)
+        return None
+
+    def _bad_step_count(self, kind: str, bar_idx: object) -> None:
+        with self._lock:
+            self._bad_steps[kind] = n = self._bad_steps.get(kind, 0) + 1
+        if n == 1:
+            log.warning("step_live bar_idx %r refused (%s): answering neutral defaults for this bar; further ones "
+                        "are only counted in stats().bad_steps", _short(bar_idx), kind)
+
+    def _bad_step(self) -> Resolution:
+        """A refused step_live key: the current bar answers neutral defaults until the next good step."""
+        cur = _CurrentBar(None, _BAD_STEP_RES, None)
+        with self._lock:
+            old, self._cur = self._cur, cur
+            self._memo_lookups[old.kind] += old.hits
+            self._memo_asset_defaults += old.absent
+            self._steps[DEFAULT] += 1
+        self._fast = {None: cur}
+        return _BAD_STEP_RES
+
+    def _clean_assets(self, assets: Iterable[str]) -> tuple[str, ...]:
+        """The trader's assets as a tuple of str, materialised once; a non-str one is counted and skipped."""
+        key = assets if type(assets) is tuple else tuple(assets)
+        raw, clean = self._assets_memo
+        if key == raw:
+            return clean
+        good = tuple(a for a in key if type(a) is str)
+        if len(good) != len(key):
+            bad = len(key) - len(good)
+            with self._lock:
+                self._bad_assets += bad
+                first = self._bad_assets == bad
+            if first:
+                log.warning("step_live assets: %d non-str entries skipped (e.g. %r); further ones are only counted "
+                            "in stats().bad_assets", bad, _short(next(a for a in key if type(a) is not str)))
+        self._assets_memo = (key, good)
+        return good
+
     def _note_non_exact(self, idx: int, res: Resolution) -> None:
         self._non_exact_streak += 1
         streak = self._non_exact_streak
@@ -332,9 +427,8 @@ class HazelcastOBEngine:
         self._non_exact_streak = 0
         self._last_exact = idx
 
-    def _check_universe(self, assets: Iterable[str], bar: BarFeatures) -> None:
+    def _check_universe(self, key: tuple[str, ...], bar: BarFeatures) -> None:
         """Warn once per change when the trader's assets are not the worker's universe."""
-        key = assets if type(assets) is tuple else tuple(assets)
         theirs = bar.universe_hash
         memo_key, memo_hash = self._universe_memo
         if theirs == memo_hash and key == memo_key:
@@ -354,9 +448,8 @@ class HazelcastOBEngine:
                     "in-process engine's, run the worker with --assets set to the trader's list",
                     len(set(key)), mine, bar.universe_size, theirs, bar.bar_idx)
 
-    def _count_missing(self, assets: Iterable[str], symbols: frozenset[str]) -> int:
-        """How many of ``assets`` (each occurrence) are not in ``symbols``."""
-        key = assets if type(assets) is tuple else tuple(assets)
+    def _count_missing(self, key: tuple[str, ...], symbols: frozenset[str]) -> int:
+        """How many of ``key`` (each occurrence) are not in ``symbols``."""
         memo_key, memo_symbols, memo_missing = self._missing_memo
         if symbols is memo_symbols and key == memo_key:  # ~1 us at 400 assets
             return memo_missing
@@ -375,7 +468,7 @@ class HazelcastOBEngine:
         cur = self._view(timestamp_or_idx)
         if cur is not None:
             return cur.res
-        return self._cache.resolve(self._key(timestamp_or_idx))[0]
+        return self._lookup(timestamp_or_idx)[0]
 
     def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None:
         """The whole decoded bar that answers ``timestamp_or_idx``, or None (default).
@@ -387,12 +480,12 @@ class HazelcastOBEngine:
         cur = self._view(timestamp_or_idx)
         if cur is not None:
             return cur.bar
-        return self._cache.resolve(self._key(timestamp_or_idx))[1]
+        return self._lookup(timestamp_or_idx)[1]
 
     def get_asset(self, asset: str, timestamp_or_idx: Any = None) -> AssetFeatures | None:
         """One asset's features (with snapshot ts/age/seq), or None if unavailable."""
         cur = self._view(timestamp_or_idx)
-        bar = cur.bar if cur is not None else self._cache.resolve(self._key(timestamp_or_idx))[1]
+        bar = cur.bar if cur is not None else self._lookup(timestamp_or_idx)[1]
         return None if bar is None else bar.assets.get(asset)
 
     def wait_for_bar(self, bar_idx: int, timeout_s: float) -> bool:
@@ -434,7 +527,7 @@ class HazelcastOBEngine:
         """Cross-asset features: ``get_market(key)`` or ``get_market(asset, key)`` (asset ignored)."""
         key = _market_key(asset_or_key, timestamp_or_idx)
         cur = self._view(key)
-        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
+        bar = cur.bar if cur is not None else self._lookup(key)[1]
         if bar is None or bar.market is None:
             return NEUTRAL_MARKET
         return bar.market
@@ -443,14 +536,14 @@ class HazelcastOBEngine:
         """Cascade regime features: ``get_macro(key)`` or ``get_macro(asset, key)`` (asset ignored)."""
         key = _market_key(asset_or_key, timestamp_or_idx)
         cur = self._view(key)
-        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
+        bar = cur.bar if cur is not None else self._lookup(key)[1]
         if bar is None or bar.macro is None:
             return NEUTRAL_MACRO
         return bar.macro
 
     def _asset(self, asset: str, key: Any) -> AssetFeatures | None:
         cur = self._view(key)
-        bar = cur.bar if cur is not None else self._cache.resolve(self._key(key))[1]
+        bar = cur.bar if cur is not None else self._lookup(key)[1]
         if bar is None:
             return None
         a = bar.assets.get(asset)
@@ -466,7 +559,12 @@ class HazelcastOBEngine:
             cur = self._fast[key]
         except (KeyError, TypeError):
             cur = self._cur
-            if cur.idx is None or (key is not None and (key.__class__ is not int or key != cur.idx)):
+            if cur.idx is None:
+                if key is not None or cur is _NO_CURRENT:
+                    return None
+                cur.hits += 1  # a refused step_live key: the current bar answers default
+                return cur
+            if key is not None and (key.__class__ is not int or key != cur.idx):
                 return None
             if self._fast is _NO_FAST:  # the cache changed since: re-resolve the current bar
                 cur = self._memoise(cur.idx)
@@ -494,6 +592,20 @@ class HazelcastOBEngine:
     def _drop_memo(self) -> None:
         # BarCache.on_change: reactor thread, cache lock held. One assignment, cannot raise.
         self._fast = _NO_FAST
+
+    def _lookup(self, key: Any) -> tuple[Resolution, BarFeatures | None]:
+        """Resolve a key through the cache; a key it refuses (a str that is not ISO-8601, a bool,
+        a negative or non-finite number, another type) answers default, counted in ``bad_keys``."""
+        try:
+            return self._cache.resolve(self._key(key))
+        except (TypeError, ValueError) as exc:
+            kind = type(exc).__name__
+            with self._lock:
+                self._bad_keys[kind] = n = self._bad_keys.get(kind, 0) + 1
+            if n == 1:
+                log.warning("lookup key %r refused (%s): answering neutral defaults; further ones are only counted "
+                            "in stats().bad_keys", _short(key), exc)
+            return _BAD_STEP_RES, None
 
     def _key(self, timestamp_or_idx: Any) -> Any:
         if timestamp_or_idx is not None:
@@ -545,6 +657,9 @@ class HazelcastOBEngine:
                 non_exact_warnings=self._non_exact_warnings,
                 last_exact_bar_idx=self._last_exact,
                 universe_mismatches=self._universe_mismatches,
+                bad_steps=dict(self._bad_steps),
+                bad_assets=self._bad_assets,
+                bad_keys=dict(self._bad_keys),
             )
 
     def close(self) -> None:
@@ -587,6 +702,23 @@ class _CurrentBar:
 
 _NO_CURRENT = _CurrentBar(None, Resolution(DEFAULT, None, None, None), None)  # before step_live
 _NO_FAST: dict[Any, _CurrentBar] = {}  # shared and never mutated: "no memo"
+_BAD_STEP_RES = Resolution(DEFAULT, None, None, None)  # a refused key
+
+
+def _as_float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - classification only, never raises
+        return math.nan
+
+
+def _short(value: object) -> str:
+    # A refused key in a log line: bounded, whatever its repr.
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not raise on the trader's thread
+        text = f"<{type(value).__name__}>"
+    return text[:60]
 
 
 def _own_client(config: AdapterConfig) -> dict[str, Any]:

@@ -23,9 +23,14 @@ bar but whose ``bar_idx`` is lower starts a new numbering: every cached bar (the
 numbering's) is dropped and bars older than the new numbering's first one are refused
 (``ignored["old_numbering"]``). The worker's removal of its keys of the previous numbering is
 followed too (``key_removed``): a removed bar is dropped once no newer cached bar remains.
-When the trader's own numbering goes back first (its count restarted, the worker's new bar is
-not here yet), ``trader_restarted`` drops the cached bars of the previous numbering, so its
-new numbers never resolve to the previous numbering's bars of the same numbers.
+Only the worker's restart drops bars. When the trader's own numbering goes back (its count
+restarted before or after the worker's, or it re-steps an older scan), ``trader_restarted``
+drops nothing: it sets a floor, the ``bar_ts`` of the trader's previous bar, and until it is
+lifted a ``bar_idx`` lookup resolves only to a bar newer than that floor (else default). So a
+new number never resolves to the previous numbering's bar of the same number, the new
+numbering's bars that arrived first still resolve exact, and a future bar is never used. The
+floor is lifted by the worker's restart (every bar left is newer) or by ``lift_trader_floor``
+(the adapter calls it once the trader passes the number it went back from).
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import numbers
 import operator
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from engine_adapter.features import BarFeatures
@@ -95,10 +101,13 @@ class CacheStats:
 def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
     """Classify a lookup key: ``(False, bar_idx)`` or ``(True, unix_seconds)``.
 
-    Accepts ints (numpy ints too), floats and datetimes (as their POSIX timestamp). A number
-    >= 1e12 is unix milliseconds, >= 1e9 unix seconds; a non-integral number below 1e9 is
-    truncated to its ``int()`` (as the in-process engine does). Raises TypeError for other types
-    (bool included) and ValueError for negative or non-finite values.
+    Accepts ints (numpy ints too), floats (numpy floats too), datetimes (as their POSIX
+    timestamp) and ISO-8601 strings (the trader's switchover list names "ISO and float
+    timestamps"; a string without a UTC offset is read as UTC; parsed on every call, a rare key
+    type). A number >= 1e12 is unix milliseconds, >= 1e9 unix seconds; a non-integral number
+    below 1e9 is truncated to its ``int()`` (as the in-process engine does). Raises TypeError for
+    other types (bool included) and ValueError for negative or non-finite values or a string that
+    is not ISO-8601. The adapter's getters catch both (they never raise on the trader's thread).
     """
     key = cast(Any, timestamp_or_idx)  # narrowed by the type checks below (kept cheap: type() is)
     t = type(key)
@@ -120,11 +129,30 @@ def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
         raise TypeError("timestamp_or_idx must be a number, not a bool")
     if isinstance(key, datetime):
         return True, key.timestamp()
+    if isinstance(key, str):
+        return True, _iso_seconds(key)
     try:
         as_int = operator.index(key)  # numpy integers and friends
     except TypeError:
-        raise TypeError(f"timestamp_or_idx must be an int, float or datetime, got {type(key).__name__}") from None
+        if isinstance(key, numbers.Real):  # numpy floats (float32 is not a float subclass)
+            return parse_key(float(key))
+        raise TypeError(f"timestamp_or_idx must be an int, float, datetime or ISO-8601 str, "
+                        f"got {type(key).__name__}") from None
     return parse_key(int(as_int))
+
+
+def _iso_seconds(text: str) -> float:
+    """Unix seconds of an ISO-8601 timestamp ("2024-08-09T00:05:00Z", "+00:00" offsets; naive = UTC)."""
+    raw = text.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"timestamp_or_idx string {text[:40]!r} is not ISO-8601") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 class BarCache:
@@ -157,6 +185,8 @@ class BarCache:
         self._removed_marks: dict[int, None] = {}  # cached bars whose key the worker removed
         self._removed = 0
         self._truncated = 0
+        # bar_idx lookups resolve only to bars with a newer bar_ts (the trader's numbering went back)
+        self._trader_floor: float | None = None
         # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
         # an int attribute read is atomic, and a reader that sees an old value only re-resolves.
         self.version = 0
@@ -244,27 +274,44 @@ class BarCache:
         self._removed_marks = {}
         self._numbering_start_ts = bar.bar_ts
         self._numbering_restarts += 1
+        # Every bar cached from now on is newer than this one, so newer than any trader floor.
+        self._trader_floor = None
 
-    def trader_restarted(self, bar_idx: int) -> bool:
-        """The trader's bar numbering went back to ``bar_idx``: if the newest cached bar is above
-        it (the previous numbering's), drop every cached bar and refuse bars not newer than it.
-        True if the cache changed. Never raises."""
+    def trader_restarted(self, bar_idx: int, previous_bar_ts: float | None = None) -> bool:
+        """The trader's numbering went back to ``bar_idx``; nothing is dropped (the worker's restart
+        does that). From now on a bar_idx lookup resolves only to a bar whose ``bar_ts`` is after
+        ``previous_bar_ts`` (unix s: the bar the trader used before going back), until the worker's
+        restart or ``lift_trader_floor``. Without ``previous_bar_ts``: the newest cached bar's, if
+        its number is above ``bar_idx`` (else nothing to guard). True if the floor changed. Never raises."""
         with self._cond:
-            order = self._order
-            if not order or order[-1] <= bar_idx:
-                return False  # the cache already follows the new numbering (or is empty)
-            newest_ts = self._ts[-1]
-            log.info("trader bar numbering restarted: dropping the previous numbering bar_idx=%d "
-                     "previous_newest=%d dropped=%d", bar_idx, order[-1], len(order))
-            self._bars = {}
-            del order[:]
-            del self._ts[:]
-            self._removed_marks = {}
-            self._numbering_start_ts = math.nextafter(newest_ts, math.inf)
-            self._numbering_restarts += 1
+            floor = previous_bar_ts
+            if floor is None:
+                if not self._order or self._order[-1] <= bar_idx:
+                    return False
+                floor = self._ts[-1]
+            if not math.isfinite(floor) or (self._trader_floor is not None and floor <= self._trader_floor):
+                return False
+            log.info("trader bar numbering went back: bar_idx lookups resolve only to bars after bar_ts=%.3f "
+                     "bar_idx=%d", floor, bar_idx)
+            self._trader_floor = floor
             self.version += 1
             self._changed_locked()
         return True
+
+    def lift_trader_floor(self) -> bool:
+        """Lift the floor set by ``trader_restarted``; True if there was one. Never raises."""
+        with self._cond:
+            if self._trader_floor is None:
+                return False
+            self._trader_floor = None
+            self.version += 1
+            self._changed_locked()
+        return True
+
+    @property
+    def trader_floor(self) -> float | None:
+        """The bar_ts floor of bar_idx lookups set by ``trader_restarted`` (None: none)."""
+        return self._trader_floor
 
     def key_removed(self, bar_idx: int) -> bool:
         """The worker removed key ``bar_idx``: drop it, and every removed bar below it, once no
@@ -323,8 +370,8 @@ class BarCache:
     def resolve(self, timestamp_or_idx: object, *, count: bool = True) -> tuple[Resolution, BarFeatures | None]:
         """Apply the resolution rules to a lookup key (see module doc); ``count`` it in ``lookups``."""
         is_ts, key = parse_key(timestamp_or_idx)
-        if not is_ts and isinstance(timestamp_or_idx, float) and not timestamp_or_idx.is_integer():
-            self.note_truncated(timestamp_or_idx)
+        if not is_ts and key != timestamp_or_idx:  # a non-integral number (numpy floats too)
+            self.note_truncated(float(cast(Any, timestamp_or_idx)))
         with self._cond:
             if is_ts:
                 res, bar = self._resolve_ts(key)
@@ -345,10 +392,12 @@ class BarCache:
 
     def _resolve_idx(self, idx: int) -> tuple[Resolution, BarFeatures | None]:
         bar = self._bars.get(idx)
-        if bar is not None:
+        floor = self._trader_floor
+        if bar is not None and (floor is None or bar.bar_ts > floor):
             return Resolution(EXACT, idx, idx, 0, bar.bar_ts), bar
         pos = bisect.bisect_right(self._order, idx) - 1
-        if pos < 0:
+        # bar_ts does not decrease with bar_idx: if this bar is not after the floor, none below is.
+        if pos < 0 or (floor is not None and self._ts[pos] <= floor):
             return Resolution(DEFAULT, None, idx, None), None
         return self._fallback(idx, pos)
 

@@ -66,10 +66,13 @@ class MockOBEngine:
 
     def step_live(self, assets: Iterable[str] | None, bar_idx: int | float) -> Resolution:
         """Mark ``bar_idx`` as the current bar (truncated like ``int()``); always "exact"."""
-        is_ts, idx = parse_key(bar_idx)
-        if is_ts:
-            raise ValueError(f"step_live takes a bar_idx (< 1e9), got {bar_idx!r}")
-        self._current = int(idx)
+        # Never raises (like the live engine): a key that is not a bar_idx keeps the current bar.
+        try:
+            is_ts, idx = (True, 0) if isinstance(bar_idx, str) else parse_key(bar_idx)
+        except (TypeError, ValueError):
+            is_ts, idx = True, 0
+        if not is_ts:
+            self._current = int(idx)
         self._steps += 1
         return Resolution(EXACT, self._current, self._current, 0)
 
@@ -130,5 +133,8 @@ class MockOBEngine:
     def _idx(self, key: Any) -> int | None:
         if key is None:
             return self._current
-        is_ts, value = parse_key(key)
+        try:
+            is_ts, value = parse_key(key)
+        except (TypeError, ValueError):  # never raises on the trader's thread
+            return self._current
         return self._current if is_ts else int(value)

@@ -70,7 +70,8 @@ def test_parse_key(key: object, expected: tuple[bool, float]) -> None:
 
 @pytest.mark.parametrize(("key", "error"), [
     (-1, ValueError), (-0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-    (-3.0, ValueError), (True, TypeError), ("12", TypeError), (None, TypeError), ([1], TypeError),
+    (-3.0, ValueError), (True, TypeError), ("12", ValueError), ("yesterday", ValueError), (None, TypeError),
+    ([1], TypeError),
 ])
 def test_parse_key_rejects(key: object, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -376,11 +377,51 @@ def test_a_millisecond_timestamp_resolves_like_the_second_one() -> None:
         assert res.kind == "exact" and b is not None and b.bar_idx == 11, ms
 
 
-def test_the_traders_numbering_going_back_drops_the_previous_numbering() -> None:
+def test_the_traders_numbering_going_back_first_never_resolves_to_the_previous_numbering() -> None:
+    # Trader ahead of the worker: its count restarted at midnight, the worker's bar 0 is not here.
     c = cache_with(0, 1, 86397, 86398, 86399)  # yesterday's bars, 0 and 1 among them
-    assert c.trader_restarted(0)  # today's bar 0 must not resolve to yesterday's
-    assert c.cached_indices() == [] and c.resolve(0)[0].kind == "default"
-    assert not c.insert(bar(86399))  # a late bar of the previous numbering
-    assert c.insert(bar(0, ts=ts_of(86400))) and c.resolve(0)[0].kind == "exact"
-    assert not c.trader_restarted(0)  # already following the new numbering
+    assert c.trader_restarted(0, ts_of(86399))  # the trader's previous bar was 86399
+    assert c.cached_indices() == [0, 1, 86397, 86398, 86399]  # nothing dropped
+    assert c.resolve(0)[0].kind == "default" and c.resolve(1)[0].kind == "default"  # not yesterday's
+    assert c.resolve(86399)[0].kind == "default"  # nor by number
+    assert c.resolve(ts_of(86398))[0].kind == "exact"  # a timestamp is absolute: unaffected
+    assert c.insert(bar(0, ts=ts_of(86400)))  # the worker's new numbering: the cache follows
+    assert c.resolve(0)[0].kind == "exact" and c.get(0) is not None and c.get(0).bar_ts == ts_of(86400)
+    assert c.insert(bar(1, ts=ts_of(86401))) and c.resolve(1)[0].kind == "exact"
+    assert c.trader_floor is None  # lifted by the worker's restart
     assert c.stats().numbering_restarts == 1
+
+
+def test_worker_ahead_of_the_trader_keeps_the_new_numberings_bars() -> None:
+    # The worker's bars 0 and 1 of today arrived before the trader's step_live(0).
+    c = cache_with(86397, 86398, 86399)
+    assert c.insert(bar(0, ts=ts_of(86400))) and c.insert(bar(1, ts=ts_of(86401)))
+    assert c.trader_restarted(0, ts_of(86399))  # the trader goes back after using bar 86399
+    assert c.cached_indices() == [0, 1]  # the new numbering's bars stay
+    for i in (0, 1):
+        res, b = c.resolve(i)
+        assert res.kind == "exact" and b is not None and b.bar_ts == ts_of(86400 + i)
+    assert c.insert(bar(1, ts=ts_of(86401), imbalance=0.3))  # a re-write of bar 1 is accepted
+    assert c.insert(bar(2, ts=ts_of(86402))) and c.resolve(2)[0].kind == "exact"
+    assert c.resolve(5)[0].kind == "default"  # never a future bar; bar 2 is 3 bars old (> 2)
+    assert c.resolve(3)[0].bar_idx == 2  # fallback to the newest bar not after it
+
+
+def test_trader_re_stepping_an_older_scan_keeps_the_cache() -> None:
+    c = cache_with(100, 101, 102, 103, 104)
+    assert c.trader_restarted(101, ts_of(104))
+    assert c.cached_indices() == [100, 101, 102, 103, 104]  # nothing wiped
+    assert c.resolve(101)[0].kind == "default"  # cannot tell it from a restart: never a bar of before
+    assert c.insert(bar(105)) and c.resolve(105)[0].kind == "exact"  # newer than the floor
+    assert c.lift_trader_floor() and not c.lift_trader_floor()
+    assert c.resolve(101)[0].kind == "exact" and len(c) == 6
+    assert c.stats().numbering_restarts == 0
+
+
+def test_trader_restarted_without_a_previous_bar_ts_keeps_the_old_call() -> None:
+    c = cache_with(0, 1, 86397, 86398, 86399)
+    assert c.trader_restarted(0)  # floor: the newest cached bar (above bar 0)
+    assert c.resolve(0)[0].kind == "default" and len(c) == 5
+    assert not c.trader_restarted(0)  # the same floor again: no change
+    empty = BarCache(10, 2)
+    assert not empty.trader_restarted(0)

@@ -201,11 +201,10 @@ def test_a_bool_is_never_a_bar_index(stub: StubClient, current: int) -> None:
     eng = engine(stub)
     deliver(stub, record(current))
     eng.step_live(list(ASSETS), current)
-    for key in (True, False):
-        with pytest.raises(TypeError):
-            eng.get_placement("BTCUSDT", key)
-        with pytest.raises(TypeError):
-            eng.get_signal("BTCUSDT", key)
+    for key in (True, False):  # refused (never bar 1 / 0), answered neutral, never raised
+        assert eng.get_placement("BTCUSDT", key) is NEUTRAL_PLACEMENT
+        assert eng.get_signal("BTCUSDT", key) is NEUTRAL_SIGNAL
+    assert eng.stats().bad_keys == {"TypeError": 4}
 
 
 def test_counters_count_every_lookup_across_memos(stub: StubClient) -> None:
@@ -327,18 +326,20 @@ def test_a_hand_built_bar_gets_its_symbols() -> None:
 
 
 @pytest.mark.parametrize("key", [[7], {"bar": 7}, "7"])
-def test_a_bad_key_is_refused_as_before(stub: StubClient, key: Any) -> None:
+def test_a_bad_key_answers_neutral_and_is_counted(stub: StubClient, key: Any) -> None:
+    # Issue 13 review: the trader's thread never sees a raise; a refused key answers neutral.
     eng = engine(stub)
     deliver(stub, record(7))
     eng.step_live(list(ASSETS), 7)
-    for getter in (eng.get_placement, eng.get_signal, eng.get_asset):
-        with pytest.raises(TypeError, match="timestamp_or_idx"):
-            getter("BTCUSDT", key)
+    assert eng.get_placement("BTCUSDT", key) is NEUTRAL_PLACEMENT
+    assert eng.get_signal("BTCUSDT", key) is NEUTRAL_SIGNAL
+    assert eng.get_asset("BTCUSDT", key) is None
+    n = 3
     if not isinstance(key, str):  # get_market("7") names an asset: the current bar
-        with pytest.raises(TypeError, match="timestamp_or_idx"):
-            eng.get_market(key)
-        with pytest.raises(TypeError, match="timestamp_or_idx"):
-            eng.get_bar(key)
+        assert eng.get_market(key) is NEUTRAL_MARKET and eng.get_bar(key) is None
+        assert eng.resolve(key).kind == "default"
+        n += 3
+    assert sum(eng.stats().bad_keys.values()) == n
 
 
 @pytest.mark.parametrize("current", [0, 1])

@@ -25,6 +25,7 @@ from engine_adapter import (
     OBSignalFeatures,
     wire,
 )
+from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_SIGNAL
 from engine_adapter.mock import PAPER_BIASES
 from obf_contract.record import universe_hash
 from tests.unit.test_adapter_fastpath import ASSETS, StubClient, record
@@ -220,3 +221,123 @@ def test_mock_engine_has_the_adapter_api() -> None:
         mock = list(inspect.signature(getattr(MockOBEngine, name)).parameters)
         assert live == mock, name
     assert {"wire", "MockOBEngine"} <= set(engine_adapter.__all__)
+
+
+# -- review of issue 13: the trader's numbering going back, never raising -----------------------------
+
+
+def at(idx: int, ts_bar: int) -> dict[str, Any]:
+    """record(idx) with the bar_ts of bar ``ts_bar`` (a restarted numbering: low number, late time)."""
+    rec = record(idx)
+    return {**rec, "bar_ts": record(ts_bar)["bar_ts"]}
+
+
+def test_worker_ahead_of_trader_across_a_restart_every_new_bar_is_exact(stub: StubClient) -> None:
+    eng = engine(stub)
+    for b in (498, 499, 500):
+        push(stub, record(b))
+        assert eng.step_live(ASSETS, b).kind == "exact"
+    push(stub, at(0, 501))  # the worker restarted first: today's bars 0 and 1 arrive
+    push(stub, at(1, 502))
+    assert eng.step_live(ASSETS, 501).kind == "default"  # the trader's last bar of yesterday: no such bar
+    assert eng.step_live(ASSETS, 0).kind == "exact"  # its step_live(0) no longer wipes 0 and 1
+    assert eng.get_bar().bar_ts == record(501)["bar_ts"]
+    assert eng.step_live(ASSETS, 1).kind == "exact" and eng.get_bar(1).bar_ts == record(502)["bar_ts"]
+    push(stub, at(1, 502))  # a re-write (re-seed) of bar 1 is not refused
+    push(stub, at(2, 503))
+    assert eng.step_live(ASSETS, 2).kind == "exact"
+    assert eng.stats().cache.ignored.get("old_numbering", 0) == 0
+
+
+def test_trader_ahead_of_worker_across_a_restart(stub: StubClient) -> None:
+    eng = engine(stub)
+    for b in (0, 1, 2, 498, 499, 500):
+        push(stub, record(b))  # yesterday's bars 0..2 still cached
+    assert eng.step_live(ASSETS, 500).kind == "exact"
+    assert eng.step_live(ASSETS, 0).kind == "default"  # never yesterday's bar 0
+    assert eng.get_signal("BTCUSDT") is NEUTRAL_SIGNAL and eng.get_bar(1) is None
+    push(stub, at(0, 501))  # the worker's new numbering arrives
+    assert eng.get_bar().bar_ts == record(501)["bar_ts"]  # the late exact bar replaces the default
+    push(stub, at(1, 502))
+    assert eng.step_live(ASSETS, 1).kind == "exact" and eng.get_bar().bar_ts == record(502)["bar_ts"]
+
+
+def test_trader_re_stepping_an_older_scan_does_not_wipe_the_cache(stub: StubClient) -> None:
+    eng = engine(stub)
+    for b in range(100, 105):
+        push(stub, record(b))
+        eng.step_live(ASSETS, b)
+    assert eng.step_live(ASSETS, 101).kind == "default"  # a repeat or a restart: never a bar of before
+    assert eng.stats().cache.bars == 5
+    push(stub, record(105))
+    assert eng.step_live(ASSETS, 105).kind == "exact"  # past 104: the floor is lifted
+    assert eng.resolve(101).kind == "exact"
+
+
+@pytest.mark.parametrize(("key", "kind"), [
+    (1e9, "timestamp"), (2_000_000_000, "timestamp"), (-1, "negative"), (-2.5, "negative"),
+    (float("nan"), "not_finite"), (True, "bool"), ("7", "type"), (None, "type"),
+])
+def test_step_live_never_raises_on_a_bad_bar_idx(stub: StubClient, caplog: pytest.LogCaptureFixture,
+                                                 key: Any, kind: str) -> None:
+    eng = engine(stub)
+    push(stub, record(7))
+    assert eng.step_live(ASSETS, 7).kind == "exact"
+    caplog.set_level(logging.WARNING, logger="engine_adapter.adapter")
+    for _ in range(3):
+        assert eng.step_live(ASSETS, key).kind == "default"
+        assert eng.get_signal("BTCUSDT") is NEUTRAL_SIGNAL  # the current bar answers neutral
+        assert eng.get_macro() is NEUTRAL_MACRO
+    assert eng.stats().bad_steps == {kind: 3}
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1  # logged once per kind
+    assert eng.step_live(ASSETS, 7).kind == "exact"  # the next good step is served again
+
+
+def test_step_live_accepts_numpy_scalars(stub: StubClient) -> None:
+    import numpy as np
+
+    eng = engine(stub)
+    push(stub, record(7))
+    assert eng.step_live(ASSETS, np.float32(7.0)).kind == "exact"
+    assert eng.step_live(ASSETS, np.int64(7)).kind == "exact"
+    assert eng.step_live(ASSETS, np.float32(7.5)).kind == "exact"  # truncated like int()
+    assert eng.stats().cache.truncated_keys == 1 and eng.stats().bad_steps == {}
+
+
+def test_assets_generator_is_read_once_and_non_str_skipped(stub: StubClient,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    eng = engine(stub)
+    push(stub, with_universe(record(3), list(ASSETS)))
+    caplog.set_level(logging.WARNING, logger="engine_adapter.adapter")
+    assert eng.step_live((a for a in ASSETS), 3).kind == "exact"
+    assert [r for r in caplog.records if "universe" in r.getMessage()] == []  # no spurious mismatch
+    assert eng.stats().asset_defaults == 0 and eng.stats().universe_mismatches == 0
+    push(stub, with_universe(record(4), list(ASSETS)))
+    assert eng.step_live([*ASSETS, 42, None], 4).kind == "exact"  # type: ignore[list-item]
+    s = eng.stats()
+    assert s.bad_assets == 2 and s.universe_mismatches == 0 and s.asset_defaults == 0
+
+
+def test_iso_timestamps_resolve_and_a_bad_string_answers_neutral(stub: StubClient) -> None:
+    from datetime import UTC, datetime
+
+    eng = engine(stub)
+    rec = record(7)
+    push(stub, rec)
+    eng.step_live(ASSETS, 7)
+    iso = datetime.fromtimestamp(rec["bar_ts"], UTC).isoformat()
+    imb = rec["assets"]["BTCUSDT"]["signal"]["imbalance"]
+    for key in (iso, iso.replace("+00:00", "Z"), iso.replace("+00:00", "")):
+        assert eng.get_signal("BTCUSDT", key).imbalance == imb, key
+        assert eng.resolve(key).kind == "exact"
+    assert eng.get_signal("BTCUSDT", "not a time") is NEUTRAL_SIGNAL
+    assert eng.stats().bad_keys == {"ValueError": 1}
+
+
+def test_mock_engine_never_raises_on_a_bad_key() -> None:
+    eng = MockOBEngine()
+    eng.step_live(["BTCUSDT"], 5)
+    for key in (-1, float("nan"), True, "7", 2e9, None, [1]):
+        eng.step_live(["BTCUSDT"], key)  # type: ignore[arg-type]
+        assert eng.get_signal("BTCUSDT", key).imbalance == PAPER_BIASES["BTCUSDT"]
+    assert eng.current_bar_idx == 5
