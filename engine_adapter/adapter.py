@@ -322,7 +322,7 @@ class HazelcastOBEngine:
             self._cache.lift_trader_floor()
         self._last_idx = idx
         waited_ms = None
-        if self._max_wait_s > 0 and idx not in self._cache:
+        if self._max_wait_s > 0 and not self._cache.has_exact(idx):
             t0 = time.perf_counter()
             arrived = self._cache.wait_for(idx, self._max_wait_s)
             waited_ms = (time.perf_counter() - t0) * 1000.0
@@ -489,7 +489,7 @@ class HazelcastOBEngine:
         return None if bar is None else bar.assets.get(asset)
 
     def wait_for_bar(self, bar_idx: int, timeout_s: float) -> bool:
-        """Block until bar ``bar_idx`` is cached (True) or ``timeout_s`` passes (False); no network."""
+        """Block until bar ``bar_idx`` resolves exact (True) or ``timeout_s`` passes (False); no network."""
         return self._cache.wait_for(bar_idx, timeout_s)
 
     # get_placement / get_signal inline the memo lookup of ``_view`` (a method call costs about

@@ -431,14 +431,27 @@ class BarCache:
         bar = self._bars[idx]
         return Resolution(FALLBACK, idx, requested, age, bar.bar_ts), bar
 
-    def wait_for(self, bar_idx: int, timeout_s: float) -> bool:
-        """Block until bar ``bar_idx`` is cached (woken by its arrival) or ``timeout_s`` passes."""
+    def has_exact(self, bar_idx: int) -> bool:
+        """True if a lookup of ``bar_idx`` resolves exact now (cached, and above the trader floor)."""
         with self._cond:
-            if bar_idx in self._bars:
+            return self._exact_locked(bar_idx)
+
+    def _exact_locked(self, bar_idx: int) -> bool:
+        bar = self._bars.get(bar_idx)
+        floor = self._trader_floor
+        return bar is not None and (floor is None or bar.bar_ts > floor)
+
+    def wait_for(self, bar_idx: int, timeout_s: float) -> bool:
+        """Block until bar ``bar_idx`` resolves exact (woken by its arrival) or ``timeout_s`` passes.
+
+        After the trader's numbering went back, the previous numbering's bar of that number does
+        not count: this waits for the new one."""
+        with self._cond:
+            if self._exact_locked(bar_idx):
                 return True
             if timeout_s <= 0:
                 return False
-            return self._cond.wait_for(lambda: bar_idx in self._bars, timeout_s)
+            return self._cond.wait_for(lambda: self._exact_locked(bar_idx), timeout_s)
 
     def stats(self, extra_lookups: Mapping[str, int] | None = None) -> CacheStats:
         """Contents and counters; ``extra_lookups`` (kind -> n) are added to ``lookups``: lookups a

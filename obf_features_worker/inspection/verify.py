@@ -10,7 +10,8 @@ Checks, in order, each printed as one ✓/✗ line with its reason:
               field; ``--bar-idx``: given), waiting up to ``--wait-s`` for it
   adapter     an adapter inside the command (the trader's ``HazelcastOBEngine``) resolves the
               last ``--bars`` (5) bars exact
-  fill        a non-default ``fill_probability`` for every listed asset in the newest bar
+  fill        every listed asset is present in the newest bar, its ``fill_probability``
+              finite in [0, 1) (0.5 is a real value: an asset's first bar, an empty book)
   macro       every market/macro field is present in the newest bar's record
 
 Exit codes: 0 every check holds, 1 some check failed, 2 bad arguments, 3 the cluster is
@@ -30,7 +31,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from engine_adapter.adapter import AdapterConfig, HazelcastOBEngine
-from engine_adapter.features import NEUTRAL_PLACEMENT
 from obf_contract.keys import asset_key
 from obf_contract.record import SCHEMA_VERSION, MacroRecord, MarketRecord
 from obf_features_worker.engine.snapshot import SnapshotRejected, parse_timestamp
@@ -158,14 +158,26 @@ def check_adapter(engine: Any, expected: int | None, n_bars: int) -> Check:
 
 
 def check_fill(engine: Any, assets: Sequence[str], expected: int | None) -> Check:
-    """Every asset has a non-default ``fill_probability`` in bar ``expected``."""
+    """Every asset is present in bar ``expected`` with a finite ``fill_probability`` in [0, 1).
+
+    Presence is the test, not the value: a real fill_probability is exactly the neutral 0.5 on an
+    asset's first bar and on an empty book."""
     if expected is None:
         return Check("fill", False, "no current bar")
-    neutral = NEUTRAL_PLACEMENT.fill_probability
-    default = [s for s in assets if engine.get_placement(s, expected).fill_probability == neutral]
-    if default:
-        return Check("fill", False, f"default fill_probability in bar {expected} for {', '.join(default)}")
-    return Check("fill", True, f"{len(assets)} asset(s) with a measured fill_probability")
+    bar = engine.get_bar(expected)
+    if bar is None:
+        return Check("fill", False, f"no bar {expected} in the adapter")
+    absent = [s for s in assets if s not in bar.assets]
+    if absent:
+        return Check("fill", False, f"absent from bar {expected}: {', '.join(absent)}")
+    bad = []
+    for s in assets:
+        value = bar.assets[s].placement.fill_probability
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            bad.append(f"{s}={value!r}")
+    if bad:
+        return Check("fill", False, f"fill_probability not finite in [0, 1) in bar {expected}: {', '.join(bad)}")
+    return Check("fill", True, f"{len(assets)} asset(s) present with a fill_probability in [0, 1)")
 
 
 # -- the trader's numbering ------------------------------------------------------------------------

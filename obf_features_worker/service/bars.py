@@ -13,8 +13,10 @@ processed is queued, never dropped (up to ``max_queue``) and never computed twic
 Repeat or restart (scan clock with a field): a scan whose field is *lower* than the last closed
 scan's is an upstream restart (the numbering starts again: ``BarTick.new_epoch``) when the scan's
 own time, its ``timestamp`` field (ISO-8601 or unix s/ms, as a snapshot's), is later than the
-last closed scan's ``timestamp``. Otherwise (not later, or either scan has no readable
-``timestamp``) it is a repeat or an out-of-order scan and is ignored, as before. Receipt times
+newest known ``timestamp`` of a closed scan (a closed scan without one keeps the previous
+one). Otherwise it is a repeat or an out-of-order scan and is ignored, as before; when either
+time is unknown it cannot be classified: ignored too, counted (``unclassified``) and logged as
+a rate-limited WARNING. Receipt times
 cannot tell the two apart: a repeat is received later too.
 
 Both clocks are driven by one thread (the worker's bar loop) through ``wait_tick(stop, timeout)``,
@@ -36,6 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from obf_features_worker.engine.snapshot import SnapshotRejected, parse_timestamp
+from obf_features_worker.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +242,14 @@ class ScanClock:
     field: JSON field holding bar_idx, or None to count bars from 0 per UTC day.
     max_queue: pending updates kept while the bar loop is busy; beyond it the oldest is dropped
     (counted). now: wall clock (unix s) for ``trigger`` calls without a receipt time.
+    log_interval_s: at most one WARNING per this many s for a lower-numbered scan that cannot be
+    classified (either scan without a readable time); all are counted (``unclassified``).
     """
 
     kind = "scan"
 
     def __init__(self, field: str | None, *, max_queue: int = 10_000,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, log_interval_s: float = 60.0) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
         self.field = field
@@ -260,7 +265,9 @@ class ScanClock:
         self._ticks = 0
         self._ignored = 0
         self._restarts = 0
-        self._last_time: float | None = None  # scan time of the last closed scan (field mode)
+        self._last_time: float | None = None  # newest known scan time of a closed scan (field mode)
+        self._unclassified = 0  # lower-numbered scans ignored for want of a scan time
+        self._limiter = RateLimiter(log_interval_s)
         self._dropped = 0
         self._rejected: dict[str, int] = {}
 
@@ -314,6 +321,17 @@ class ScanClock:
         new_epoch = False
         if self._last is not None and idx <= self._last:
             last_time = self._last_time
+            if idx < self._last and (when is None or last_time is None):
+                # Cannot tell a repeat from a restart: ignored, but loudly (a restart taken for
+                # repeats means no bars until the numbers catch up).
+                self._ignored += 1
+                self._unclassified += 1
+                suppressed = self._limiter.allow("unclassified")
+                if suppressed is not None:
+                    log.warning("scan update with a lower number ignored: no readable scan time to tell a repeat "
+                                "from an upstream restart bar_idx=%d last_bar_idx=%d scan_time=%s "
+                                "last_scan_time=%s suppressed=%d", idx, self._last, when, last_time, suppressed)
+                return None
             if idx == self._last or when is None or last_time is None or when <= last_time:
                 self._ignored += 1
                 log.debug("scan update ignored bar_idx=%d last_bar_idx=%d", idx, self._last)
@@ -324,7 +342,8 @@ class ScanClock:
             log.info("scan numbering restarted upstream bar_idx=%d last_bar_idx=%d scan_time=%.3f "
                      "last_scan_time=%.3f", idx, self._last, when, last_time)
         self._last = idx
-        self._last_time = when
+        if when is not None:  # keep the last known scan time: a later restart can still be told
+            self._last_time = when
         return BarTick(idx, at, at, new_epoch=new_epoch)
 
     def wait_tick(self, stop: threading.Event, timeout: float) -> BarTick | None:
@@ -349,5 +368,5 @@ class ScanClock:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"triggers": self._triggers, "ticks": self._ticks, "ignored": self._ignored,
-                    "restarts": self._restarts,
+                    "restarts": self._restarts, "unclassified": self._unclassified,
                     "dropped": self._dropped, "rejected": dict(self._rejected), "pending": len(self._queue)}

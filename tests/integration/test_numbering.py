@@ -100,6 +100,42 @@ def test_scan_count_crossing_a_forced_utc_midnight(hz_cluster: HzCluster, hz_cli
     assert not thread.is_alive()
 
 
+def test_trader_lagging_the_worker_across_midnight(hz_cluster: HzCluster, hz_client: Any, feeder: TestFeeder,
+                                                  map_suffix: str) -> None:
+    """The worker's new numbering arrives before the trader steps into it (the trader a bar or two
+    behind at midnight): the trader's step_live(0) must not lose the new bars 0 and 1 (review of
+    issue 13: it used to wipe them and refuse their re-insert), and every new bar resolves exact."""
+    inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    midnight = math.floor(time.time() / 86_400) * 86_400.0
+    worker, thread = start_worker(hz_cluster, map_suffix, ForcedTimeScanClock(None))
+    eng = adapter(hz_cluster, map_suffix)
+    try:
+        wait_for(lambda: health_up(hz_client, map_suffix), 30, "worker up")
+        before = [(i, {"at": midnight - 4.0 + i * 0.5}) for i in range(5)]
+        assert run_scans(inp, eng, before) == [("exact", s["at"]) for _, s in before]
+        after = [(i, {"at": midnight + 1.0 + i * 0.5}) for i in range(6)]
+        for _, scan in after[:2]:  # the worker's bars 0 and 1 of the new day, the trader not stepping
+            inp.put(SCAN_KEY, HazelcastJsonValue(orjson.dumps(scan).decode()))
+        # The trader is still on yesterday's bar 4: wait until the adapter holds the new bars 0 and 1.
+        wait_for(lambda: eng.stats().cache.numbering_restarts >= 1 and eng.stats().cache.newest_idx == 1, 20,
+                 "the adapter holds the new numbering's bars 0 and 1")
+        got = []
+        for k, (trader_idx, scan) in enumerate(after):
+            if k >= 2:
+                inp.put(SCAN_KEY, HazelcastJsonValue(orjson.dumps(scan).decode()))
+            res = eng.step_live(list(DEFAULT_SYMBOLS), trader_idx)
+            bar = eng.get_bar(trader_idx)
+            got.append((res.kind, math.nan if bar is None else bar.bar_ts))
+        assert got == [("exact", s["at"]) for _, s in after]
+        s = eng.stats()
+        assert s.cache.ignored.get("old_numbering", 0) == 0 and s.non_exact_warnings == 0
+    finally:
+        eng.close()
+        worker.request_stop("test")
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 def test_upstream_scan_number_restart(hz_cluster: HzCluster, hz_client: Any, feeder: TestFeeder,
                                       map_suffix: str) -> None:
     inp = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()

@@ -134,6 +134,31 @@ def test_scan_field_going_back_with_a_later_scan_time_is_a_restart():
     assert st_["restarts"] == 1 and st_["ignored"] == 4
 
 
+def test_a_closed_scan_without_a_time_keeps_the_last_known_scan_time(caplog):
+    # Review of issue 13: a closed scan with no readable timestamp used to erase the last scan
+    # time, after which every lower number was a "repeat" (no bars until the numbers caught up).
+    clock = ScanClock("scan_number", log_interval_s=3600.0)
+    scans = [
+        ({"scan_number": 100, "timestamp": "2026-12-04T10:00:00Z"}, 1.0),
+        ({"scan_number": 101}, 2.0),  # closes a bar, no time: 10:00:00 stays the last known
+        ({"scan_number": 5}, 3.0),  # no time: cannot be classified, ignored (WARNING)
+        ({"scan_number": 4}, 3.5),  # again: counted, the WARNING rate-limited
+        ({"scan_number": 3, "timestamp": "2026-12-04T09:59:00Z"}, 4.0),  # older than 10:00:00: repeat
+        ({"scan_number": 1, "timestamp": "2026-12-04T10:00:10Z"}, 5.0),  # later: an upstream restart
+    ]
+    with caplog.at_level("WARNING", logger="obf_features_worker.service.bars"):
+        for obj, at in scans:
+            clock.trigger(orjson.dumps(obj).decode(), received_at=at)
+        ticks = []
+        while (t := clock.poll()) is not None:
+            ticks.append(t)
+    assert [(t.bar_idx, t.new_epoch) for t in ticks] == [(100, False), (101, False), (1, True)]
+    st_ = clock.stats()
+    assert st_["restarts"] == 1 and st_["ignored"] == 3 and st_["unclassified"] == 2
+    warned = [r.getMessage() for r in caplog.records if "cannot" in r.getMessage() or "no readable" in r.getMessage()]
+    assert len(warned) == 1 and "bar_idx=5 last_bar_idx=101" in warned[0]
+
+
 @pytest.mark.parametrize("value, reason", [
     ("not json", SCAN_BAD_JSON),
     ("[1, 2]", SCAN_BAD_JSON),

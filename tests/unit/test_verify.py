@@ -81,9 +81,17 @@ def test_adapter_and_fill_checks() -> None:
     from obf_features_worker.inspection.verify import check_adapter, check_fill
 
     kinds = {5: "exact", 6: "fallback", 7: "exact"}
+    fills = {"A": 0.6, "H": 0.5, "N": float("nan"), "O": 1.0}  # H: a real 0.5 (first bar, empty book)
+
+    def asset(fill: float) -> SimpleNamespace:
+        return SimpleNamespace(placement=SimpleNamespace(fill_probability=fill))
+
+    bar7 = SimpleNamespace(assets={s: asset(f) for s, f in fills.items()})
     engine = SimpleNamespace(resolve=lambda b: SimpleNamespace(kind=kinds[b]),
-                             get_placement=lambda s, b: SimpleNamespace(fill_probability=0.5 if s == "X" else 0.6))
+                             get_bar=lambda b: bar7 if b == 7 else None)
     assert check_adapter(engine, 7, 3).reason == "not exact: 6=fallback"
     assert check_adapter(engine, 7, 1).ok
-    assert check_fill(engine, ["A", "X"], 7).reason == "default fill_probability in bar 7 for X"
-    assert check_fill(engine, ["A"], 7).ok
+    assert check_fill(engine, ["A", "X"], 7).reason == "absent from bar 7: X"
+    assert check_fill(engine, ["A", "H"], 7).ok  # 0.5 is a measured value, not a default
+    assert check_fill(engine, ["N", "O"], 7).reason == "fill_probability not finite in [0, 1) in bar 7: N=nan, O=1.0"
+    assert check_fill(engine, ["A"], 8).reason == "no bar 8 in the adapter"
