@@ -341,3 +341,32 @@ def test_mock_engine_never_raises_on_a_bad_key() -> None:
         eng.step_live(["BTCUSDT"], key)  # type: ignore[arg-type]
         assert eng.get_signal("BTCUSDT", key).imbalance == PAPER_BIASES["BTCUSDT"]
     assert eng.current_bar_idx == 5
+
+
+def test_wire_live_with_the_cluster_down_returns_none_within_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    # Review of issue 13: with OBF_ENGINE=live and no cluster, wire() used to hang the trader's start-up.
+    import socket
+
+    with socket.socket() as s:  # a local port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="engine_adapter.wiring")
+    env = {"HZ_MEMBERS": f"127.0.0.1:{port}", "OBF_CONNECT_TIMEOUT_S": "1"}
+    assert wire(ASSETS, environ=env) is None
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("OBF wired: off (live engine unavailable)")
+    assert f"members=127.0.0.1:{port}" in errors[0] and "timeout_s=1.0" in errors[0]
+
+
+def test_connect_timeout_variable() -> None:
+    from engine_adapter.wiring import startup_timeout
+
+    assert startup_timeout({}) == 30.0
+    assert startup_timeout({"OBF_CONNECT_TIMEOUT_S": "2.5"}) == 2.5
+    assert startup_timeout({"OBF_CONNECT_TIMEOUT_S": "0"}) is None
+    assert startup_timeout({"OBF_CONNECT_TIMEOUT_S": "inf"}) is None
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(ValueError, match="OBF_CONNECT_TIMEOUT_S"):
+            startup_timeout({"OBF_CONNECT_TIMEOUT_S": bad})
+    with pytest.raises(ValueError, match="OBF_CONNECT_TIMEOUT_S"):
+        wire(ASSETS, environ={"OBF_CONNECT_TIMEOUT_S": "soon"})
