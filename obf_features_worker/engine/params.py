@@ -20,7 +20,7 @@ class FeatureParams:
     """Parameters of the feature definitions.
 
     imbalance_lookback: bars of imbalance history per asset (>= 1).
-    depth_lookback: bars of depth history per asset and of the market depth index (>= 1).
+    depth_lookback: bars of depth history per asset and of the aggregate depth ``depth_ref_usd`` (>= 1).
     ma_window: bars in ``imbalance_ma5`` (1 .. imbalance_lookback).
     ema_alpha: weight of the current depth in the reference-depth EMA, in [1e-6, 1].
     ref_notional_usd: USD size walked through the bands by ``spread_proxy_bps`` (> 0).

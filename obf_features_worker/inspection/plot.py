@@ -1,9 +1,10 @@
 """``obf-features plot``: a PNG of the last N bars, from the features map or a replay output file.
 
 Four panels sharing a UTC time axis: per-asset imbalance ([-1, 1]), per-asset depth_quality
-(ratio, 1 = usual depth), market agreement_pct ([0, 100] %) and macro depth_velocity (market
-depth index change per bar), with the cascade regime shaded on every panel (STRESS amber,
-CASCADE red). matplotlib's Agg canvas without pyplot: no display, no global backend switch.
+(ratio, 1 = usual depth), market agreement_pct ([0, 100] %) and macro depth_velocity (change
+of the aggregate depth ``depth_ref_usd`` per bar, as a fraction), with the cascade regime
+shaded on every panel (STRESS amber, CASCADE red). matplotlib's Agg canvas without pyplot: no
+display, no global backend switch.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ _COIN_M_SYMBOL_RE = re.compile(r"^([A-Z0-9]+USD)_(PERP|[0-9]{6})$")
 class Market(str, enum.Enum):
     """Which update-id chain a book follows."""
 
-    SPOT = "spot"  # U == previous u + 1
+    SPOT = "spot"  # U <= previous u + 1 (u > previous u)
     FUTURES = "futures"  # pu == previous u (USD-M / COIN-M)
 
 
