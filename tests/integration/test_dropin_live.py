@@ -1,6 +1,7 @@
 """The trader-side drop-in behaviour of issue 13 against a real member (review follow-up): the
 non-exact warnings and their recovery, millisecond / truncated / ISO lookup keys, ``wire()`` with
-``OBF_ENGINE=live|mock|off`` and ``HZ_HOST`` really connecting, and the rollback (flip to mock).
+``OBF_ENGINE=live|mock|off`` and ``HZ_HOST`` really connecting, the rollback (flip to mock), and
+a worker started on a schema-1 checkpoint (a logged cold start).
 
 Records are written by the test into its own map (``map_suffix``); the adapter is built by
 ``wire()`` from an environment, with its own client, exactly as the trader's start-up does.
@@ -9,18 +10,29 @@ Waiting is event-driven (``wait_for_bar``) or poll-with-deadline; never a bare s
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from hazelcast.core import HazelcastJsonValue
 
 from engine_adapter import HazelcastOBEngine, MockOBEngine, wire
 from engine_adapter.features import NEUTRAL_SIGNAL
 from engine_adapter.mock import PAPER_BIASES
+from obf_contract.record import dumps_record
+from obf_features_worker.engine import checkpoint
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service.grid import CHECKPOINT_KEY
 from tests.cluster import HzCluster
 from tests.integration.test_adapter import ASSETS, poll, put, record, signal_of
+from tests.integration.test_warm_restart import Run
 
 
 def live_env(cluster: HzCluster, map_name: str, **extra: str) -> dict[str, str]:
@@ -150,3 +162,32 @@ def test_wire_live_with_the_trader_client(hz_cluster: HzCluster, bars: tuple[str
     finally:
         eng.close()
     assert hz_client.lifecycle_service.is_running()  # the trader's client is left running
+
+
+def test_a_schema_1_checkpoint_means_a_logged_cold_start(hz_cluster: HzCluster, hz_client: Any, map_suffix: str,
+                                                         tmp_path: Path) -> None:
+    """A worker started with a schema-1 checkpoint (engine state version 1) in the state map says
+    why and starts cold: its first bar is a first bar of a fresh engine."""
+    engine = FeatureEngine(FeatureParams())
+    engine.step(99, 99.0, {})
+    env = orjson.loads(checkpoint.encode(checkpoint.capture(engine, seqs={}, bar_ts=99.0, worker_id="old",
+                                                            written_at=1.0, epoch=1)))
+    env["body"]["engine"]["version"] = 1  # what a schema-1 worker wrote (checksum recomputed: valid bytes)
+    env["sha256"] = hashlib.sha256(orjson.dumps(env["body"], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    run = Run(hz_cluster, hz_client, map_suffix, tmp_path)
+    run.state.set(CHECKPOINT_KEY, HazelcastJsonValue(orjson.dumps(env).decode()))
+    run.start("schema1")
+    try:
+        run.close_bar(100)
+        h = run.health()
+        assert h is not None and (h["cold_start_reason"], h["restored_from_bar"]) == ("version", None)
+        log_text = run.worker.log_text()  # type: ignore[union-attr]
+        assert "starting cold reason=version" in log_text and "older schema" in log_text
+        rec = dict(run.record(100) or {})
+        rec.pop("producer")
+        first = FeatureEngine(FeatureParams()).step(
+            100, rec["bar_ts"], {s: run.feeder.snapshot(s, seq) for s, seq in run.published[100].items()})
+        assert dumps_record(rec) == dumps_record(first)
+        assert run.worker.stop() == 0  # type: ignore[union-attr]
+    finally:
+        run.worker.stop(signal.SIGKILL)  # type: ignore[union-attr]
