@@ -294,8 +294,8 @@ class HazelcastOBEngine:
 
         When the bar_idx goes back (the trader's numbering restarted, or a scan is re-stepped),
         nothing cached is dropped; until the trader passes the number it went back from (or the
-        worker's numbering restarts), a bar_idx lookup resolves only to bars newer than the bar
-        the trader used before going back: never to the previous numbering's bar of the same
+        worker's numbering restarts), a bar_idx lookup resolves only to bars not older than the
+        bar the trader used before going back (that bar included): never to the previous numbering's bar of the same
         number, never to a future bar. The worker's new numbering that arrived first resolves
         exact at once.
 
@@ -314,7 +314,7 @@ class HazelcastOBEngine:
         if last is not None and idx < last:
             # The trader's numbering went back (UTC midnight, upstream restart, a re-stepped
             # scan). Nothing is dropped (the worker's restart does that, and its new bars may be
-            # here already); bar_idx lookups resolve only to bars after the trader's last one.
+            # here already); bar_idx lookups resolve only to bars not older than the trader's last one.
             self._high_water = last if self._high_water is None else max(self._high_water, last)
             self._cache.trader_restarted(idx, self._last_bar_ts)
         elif self._high_water is not None and idx > self._high_water:

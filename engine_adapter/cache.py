@@ -26,10 +26,11 @@ followed too (``key_removed``): a removed bar is dropped once no newer cached ba
 Only the worker's restart drops bars. When the trader's own numbering goes back (its count
 restarted before or after the worker's, or it re-steps an older scan), ``trader_restarted``
 drops nothing: it sets a floor, the ``bar_ts`` of the trader's previous bar, and until it is
-lifted a ``bar_idx`` lookup resolves only to a bar newer than that floor (else default). So a
+lifted a ``bar_idx`` lookup resolves only to a bar not older than that floor (else default). So a
 new number never resolves to the previous numbering's bar of the same number, the new
 numbering's bars that arrived first still resolve exact, and a future bar is never used. The
-floor is lifted by the worker's restart (every bar left is newer) or by ``lift_trader_floor``
+floor itself is allowed: the bar the trader used, e.g. a fallback to the bar it steps back to.
+The floor is lifted by the worker's restart (every bar left is newer) or by ``lift_trader_floor``
 (the adapter calls it once the trader passes the number it went back from).
 """
 
@@ -279,7 +280,7 @@ class BarCache:
 
     def trader_restarted(self, bar_idx: int, previous_bar_ts: float | None = None) -> bool:
         """The trader's numbering went back to ``bar_idx``; nothing is dropped (the worker's restart
-        does that). From now on a bar_idx lookup resolves only to a bar whose ``bar_ts`` is after
+        does that). From now on a bar_idx lookup resolves only to a bar whose ``bar_ts`` is at or after
         ``previous_bar_ts`` (unix s: the bar the trader used before going back), until the worker's
         restart or ``lift_trader_floor``. Without ``previous_bar_ts``: the newest cached bar's, if
         its number is above ``bar_idx`` (else nothing to guard). True if the floor changed. Never raises."""
@@ -393,11 +394,11 @@ class BarCache:
     def _resolve_idx(self, idx: int) -> tuple[Resolution, BarFeatures | None]:
         bar = self._bars.get(idx)
         floor = self._trader_floor
-        if bar is not None and (floor is None or bar.bar_ts > floor):
+        if bar is not None and (floor is None or bar.bar_ts >= floor):
             return Resolution(EXACT, idx, idx, 0, bar.bar_ts), bar
         pos = bisect.bisect_right(self._order, idx) - 1
-        # bar_ts does not decrease with bar_idx: if this bar is not after the floor, none below is.
-        if pos < 0 or (floor is not None and self._ts[pos] <= floor):
+        # bar_ts does not decrease with bar_idx: if this bar is before the floor, so is every one below.
+        if pos < 0 or (floor is not None and self._ts[pos] < floor):
             return Resolution(DEFAULT, None, idx, None), None
         return self._fallback(idx, pos)
 
@@ -439,7 +440,7 @@ class BarCache:
     def _exact_locked(self, bar_idx: int) -> bool:
         bar = self._bars.get(bar_idx)
         floor = self._trader_floor
-        return bar is not None and (floor is None or bar.bar_ts > floor)
+        return bar is not None and (floor is None or bar.bar_ts >= floor)
 
     def wait_for(self, bar_idx: int, timeout_s: float) -> bool:
         """Block until bar ``bar_idx`` resolves exact (woken by its arrival) or ``timeout_s`` passes.

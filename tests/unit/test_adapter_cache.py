@@ -383,7 +383,8 @@ def test_the_traders_numbering_going_back_first_never_resolves_to_the_previous_n
     assert c.trader_restarted(0, ts_of(86399))  # the trader's previous bar was 86399
     assert c.cached_indices() == [0, 1, 86397, 86398, 86399]  # nothing dropped
     assert c.resolve(0)[0].kind == "default" and c.resolve(1)[0].kind == "default"  # not yesterday's
-    assert c.resolve(86399)[0].kind == "default"  # nor by number
+    assert c.resolve(86398)[0].kind == "default"  # nor any older one by number
+    assert c.resolve(86399)[0].kind == "exact"  # the bar the trader used itself is not older than the floor
     assert c.resolve(ts_of(86398))[0].kind == "exact"  # a timestamp is absolute: unaffected
     assert c.insert(bar(0, ts=ts_of(86400)))  # the worker's new numbering: the cache follows
     assert c.resolve(0)[0].kind == "exact" and c.get(0) is not None and c.get(0).bar_ts == ts_of(86400)
