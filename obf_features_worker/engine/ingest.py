@@ -2,8 +2,8 @@
 
 ``offer()`` is what the Hazelcast listener callback calls: it never raises. Bad input is
 counted by reason (``RejectStats``) and a rejected snapshot never replaces the last good one.
-Per asset, a snapshot must carry a ``_push_seq`` greater than the last accepted one (without a
-seq: a timestamp not older than the last accepted one).
+Per asset, snapshots are ordered by timestamp, ``_push_seq`` breaking ties and catching
+duplicates (see ``SnapshotBook``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from obf_features_worker.engine.producer_clock import DEFAULT_THRESHOLD_S, ProducerClocks
 from obf_features_worker.engine.snapshot import (
     RejectReason,
     Snapshot,
@@ -32,6 +33,9 @@ REJECT_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval
 # arrives), not once per interval; past this many keys it falls back to the rate limit.
 MAX_LOGGED_BAD_KEYS = 10_000
 _SAMPLE_TEXT_LIMIT = 160
+# A _push_seq this much above the last accepted one in a single step is counted as a jump
+# (a per-key counter moves by 1 per push; a global one by the pushes of all keys in between).
+SEQ_JUMP_LIMIT = 1 << 20
 
 
 def present_at(latest: Mapping[str, Snapshot], bar_ts: float, max_age_s: float) -> dict[str, Snapshot]:
@@ -105,11 +109,18 @@ class RejectStats:
 class SnapshotBook:
     """Thread-safe store of the latest valid snapshot per asset.
 
+    Ordering, per asset: snapshots are ordered by their timestamp; ``_push_seq`` only breaks ties
+    and catches duplicates. A snapshot older than the last accepted one is rejected
+    (``stale_timestamp``); one with the same timestamp is accepted only if its ``_push_seq`` is
+    greater (else ``stale_seq``, a duplicate; without a seq on either side it is accepted). Under a
+    newer timestamp any ``_push_seq`` is accepted, so no single message can block an asset: a seq
+    not greater than the last one is counted as ``seq_resets`` (an upstream restart), one more
+    than ``seq_jump_limit`` above it as ``seq_jumps``.
+
     assets: when given, events for other symbols are counted as ignored (not rejected).
-    max_future_skew_s: how far (s) a snapshot timestamp may be ahead of ``clock()``.
-    seq_reset_after_s: a snapshot whose ``_push_seq`` is not greater than the last accepted one
-    is still accepted (as an upstream restart, logged) when its timestamp is more than this many
-    seconds newer than the last accepted snapshot; ``None`` disables it.
+    max_future_skew_s: how far (s) a snapshot timestamp may be ahead of ``clock()``; also the
+    longest a snapshot stamped in the future can hold back the asset's next pushes.
+    clock_offset_threshold_s: producer clocks whose median offset is beyond this (s) are flagged.
     """
 
     def __init__(
@@ -120,19 +131,20 @@ class SnapshotBook:
         max_payload_bytes: int = 65_536,
         clock: Callable[[], float] = time.time,
         sample_size: int = 20,
-        seq_reset_after_s: float | None = 30.0,
+        seq_jump_limit: int = SEQ_JUMP_LIMIT,
+        clock_offset_threshold_s: float = DEFAULT_THRESHOLD_S,
     ) -> None:
         if max_future_skew_s < 0:
             raise ValueError(f"max_future_skew_s must be >= 0, got {max_future_skew_s!r}")
         if max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
-        if seq_reset_after_s is not None and seq_reset_after_s < 0:
-            raise ValueError(f"seq_reset_after_s must be >= 0 or None, got {seq_reset_after_s!r}")
+        if seq_jump_limit < 1:
+            raise ValueError(f"seq_jump_limit must be >= 1, got {seq_jump_limit!r}")
         self._assets = frozenset(assets) if assets is not None else None
         self._max_future_skew_s = float(max_future_skew_s)
         self._max_payload_bytes = int(max_payload_bytes)
         self._clock = clock
-        self._seq_reset_after_s = seq_reset_after_s
+        self._seq_jump_limit = int(seq_jump_limit)
         self._lock = threading.Lock()
         self._latest: dict[str, Snapshot] = {}
         self._received_at: dict[str, float] = {}
@@ -141,9 +153,12 @@ class SnapshotBook:
         self._accepted = 0
         self._ignored = 0
         self._seq_resets = 0
+        self._seq_jumps = 0
         self._read_echoes = 0
         self._read_unechoed: set[str] = set()  # symbols whose stored snapshot came from a read, no event since
+        self._seq_log = RateLimiter(REJECT_LOG_INTERVAL_S, clock=clock)
         self.rejects = RejectStats(sample_size, clock=clock)
+        self.clocks = ProducerClocks(threshold_s=clock_offset_threshold_s)
 
     def offer(self, key: object, value: object, *, received_at: float | None = None, from_read: bool = False,
               parsed: Snapshot | None = None) -> bool:
@@ -155,8 +170,9 @@ class SnapshotBook:
         from_read: the value was read from the map (initial read, bar-close re-read), not
         delivered as an event. Reads and events race: a read of a push the listener already
         delivered (or a newer one), and the events a read overtook (older pushes, and the first
-        event of the push it took) are counted as ``read_echoes``, not ``stale_seq`` rejects. An
-        echo is never newer than the held snapshot, so no good data is dropped."""
+        event of the push it took) are counted as ``read_echoes``, not rejects. An echo is never
+        newer than the held snapshot, so no good data is dropped. Only events feed the producer
+        clock offsets (a read's receive time says nothing about the producer's clock)."""
         try:
             return self._offer(key, value, received_at, from_read, parsed)
         except Exception as exc:  # noqa: BLE001 - the listener thread must survive anything
@@ -170,13 +186,15 @@ class SnapshotBook:
                parsed: Snapshot | None) -> bool:
         with self._lock:
             self._received += 1
+        symbol: str | None = None
+        now = self._clock()
+        at = now if received_at is None else float(received_at)
         try:
             symbol = symbol_from_key(key) if parsed is None else parsed.symbol
             if self._assets is not None and symbol not in self._assets:
                 with self._lock:
                     self._ignored += 1
                 return False
-            now = self._clock()
             snap = parsed if parsed is not None else parse_payload(
                 symbol, value, now=now, max_future_skew_s=self._max_future_skew_s,
                 max_payload_bytes=self._max_payload_bytes)
@@ -184,32 +202,42 @@ class SnapshotBook:
                 if self._is_read_echo(snap, from_read):
                     self._read_echoes += 1
                     return False
-                self._check_order(snap)
+                try:
+                    self._check_order(snap)
+                except SnapshotRejected as exc:
+                    exc.ts = snap.ts
+                    raise
                 if from_read:
                     self._read_unechoed.add(symbol)
                 else:
                     self._read_unechoed.discard(symbol)
                 self._latest[symbol] = snap
-                self._received_at[symbol] = now if received_at is None else float(received_at)
+                self._received_at[symbol] = at
                 if snap.seq is not None:
                     self._seqs[symbol] = snap.seq
                 self._accepted += 1
+            if not from_read:
+                self.clocks.observe(symbol, at - snap.ts, accepted=True)
             return True
         except SnapshotRejected as exc:
             self.rejects.record(exc.reason, key, exc.detail)
+            if symbol is not None and not from_read:
+                if exc.ts is not None:
+                    self.clocks.observe(symbol, at - exc.ts, accepted=False, reject_reason=exc.reason.value)
+                else:
+                    self.clocks.rejected(symbol, exc.reason.value)
             return False
 
     def _is_read_echo(self, snap: Snapshot, from_read: bool) -> bool:
         # A map read (initial read, bar-close re-read) races the entry events: the same push can
         # reach the book twice, or an older push after the newer one the read took. Neither is a
-        # duplicate or reordered push of the producer, so neither is a stale_seq reject. Only a
-        # value no newer than the held one (timestamp and seq) qualifies: a newer timestamp under
-        # a lower seq goes to _check_order (an upstream restart, or stale_seq).
+        # duplicate or reordered push of the producer, so neither is a reject. Only a value no
+        # newer than the held one (timestamp, then seq) qualifies.
         last = self._latest.get(snap.symbol)
         if last is None or snap.ts > last.ts:
             return False
         if from_read:  # the listener already delivered this push or a newer one
-            return snap.seq is None or last.seq is None or snap.seq <= last.seq
+            return snap.ts < last.ts or snap.seq is None or last.seq is None or snap.seq <= last.seq
         if snap.seq is None or last.seq is None or snap.symbol not in self._read_unechoed:
             return False  # the held value came from an event: a real duplicate or reorder
         if snap.seq < last.seq:
@@ -220,21 +248,33 @@ class SnapshotBook:
         return False
 
     def _check_order(self, snap: Snapshot) -> None:
-        # Called with the lock held, so ordering holds across listener threads.
+        # Called with the lock held, so ordering holds across listener threads. Timestamp first:
+        # a seq can never hold an asset back, so a wild one (2^62, a restart) costs nothing.
         last = self._latest.get(snap.symbol)
-        last_seq = self._seqs.get(snap.symbol)
-        if snap.seq is not None and last_seq is not None and snap.seq <= last_seq:
-            restart_after = self._seq_reset_after_s
-            if restart_after is not None and last is not None and snap.ts > last.ts + restart_after:
-                self._seq_resets += 1
-                log.info("upstream push sequence reset symbol=%s last_seq=%d seq=%d gap_s=%.3f",
-                         snap.symbol, last_seq, snap.seq, snap.ts - last.ts)
-                return
-            raise SnapshotRejected(RejectReason.STALE_SEQ,
-                                   f"_push_seq {snap.seq} <= last accepted {last_seq}")
-        if snap.seq is None and last is not None and snap.ts < last.ts:
-            raise SnapshotRejected(RejectReason.STALE_SEQ,
-                                   f"timestamp {snap.ts:.6f} older than last accepted {last.ts:.6f}")
+        if last is not None:
+            if snap.ts < last.ts:
+                raise SnapshotRejected(RejectReason.STALE_TIMESTAMP,
+                                       f"timestamp {snap.ts:.6f} older than last accepted {last.ts:.6f}")
+            if snap.ts == last.ts and snap.seq is not None and last.seq is not None and snap.seq <= last.seq:
+                raise SnapshotRejected(RejectReason.STALE_SEQ,
+                                       f"same timestamp {snap.ts:.6f}, _push_seq {snap.seq} <= last {last.seq}")
+        # Counted against the held snapshot only: after a restart, the seqs imported from the
+        # checkpoint meet the very pushes they came from (the initial read), which is no reset.
+        last_seq = last.seq if last is not None else None
+        if snap.seq is None or last_seq is None:
+            return
+        if snap.seq <= last_seq:
+            self._seq_resets += 1
+            kind = "reset"
+        elif snap.seq - last_seq > self._seq_jump_limit:
+            self._seq_jumps += 1
+            kind = "jump"
+        else:
+            return
+        suppressed = self._seq_log.allow(kind)
+        if suppressed is not None:
+            log.info("upstream push sequence %s accepted symbol=%s last_seq=%d seq=%d suppressed_since_last=%d",
+                     kind, snap.symbol, last_seq, snap.seq, suppressed)
 
     def latest(self) -> dict[str, Snapshot]:
         """Shallow copy: symbol -> latest valid snapshot."""
@@ -252,18 +292,23 @@ class SnapshotBook:
             return self._received_at.get(symbol)
 
     def stats(self) -> dict[str, Any]:
-        """``{"received", "accepted", "ignored", "seq_resets", "read_echoes", "rejected": {reason: n},
-        "samples": [...]}``; received = accepted + ignored + read_echoes + rejected."""
+        """``{"received", "accepted", "ignored", "seq_resets", "seq_jumps", "read_echoes",
+        "rejected": {reason: n}, "samples": [...]}``; received = accepted + ignored + read_echoes +
+        rejected. ``seq_resets`` / ``seq_jumps`` are accepted snapshots, counted again there.
+        ``producer_clock``: ``ProducerClocks.summary()`` (per-asset clock offsets, flagged assets)."""
         rejects = self.rejects.snapshot()
+        clocks = self.clocks.summary()
         with self._lock:
             return {
                 "received": self._received,
                 "accepted": self._accepted,
                 "ignored": self._ignored,
                 "seq_resets": self._seq_resets,
+                "seq_jumps": self._seq_jumps,
                 "read_echoes": self._read_echoes,
                 "rejected": rejects["by_reason"],
                 "samples": rejects["samples"],
+                "producer_clock": clocks,
             }
 
     def export_seqs(self) -> dict[str, int]:
@@ -272,7 +317,9 @@ class SnapshotBook:
             return dict(self._seqs)
 
     def import_seqs(self, seqs: Mapping[str, int]) -> None:
-        """Restore last accepted seqs (e.g. from a checkpoint); a higher known seq is kept."""
+        """Restore last accepted seqs (e.g. from a checkpoint) for ``export_seqs``; a higher known
+        seq is kept. They do not order the next pushes: ordering is by timestamp, against the
+        held snapshot (none after a restart)."""
         clean: dict[str, int] = {}
         for symbol, seq in seqs.items():
             if type(symbol) is not str or type(seq) is not int or seq < 0:

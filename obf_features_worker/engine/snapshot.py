@@ -57,17 +57,20 @@ class RejectReason(str, enum.Enum):
     NEGATIVE = "negative"
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
-    # Duplicate or out-of-order _push_seq (or, with no seq, a timestamp older than the last accepted).
+    # The timestamp is older than the last accepted snapshot's of the same asset.
+    STALE_TIMESTAMP = "stale_timestamp"
+    # Same timestamp as the last accepted snapshot and a _push_seq not greater than its: a duplicate.
     STALE_SEQ = "stale_seq"
 
 
 class SnapshotRejected(ValueError):
     """A payload failed validation; ``reason`` names the rule, ``detail`` says what was wrong."""
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str, *, ts: float | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.ts = ts  # the payload's timestamp (unix s) when it was parsed before the failure
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -183,7 +186,7 @@ def parse_payload(
     ts = parse_timestamp(obj["timestamp"])
     if ts > now + max_future_skew_s:
         raise SnapshotRejected(
-            RejectReason.FUTURE_TIMESTAMP, f"timestamp {ts:.6f} is {ts - now:.3f} s ahead of now"
+            RejectReason.FUTURE_TIMESTAMP, f"timestamp {ts:.6f} is {ts - now:.3f} s ahead of now", ts=ts
         )
 
     bid = obj.get("bid_notional")

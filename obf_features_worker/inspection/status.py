@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from obf_features_worker.engine.producer_clock import describe_offset
 from obf_features_worker.inspection import cluster_args
 from obf_features_worker.logs import setup_logging
 from obf_features_worker.service import grid
@@ -59,6 +60,10 @@ class WorkerStatus:
     stale_assets: list[str]
     healthy: bool
     problems: list[str]
+    # producer clocks (health ``producer_clock``): median offset (s) of the flagged assets, and
+    # the assets whose every recent push was rejected, with the reason in words
+    clock_flagged: dict[str, float] = field(default_factory=dict)
+    all_rejected: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class AssetStatus:
     snapshot_age_ms: float | None  # snapshot age at that bar
     in_newest_bar: bool
     stale: bool  # absent from the newest bar or named stale by a worker
+    note: str = ""  # a worker's word on its producer: clock off, every push rejected
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,9 @@ def worker_status(doc: Mapping[str, Any], now: float) -> WorkerStatus:
     e2w = _mapping(doc.get("event_to_write_ms"))
     stale_raw = doc.get("stale_assets")
     stale = stale_raw if isinstance(stale_raw, list) else []
+    clock = _mapping(doc.get("producer_clock"))
+    flagged = _mapping(clock.get("flagged"))
+    rejected_assets = _mapping(clock.get("all_rejected"))
     return WorkerStatus(
         worker_id=str(doc.get("worker_id", "?")), state=state, role=role, host=str(doc.get("host") or ""),
         pid=_int(doc.get("pid")), version=str(doc.get("version") or ""),
@@ -153,6 +162,9 @@ def worker_status(doc: Mapping[str, Any], now: float) -> WorkerStatus:
         write_failures=_int(doc.get("write_failures")) or 0,
         event_to_write_p99_ms=_num(e2w.get("p99")), stale_assets=[str(s) for s in stale],
         healthy=not problems, problems=problems,
+        clock_flagged={str(k): float(v) for k, v in flagged.items() if _num(v) is not None},
+        all_rejected={str(k): str(v.get("note") or v.get("reason") or "all pushes rejected")
+                      for k, v in rejected_assets.items() if isinstance(v, Mapping)},
     )
 
 
@@ -193,6 +205,12 @@ def evaluate(health_docs: Sequence[Mapping[str, Any]], newest_bar: Mapping[str, 
     n_stale = sum(1 for a in assets if a.stale)
     if n_stale:
         reasons.append(f"{n_stale} stale asset(s)")
+    rejecting = sorted({s for w in workers for s in w.all_rejected})
+    if rejecting:
+        reasons.append(f"{len(rejecting)} asset(s) with every push rejected: {', '.join(rejecting[:10])}")
+    off = sorted({s for w in workers for s in w.clock_flagged} - set(rejecting))
+    if off:
+        reasons.append(f"{len(off)} producer clock(s) off: {', '.join(off[:10])}")
     return StatusReport(cluster_name, list(members), True, verdict, reasons, workers, bar, assets, now)
 
 
@@ -202,7 +220,13 @@ def _asset_statuses(newest_bar: Mapping[str, Any] | None, latest_docs: Mapping[s
     named_stale = set(bar.stale_assets if bar else [])
     for w in workers:
         named_stale.update(w.stale_assets)
-    symbols = set(latest_docs) | set(in_bar) | named_stale
+    notes: dict[str, str] = {}
+    for w in workers:
+        for sym, offset in w.clock_flagged.items():
+            notes.setdefault(sym, describe_offset(offset))
+    for w in workers:  # the stronger word wins: no push of the asset is used at all
+        notes.update(w.all_rejected)
+    symbols = set(latest_docs) | set(in_bar) | named_stale | set(notes)
     out = []
     for sym in sorted(symbols):
         doc = latest_docs.get(sym)
@@ -214,7 +238,9 @@ def _asset_statuses(newest_bar: Mapping[str, Any] | None, latest_docs: Mapping[s
             idx = ts = age_ms = None
         present = sym in in_bar
         out.append(AssetStatus(sym, idx, None if ts is None else max(0.0, now - ts), age_ms, present,
-                               stale=(bar is not None and not present) or sym in named_stale))
+                               stale=(bar is not None and not present) or sym in named_stale or
+                               sym in {s for w in workers for s in w.all_rejected},
+                               note=notes.get(sym, "")))
     return out
 
 
@@ -262,6 +288,11 @@ def render(report: StatusReport, max_assets: int = 40) -> Any:
         parts.append(Text(f"    events accepted {w.events_accepted}/{w.events_received}  rejected: {rej}  "
                           f"event-to-write p99 {e2w}"
                           + (f"  stale: {','.join(w.stale_assets)}" if w.stale_assets else "")))
+        for sym, note in sorted(w.all_rejected.items()):
+            parts.append(Text(f"    {sym}: {note}", style="yellow"))
+        for sym, offset in sorted(w.clock_flagged.items()):
+            if sym not in w.all_rejected:
+                parts.append(Text(f"    {sym}: producer {describe_offset(offset)}", style="yellow"))
     if not report.workers:
         parts.append(Text("  (none)", style="red"))
 
@@ -275,13 +306,13 @@ def render(report: StatusReport, max_assets: int = 40) -> Any:
                           f"{b.n_present}/{b.n_assets}  by {b.worker_id or '-'}{flags}"))
 
     at = Table(title="assets (latest bar per asset)", title_justify="left", box=None, header_style="bold")
-    for col in ("symbol", "bar", "bar age", "snapshot age ms", "in newest bar", "flag"):
+    for col in ("symbol", "bar", "bar age", "snapshot age ms", "in newest bar", "flag", "note"):
         at.add_column(col, no_wrap=True)
     ordered = sorted(report.assets, key=lambda a: (not a.stale, a.symbol))  # stale first: that is what matters
     for a in ordered[:max_assets]:
         at.add_row(a.symbol, "-" if a.bar_idx is None else str(a.bar_idx), _age(a.bar_age_s),
                    "-" if a.snapshot_age_ms is None else f"{a.snapshot_age_ms:.0f}",
-                   "yes" if a.in_newest_bar else "no", Text("STALE", style="yellow") if a.stale else "")
+                   "yes" if a.in_newest_bar else "no", Text("STALE", style="yellow") if a.stale else "", a.note)
     parts.append(at)
     if len(ordered) > max_assets:
         parts.append(Text(f"... {len(ordered) - max_assets} more assets (--max-assets)"))

@@ -2,7 +2,7 @@
 
 Input: one snapshot per line, ``{"key": "asset_BTCUSDT_ob", "value": <payload object or JSON string>}``,
 in any order. Valid snapshots are sorted by their timestamp (stable: ties keep input order) and offered to
-an ``ingest.SnapshotBook`` in that order, so ``_push_seq`` ordering is enforced exactly as live.
+an ``ingest.SnapshotBook`` in that order, so the live ordering rules apply (duplicates are rejected).
 Bad lines are counted by reason, never fatal.
 
 Bars close at every multiple of ``bar_seconds`` (unix time) from the first valid snapshot's timestamp up

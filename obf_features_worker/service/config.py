@@ -82,6 +82,7 @@ class WorkerConfig:
     write_latest: bool = True
     max_payload_bytes: int = 65_536
     max_future_skew_s: float = 5.0
+    clock_offset_warn_s: float = 2.0
     connect_timeout_s: float | None = None
     reconnect_backoff_max_s: float = 5.0
     op_timeout_s: float = 5.0
@@ -136,6 +137,8 @@ class WorkerConfig:
                  "max_payload_bytes", f"must be an int in [64, {64 * 2**20}], got {self.max_payload_bytes!r}")
         _require(_finite(self.max_future_skew_s) and self.max_future_skew_s >= 0, "max_future_skew_s",
                  f"must be a finite number >= 0, got {self.max_future_skew_s!r}")
+        _require(_finite(self.clock_offset_warn_s) and self.clock_offset_warn_s > 0, "clock_offset_warn_s",
+                 f"must be a finite number > 0, got {self.clock_offset_warn_s!r}")
         if self.connect_timeout_s is not None:
             _require(_finite(self.connect_timeout_s) and self.connect_timeout_s > 0, "connect_timeout_s",
                      f"must be > 0 (or -1 for never give up), got {self.connect_timeout_s!r}")
@@ -311,6 +314,9 @@ _OPTIONS: tuple[_Option, ...] = (
             "larger snapshot payloads are rejected as too_large (default 65536)", "N"),
     _Option("max_future_skew_s", "--max-future-skew-s", "OBF_MAX_FUTURE_SKEW_S", _float,
             "snapshots timestamped further ahead of this host's clock are rejected (default 5)", "S"),
+    _Option("clock_offset_warn_s", "--clock-offset-warn-s", "OBF_CLOCK_OFFSET_WARN_S", _float,
+            "flag an asset whose producer clock (median of receive time - snapshot time) is off by "
+            "more than this, either way (default 2)", "S"),
     _Option("connect_timeout_s", "--connect-timeout-s", "OBF_CONNECT_TIMEOUT_S", _connect_timeout,
             "give up (exit 1) if no member is reachable for this long; -1 = keep trying forever "
             "(default -1)", "S"),
@@ -389,7 +395,7 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
     group_of = {
         "members": "cluster", "cluster_name": "cluster", "worker_id": "cluster",
         "connect_timeout_s": "limits", "reconnect_backoff_max_s": "limits", "op_timeout_s": "limits",
-        "max_payload_bytes": "limits", "max_future_skew_s": "limits",
+        "max_payload_bytes": "limits", "max_future_skew_s": "limits", "clock_offset_warn_s": "limits",
         "log_level": "logging", "log_format": "logging", "metrics_port": "logging", "map_suffix": "maps",
         "checkpoint_max_age_bars": "reliability", "lease_ttl_s": "reliability",
     }

@@ -5,7 +5,8 @@ disappears) is the shape fixed in docs/operations.md:
 ``{"worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock",
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
-"event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar"}``.
+"event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar",
+"producer_clock": {...}}`` (``producer_clock``: ``ProducerClocks.summary()``).
 
 ``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the
 checkpoint bar the worker continued from at start (warm restart), ``cold_start_reason``: why it
@@ -131,6 +132,8 @@ class HealthStats:
                 "accepted": int(book_stats.get("accepted", 0)),
                 "ignored": int(book_stats.get("ignored", 0)),
                 "read_echoes": int(book_stats.get("read_echoes", 0)),
+                "seq_resets": int(book_stats.get("seq_resets", 0)),
+                "seq_jumps": int(book_stats.get("seq_jumps", 0)),
                 "rejected": {str(k): int(v) for k, v in dict(book_stats.get("rejected", {})).items()},
                 "listener_errors": int(listener_errors),
             },
@@ -141,4 +144,5 @@ class HealthStats:
             "epoch": self.epoch,
             "cold_start_reason": self.cold_start_reason,
             "restored_from_bar": self.restored_from_bar,
+            "producer_clock": dict(book_stats.get("producer_clock") or {}),
         }

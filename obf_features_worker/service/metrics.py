@@ -42,12 +42,15 @@ class _TotalsCollector(Collector):
         self.accepted = 0
         self.ignored = 0
         self.read_echoes = 0
+        self.seq_resets = 0
+        self.seq_jumps = 0
         self.listener_errors = 0
         self.write_failures = 0
         self.rejected: dict[str, int] = {}
         self.state: str | None = None
         self.n_assets: int | None = None
         self.n_present: int | None = None
+        self.clock: dict[str, Any] = {}  # the health document's producer_clock section
 
     def update(self, **values: Any) -> None:
         with self._lock:
@@ -70,6 +73,11 @@ class _TotalsCollector(Collector):
             for reason, n in sorted(self.rejected.items()):
                 rejected.add_metric([reason], n)
             yield rejected
+            yield CounterMetricFamily("obf_events_seq_resets", "Snapshots accepted whose _push_seq went back "
+                                      "under a newer timestamp (upstream restart)", value=self.seq_resets)
+            yield CounterMetricFamily("obf_events_seq_jumps", "Snapshots accepted whose _push_seq jumped "
+                                      "by more than 2^20", value=self.seq_jumps)
+            yield from self._clock_metrics()
             yield CounterMetricFamily("obf_listener_errors", "Exceptions caught in the entry listener",
                                       value=self.listener_errors)
             yield CounterMetricFamily("obf_write_failures", "Bar writes that failed",
@@ -85,6 +93,31 @@ class _TotalsCollector(Collector):
             if self.n_present is not None:
                 assets.add_metric(["present"], self.n_present)
             yield assets
+
+    def _clock_metrics(self) -> Iterator[Any]:
+        # Called with the lock held. Per asset only for the flagged ones (at most 50), so the
+        # label set stays small with thousands of assets.
+        clock = self.clock
+        offset = GaugeMetricFamily("obf_producer_clock_offset_seconds",
+                                   "Median of receive time - snapshot timestamp (s): _min/_p50/_max over the "
+                                   "assets, and per flagged asset", labels=["asset"])
+        for stat in ("min", "p50", "max"):
+            value = clock.get(f"{stat}_s")
+            if isinstance(value, (int, float)):
+                offset.add_metric([f"_{stat}"], float(value))
+        flagged = clock.get("flagged")
+        flagged = flagged if isinstance(flagged, Mapping) else {}
+        for symbol, value in sorted(flagged.items()):
+            if isinstance(value, (int, float)):
+                offset.add_metric([str(symbol)], float(value))
+        yield offset
+        n_flagged = clock.get("n_flagged")
+        yield GaugeMetricFamily("obf_producer_clock_flagged_assets",
+                                "Assets whose producer clock offset is beyond --clock-offset-warn-s",
+                                value=float(n_flagged) if isinstance(n_flagged, int) else 0.0)
+        rejected = clock.get("all_rejected")
+        yield GaugeMetricFamily("obf_assets_all_rejected", "Assets whose recent pushes were all rejected",
+                                value=float(len(rejected) if isinstance(rejected, Mapping) else 0))
 
 
 class WorkerMetrics:
@@ -174,7 +207,11 @@ class WorkerMetrics:
                 ignored=events.get("ignored", 0), read_echoes=events.get("read_echoes", 0), rejected=rejected,
                 listener_errors=events.get("listener_errors", 0),
             )
-            values: dict[str, Any] = {"write_failures": int(doc.get("write_failures", 0) or 0)}
+            clock = doc.get("producer_clock")
+            values: dict[str, Any] = {"write_failures": int(doc.get("write_failures", 0) or 0),
+                                      "seq_resets": int(events.get("seq_resets", 0) or 0),
+                                      "seq_jumps": int(events.get("seq_jumps", 0) or 0),
+                                      "clock": dict(clock) if isinstance(clock, Mapping) else {}}
             if doc.get("state") is not None:
                 values["state"] = str(doc["state"])
             for key in ("n_assets", "n_present"):

@@ -107,7 +107,8 @@ class Worker:
         self.config = config
         self.grid: WorkerGrid = grid if grid is not None else Grid(config)
         self.book = SnapshotBook(assets=config.assets, max_future_skew_s=config.max_future_skew_s,
-                                 max_payload_bytes=config.max_payload_bytes)
+                                 max_payload_bytes=config.max_payload_bytes,
+                                 clock_offset_threshold_s=config.clock_offset_warn_s)
         self.clock = clock if clock is not None else make_clock(config)
         self.engine = self.make_engine()
         # Warm restart / hot standby; the lease exists once run() is connected (before_first_bar).

@@ -12,7 +12,7 @@ DOC_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
     "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
-    "restored_from_bar",
+    "restored_from_bar", "producer_clock",
 }
 
 
@@ -50,12 +50,14 @@ def test_document_shape_and_events():
     h = HealthStats(worker_id="w", host="h", pid=42, version="0.1.0", clock="scan", bar_seconds=2.0,
                     started_at=100.0)
     h.compute_ms.add(3.0)
-    book = {"received": 11, "accepted": 6, "ignored": 1, "seq_resets": 0, "read_echoes": 1,
-            "rejected": {"bad_json": 2, "negative": 1}, "samples": [{"x": 1}]}
+    clocks = {"threshold_s": 2.0, "assets": 1, "flagged": {}, "all_rejected": {}}
+    book = {"received": 11, "accepted": 6, "ignored": 1, "seq_resets": 2, "seq_jumps": 1, "read_echoes": 1,
+            "rejected": {"bad_json": 2, "negative": 1}, "samples": [{"x": 1}], "producer_clock": clocks}
     doc = h.document(123.0, book, listener_errors=4)
     assert set(doc) == DOC_KEYS
-    assert doc["events"] == {"received": 11, "accepted": 6, "ignored": 1, "read_echoes": 1,
-                             "rejected": {"bad_json": 2, "negative": 1}, "listener_errors": 4}
+    assert doc["events"] == {"received": 11, "accepted": 6, "ignored": 1, "read_echoes": 1, "seq_resets": 2,
+                             "seq_jumps": 1, "rejected": {"bad_json": 2, "negative": 1}, "listener_errors": 4}
+    assert doc["producer_clock"] == clocks
     assert (doc["state"], doc["role"], doc["started_at"], doc["updated_at"]) == ("starting", "leader", 100.0, 123.0)
     assert doc["compute_ms"] == {"p50": 3.0, "p99": 3.0}
     assert doc["bar_to_write_ms"] == {"p50": None, "p99": None}

@@ -78,25 +78,26 @@ def test_reads_racing_events_are_echoes_not_rejects() -> None:
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.3, seq=4, bid=4.0))  # overtaken by the read
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=5, bid=5.0))  # the read push's event
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=5, bid=5.0))  # again: a duplicate push
-    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.5, seq=3, bid=3.0))  # older, after the echo: stale
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.5, seq=3, bid=3.0))  # older: stale_timestamp
     assert b.get("BTCUSDT").bid_notional[0] == 5.0
     # The reverse race: the listener took seq 7 before a read of seq 6 (or 7 again) was offered.
     assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.1, seq=7, bid=7.0))
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.15, seq=6, bid=6.0), from_read=True)
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.1, seq=7, bid=7.0), from_read=True)
     assert b.get("BTCUSDT").seq == 7
-    # After a read, a push with a lower seq but a newer timestamp is no echo: stale_seq ...
+    # After a read, a push with a lower seq but a newer timestamp is no echo: newer wins (a seq reset) ...
     assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 40.0, seq=9), from_read=True)
-    assert not b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 39.0, seq=8))
-    # ... or, over 30 s newer, an upstream restart, accepted: the read never hides fresh data.
-    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 1.0, seq=1))
-    assert b.get("ETHUSDT").seq == 1
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 39.0, seq=8))
+    # ... and a read of an older value, whatever its seq, is an echo: the read never hides fresh data.
+    assert not b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 40.0, seq=20), from_read=True)
+    assert b.get("ETHUSDT").seq == 8
     # Once an event was accepted the read is history: the same seq again is a duplicate.
     assert b.offer("asset_XRPUSDT_ob", payload(seq=1), from_read=True)
     assert b.offer("asset_XRPUSDT_ob", payload(seq=2))
     assert not b.offer("asset_XRPUSDT_ob", payload(seq=2))
     st = b.stats()
-    assert st["read_echoes"] == 4 and st["seq_resets"] == 1 and st["rejected"] == {"stale_seq": 4}, st
+    assert st["read_echoes"] == 5 and st["seq_resets"] == 1, st
+    assert st["rejected"] == {"stale_seq": 2, "stale_timestamp": 1}, st
     assert st["received"] == st["accepted"] + st["ignored"] + st["read_echoes"] + sum(st["rejected"].values())
 
 
@@ -106,23 +107,40 @@ def test_without_seq_older_timestamp_is_stale_equal_is_not() -> None:
     assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 2.0))
     assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 1.0, bid=9.0))
     assert b.get("BTCUSDT").bid_notional[0] == 9.0
-    assert b.stats()["rejected"] == {"stale_seq": 1}
+    assert b.stats()["rejected"] == {"stale_timestamp": 1}
 
 
-def test_seq_reset_accepted_only_after_a_long_gap() -> None:
-    b, clock = book(seq_reset_after_s=30.0)
-    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.1, seq=1000))
-    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 + 10.0 - 0.1, seq=1))  # 10 s later: stale
-    clock.t = T0 + 60.0
-    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 + 60.0 - 0.1, seq=1))  # upstream restarted
-    assert b.get("BTCUSDT").seq == 1
-    assert b.stats()["seq_resets"] == 1
-    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 + 60.0, seq=2))
+def test_timestamp_orders_and_seq_only_breaks_ties() -> None:
+    b, _ = book()
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 2.0, seq=5, bid=5.0))
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 3.0, seq=6, bid=6.0))  # older, higher seq
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 2.0, seq=7, bid=7.0))  # same ts: seq breaks the tie
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 2.0, seq=7, bid=8.0))  # duplicate
+    assert b.get("BTCUSDT").bid_notional[0] == 7.0
+    assert b.stats()["rejected"] == {"stale_timestamp": 1, "stale_seq": 1}
 
-    strict, clock = book(seq_reset_after_s=None)
-    assert strict.offer("asset_BTCUSDT_ob", payload(seq=1000))
-    clock.t = T0 + 600
-    assert not strict.offer("asset_BTCUSDT_ob", payload(ts=T0 + 599, seq=1))
+
+def test_one_wild_message_never_blocks_the_asset() -> None:
+    """The two poison cases of issue 17: a 1971 timestamp under a higher seq, and _push_seq = 2^62."""
+    b, clock = book()
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 1.0, seq=100, bid=1.0))
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=31_536_000.0, seq=101, bid=2.0))  # 1971
+    assert b.get("BTCUSDT").bid_notional[0] == 1.0
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.9, seq=102, bid=3.0))  # the next normal push
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.8, seq=2**62, bid=4.0))  # legal, accepted: a jump
+    for i in range(5):  # the producer carries on with its own numbering: every push is used
+        clock.t += 0.1
+        assert b.offer("asset_BTCUSDT_ob", payload(ts=clock.t - 0.7, seq=103 + i, bid=5.0 + i))
+        assert b.get("BTCUSDT").seq == 103 + i
+    st = b.stats()
+    assert st["rejected"] == {"stale_timestamp": 1}
+    assert (st["seq_jumps"], st["seq_resets"]) == (1, 1)
+    assert st["received"] == st["accepted"] + sum(st["rejected"].values())
+
+    # an upstream restart: a low seq under a newer timestamp is taken at once, no wait
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 0.5, seq=1000))
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 0.4, seq=1))
+    assert b.stats()["seq_resets"] == 2
 
 
 def test_rejected_never_replaces_last_good() -> None:
@@ -157,11 +175,14 @@ def test_every_reason_is_counted_by_name() -> None:
         RejectReason.BAD_TIMESTAMP: ("asset_BTCUSDT_ob", payload_json("noon", [1.0], [1.0])),
         RejectReason.FUTURE_TIMESTAMP: ("asset_BTCUSDT_ob", payload_json(T0 + 3600, [1.0], [1.0])),
     }
+    b.offer("asset_XRPUSDT_ob", payload(ts=T0 - 1.0))
+    b.offer("asset_XRPUSDT_ob", payload(ts=T0 - 2.0))
     for key, value in cases.values():
         assert not b.offer(key, value)
     b.offer("asset_ETHUSDT_ob", payload(seq=3))
     b.offer("asset_ETHUSDT_ob", payload(seq=3))
-    expected = {reason.value: 1 for reason in cases} | {RejectReason.STALE_SEQ.value: 1}
+    expected = {reason.value: 1 for reason in cases} | {RejectReason.STALE_SEQ.value: 1,
+                                                         RejectReason.STALE_TIMESTAMP.value: 1}
     assert b.stats()["rejected"] == expected
     assert set(expected) == {r.value for r in RejectReason}
     assert b.rejects.total == len(RejectReason)
@@ -242,8 +263,10 @@ def test_export_import_seqs() -> None:
     assert b.export_seqs() == {"BTCUSDT": 10, "ETHUSDT": 3}
     fresh, _ = book()
     fresh.import_seqs({"BTCUSDT": 10, "ETHUSDT": 3})
-    assert not fresh.offer("asset_BTCUSDT_ob", payload(seq=10))
-    assert fresh.offer("asset_BTCUSDT_ob", payload(seq=11))
+    # after a restart the initial read meets the very push the seq came from: taken, not a reset
+    assert fresh.offer("asset_BTCUSDT_ob", payload(seq=10))
+    assert fresh.offer("asset_BTCUSDT_ob", payload(ts=T0, seq=11))
+    assert fresh.stats()["seq_resets"] == 0
     fresh.import_seqs({"BTCUSDT": 5})  # never moves a known seq backwards
     assert fresh.export_seqs()["BTCUSDT"] == 11
     with pytest.raises(ValueError):
@@ -346,14 +369,17 @@ def test_offer_never_raises(events: list) -> None:
 @given(events=st.lists(st.tuples(st.sampled_from(["asset_BTCUSDT_ob", "asset_ETHUSDT_ob"]),
                                  near_valid() | near_valid().map(json.dumps)), min_size=1, max_size=12))
 def test_near_valid_stream_keeps_per_asset_order(events: list) -> None:
-    b = SnapshotBook(clock=lambda: T0, seq_reset_after_s=None)
-    last_seq: dict[str, int] = {}
+    b = SnapshotBook(clock=lambda: T0)
+    last: dict[str, tuple[float, int | None]] = {}
     for key, value in events:
         if b.offer(key, value):
             snap = b.get(key[6:-3])
-            if snap.seq is not None:
-                assert snap.seq > last_seq.get(snap.symbol, -1)
-                last_seq[snap.symbol] = snap.seq
+            if snap.symbol in last:
+                ts, seq = last[snap.symbol]
+                assert snap.ts >= ts
+                if snap.ts == ts and snap.seq is not None and seq is not None:
+                    assert snap.seq > seq
+            last[snap.symbol] = (snap.ts, snap.seq)
     stats = b.stats()
     event(f"some accepted: {stats['accepted'] > 0}")
     assert stats["accepted"] + sum(stats["rejected"].values()) == len(events)

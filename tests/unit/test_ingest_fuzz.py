@@ -30,7 +30,6 @@ from obf_features_worker.engine.ingest import INTERNAL_ERROR, SnapshotBook
 
 NOW = 1_723_161_254.0  # 2024-08-08T23:54:14Z, the book's clock
 SKEW = 5.0  # SnapshotBook default max_future_skew_s
-RESET_AFTER = 30.0  # SnapshotBook default seq_reset_after_s
 MAX_BYTES = 65_536  # SnapshotBook default max_payload_bytes
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "X1")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -350,15 +349,17 @@ def run_stream(stream: list[Offer], book: SnapshotBook, assets: frozenset[str] |
             ts = ts_seconds(obj["timestamp"])
             seq = obj.get("_push_seq")
             prev = last.get(sym)
-            prev_seq = last_seq.get(sym)
-            if seq is None:
-                expected = prev is None or ts >= prev.ts
-            else:
-                expected = prev_seq is None or seq > prev_seq or (prev is not None and ts > prev.ts + RESET_AFTER)
-                if expected and prev_seq is not None and seq <= prev_seq:
+            # ordered by timestamp; _push_seq breaks ties (both present) and catches duplicates
+            if prev is None or ts > prev.ts:
+                expected = True
+                if prev is not None and seq is not None and prev.seq is not None and seq <= prev.seq:
                     event("upstream seq reset accepted")
-            if not expected:
-                reasons = {"stale_seq"}
+            elif ts == prev.ts:
+                expected = seq is None or prev.seq is None or seq > prev.seq
+                if not expected:
+                    reasons = {"stale_seq"}
+            else:
+                reasons = {"stale_timestamp"}
         event(f"outcome: {'ignored' if ignored else 'accepted' if expected else '/'.join(sorted(reasons))}")
 
         before = book.stats()["rejected"]

@@ -94,6 +94,22 @@ def test_update_from_health_doc(served):
     assert s[("obf_last_bar_idx", ())] == 42
 
 
+def test_producer_clocks_and_seq_counters_from_health(served):
+    m, port = served
+    m.update_from_health({
+        "events": {"received": 9, "accepted": 9, "seq_resets": 2, "seq_jumps": 1, "rejected": {}},
+        "producer_clock": {"min_s": -10.2, "p50_s": 0.01, "max_s": 0.03, "n_flagged": 1,
+                           "flagged": {"XRPUSDT": -10.2},
+                           "all_rejected": {"XRPUSDT": {"reason": "future_timestamp", "rejects": 9}}},
+    })
+    s = scrape(port)
+    assert s[("obf_events_seq_resets_total", ())] == 2 and s[("obf_events_seq_jumps_total", ())] == 1
+    assert s[("obf_producer_clock_offset_seconds", (("asset", "XRPUSDT"),))] == -10.2
+    assert s[("obf_producer_clock_offset_seconds", (("asset", "_p50"),))] == 0.01
+    assert s[("obf_producer_clock_flagged_assets", ())] == 1
+    assert s[("obf_assets_all_rejected", ())] == 1
+
+
 def test_malformed_health_doc_never_raises(served):
     m, port = served
     m.update_from_health({"events": {"received": 5, "accepted": 5, "rejected": {}}})

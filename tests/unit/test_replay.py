@@ -118,7 +118,7 @@ def test_bad_lines_are_counted_by_reason_and_never_fatal():
         json.dumps({"key": "asset_AAA_ob", "value": {"timestamp": 10.5, "bid_notional": [1.0]}}),  # bad_field
         line("AAA", 10.5, seq=2, bid=(-1.0,)),  # negative
         line("AAA", 10.7, seq=2),  # valid and in order (2 > 1)
-        line("AAA", 10.8, seq=1),  # stale_seq: by timestamp it follows seq 2
+        line("AAA", 10.7, seq=2),  # stale_seq: the same timestamp and seq again, a duplicate
         "",  # blank lines are skipped, not counted
     ]
     recs, stats = run(bad[:4] + good[:1] + bad[4:] + good[1:])

@@ -91,3 +91,25 @@ def test_json_and_render_do_not_fail_on_partial_docs():
     console = Console(width=200, record=True, color_system=None)
     console.print(render(r))
     assert "WARNING" in console.export_text()
+
+
+def test_producer_clocks_and_all_rejected_assets_are_shown():
+    clock = {"threshold_s": 2.0, "flagged": {"XRPUSDT": -10.2, "ADAUSDT": 3.4},
+             "all_rejected": {"XRPUSDT": {"reason": "future_timestamp", "rejects": 40,
+                                          "note": "clock 10.2 s ahead, all pushes rejected"}}}
+    r = evaluate([{**health_doc("w1", NOW), "producer_clock": clock}], None, {}, NOW)
+    assert r.workers[0].all_rejected == {"XRPUSDT": "clock 10.2 s ahead, all pushes rejected"}
+    assert r.workers[0].clock_flagged == {"XRPUSDT": -10.2, "ADAUSDT": 3.4}
+    by = {a.symbol: a for a in r.assets}
+    # never held by the worker, yet listed: stale, with the reason in words
+    assert by["XRPUSDT"].stale and by["XRPUSDT"].note == "clock 10.2 s ahead, all pushes rejected"
+    assert by["ADAUSDT"].note.startswith("clock 3.4 s behind") and not by["ADAUSDT"].stale
+    assert any("every push rejected: XRPUSDT" in x for x in r.reasons)
+    assert any("producer clock(s) off: ADAUSDT" in x for x in r.reasons)
+    from rich.console import Console
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(r))
+    text = console.export_text()
+    assert "XRPUSDT: clock 10.2 s ahead, all pushes rejected" in text
+    assert "ADAUSDT: producer clock 3.4 s behind" in text
