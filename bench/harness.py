@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 import hazelcast
 from hazelcast.config import IntType
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME
 from obf_features_worker.dev.member import LocalMember, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -40,7 +41,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def add_cluster_args(ap: argparse.ArgumentParser, *, worker: bool = False) -> None:
     ap.add_argument("--members", default="", help="host:port,... of an existing cluster (default: start a member)")
-    ap.add_argument("--cluster", default="dev", help="cluster name with --members (default dev)")
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER_NAME,
+                    help=f"cluster name with --members (default {DEFAULT_CLUSTER_NAME})")
     ap.add_argument("--member-pid", type=int, default=None,
                     help="with --members: the pid of that (local) member, to show its CPU share")
     if worker:

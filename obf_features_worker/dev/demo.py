@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME
 from obf_features_worker import lifecycle
 from obf_features_worker.dev.member import DEFAULT_RUN_DIR, LocalMember, MemberError, free_port
 
@@ -146,7 +147,7 @@ def _run(args: argparse.Namespace, demo: _Demo) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.members:
         members = args.members
-        cluster = args.cluster or os.environ.get("HZ_CLUSTER", "dev")
+        cluster = args.cluster or os.environ.get("HZ_CLUSTER", DEFAULT_CLUSTER_NAME)
         suffix = "_DEMO" if args.map_suffix is None else args.map_suffix
     else:
         cluster = args.cluster or DEMO_CLUSTER

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME
 from obf_contract.keys import asset_key
 from obf_features_worker import lifecycle
 from obf_features_worker.engine import snapshot
@@ -205,8 +206,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--members", default=os.environ.get("HZ_MEMBERS", "127.0.0.1:5701"),
                    help="comma-separated host[:port] (default 127.0.0.1:5701, env HZ_MEMBERS)")
-    g.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", "dev"),
-                   help="cluster name (default dev, env HZ_CLUSTER)")
+    g.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", DEFAULT_CLUSTER_NAME),
+                   help=f"cluster name (default {DEFAULT_CLUSTER_NAME}, env HZ_CLUSTER)")
     g.add_argument("--map", default=os.environ.get("OBF_INPUT_MAP", "DOLPHIN_FEATURES"),
                    help="input map (default DOLPHIN_FEATURES, env OBF_INPUT_MAP)")
     g.add_argument("--map-suffix", default=os.environ.get("OBF_MAP_SUFFIX", ""),

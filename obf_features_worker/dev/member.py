@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME
 from obf_features_worker import lifecycle
 from obf_features_worker.logs import setup_logging
 
@@ -60,7 +61,7 @@ class LocalMember:
     """One Hazelcast member JVM with a pid file and a log file in ``workdir``."""
 
     port: int = 5701
-    cluster_name: str = "obf-dev"
+    cluster_name: str = DEFAULT_CLUSTER_NAME
     workdir: Path = field(default_factory=lambda: DEFAULT_RUN_DIR / "default")
     interface: str = "127.0.0.1"
     lib_dir: Path = DEFAULT_LIB_DIR
@@ -220,8 +221,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p = actions.add_parser(name, help=text)
         p.add_argument("--port", type=int, default=int(os.environ.get("OBF_MEMBER_PORT", 5701)),
                        help="member port (default 5701, env OBF_MEMBER_PORT)")
-        p.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", "obf-dev"),
-                       help="cluster name (default obf-dev, env HZ_CLUSTER)")
+        p.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", DEFAULT_CLUSTER_NAME),
+                       help=f"cluster name (default {DEFAULT_CLUSTER_NAME}, env HZ_CLUSTER)")
         p.add_argument("--interface", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         p.add_argument("--dir", type=Path, default=None,
                        help="run directory for pid/log files (default .hazelcast/run/<port>)")

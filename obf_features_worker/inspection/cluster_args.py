@@ -15,14 +15,15 @@ from collections.abc import Iterable
 
 from hazelcast.client import HazelcastClient
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME, DEFAULT_MEMBER
 from obf_contract.security import tls_auth_settings
 from obf_features_worker.service.config import WorkerConfig, comma_list
 from obf_features_worker.service.grid import ClusterTarget, ClusterUnreachable, connect
 
 # The worker's own map-name defaults (``features_map``, ``health_map``, ...): one source.
 _WORKER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}
-DEFAULT_MEMBERS = "127.0.0.1:5701"
-DEFAULT_CLUSTER = "dev"
+DEFAULT_MEMBERS = DEFAULT_MEMBER
+DEFAULT_CLUSTER = DEFAULT_CLUSTER_NAME
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, *, maps: Iterable[str] = ("features",),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from obf_contract.cluster import DEFAULT_CLUSTER_NAME, DEFAULT_MEMBER
 from obf_contract.keys import SYMBOL_RE
 from obf_contract.security import describe, tls_auth_settings
 from obf_features_worker.engine.params import FeatureParams
@@ -62,8 +63,8 @@ class WorkerConfig:
     HZ_USERNAME / HZ_PASSWORD only, never flags).
     """
 
-    cluster_name: str = "dev"
-    members: tuple[str, ...] = ("127.0.0.1:5701",)
+    cluster_name: str = DEFAULT_CLUSTER_NAME
+    members: tuple[str, ...] = (DEFAULT_MEMBER,)
     worker_id: str = field(default_factory=default_worker_id)
     input_map: str = "DOLPHIN_FEATURES"
     features_map: str = "DOLPHIN_OBF_FEATURES"
