@@ -19,7 +19,13 @@ NVENV  := .venv-nautilus
 NBIN   := $(NVENV)/bin
 NSTAMP := $(NVENV)/.installed
 
-.PHONY: help setup venv jars nautilus-venv lint test test-unit test-integration test-nautilus soak demo bench clean
+# The member versions of `make test-versions` (the default one, in deploy/hazelcast/pom.xml, first)
+# and the tests it runs against each: a small subset, the whole suite runs against the default.
+HZ_VERSIONS   ?= 5.5.0 5.6.0 5.7.0
+VERSION_TESTS ?= tests/integration/test_smoke_grid.py tests/integration/test_worker.py \
+                 tests/integration/test_ordering.py
+
+.PHONY: help setup venv jars nautilus-venv lint test test-unit test-integration test-nautilus test-versions soak demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -64,6 +70,14 @@ test-unit: setup  ## only the tests that need no member
 
 test-integration: setup  ## only the integration tests
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-versions: setup  ## run VERSION_TESTS against each member version in HZ_VERSIONS (local JVM members)
+	@for v in $(HZ_VERSIONS); do \
+	  deploy/hazelcast/fetch-jars.sh $$v; \
+	  echo "== Hazelcast $$v: $(VERSION_TESTS)"; \
+	  OBF_TEST_HZ_MODE=local OBF_TEST_HZ_VERSION=$$v $(BIN)/python -m pytest $(VERSION_TESTS) $(PYTEST_ARGS) \
+	    || { echo "== FAILED against Hazelcast $$v" >&2; exit 1; }; \
+	done
 
 soak: setup  ## the long soak variants (a time-compressed day; minutes)
 	OBF_SOAK=1 $(BIN)/python -m pytest -m soak $(PYTEST_ARGS)

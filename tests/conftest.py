@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import hypothesis_profiles
-from tests.cluster import HzCluster, server_version, start_cluster
+from tests.cluster import HzCluster, server_version, start_cluster, start_local_cluster
 
 hypothesis_profiles.load()
 
@@ -55,6 +55,19 @@ def private_cluster() -> Iterator[HzCluster]:
     cluster = start_cluster("private")
     if not cluster.owned:
         pytest.skip("member restart tests need a member this run owns (not an external cluster)")
+    atexit.register(cluster.stop)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def three_members() -> Iterator[HzCluster]:
+    """A fresh 3-member local cluster (maps with one synchronous backup), for member faults. Local
+    JVMs only: the test kills and restarts members."""
+    cluster = start_local_cluster(3)
+    _started.append(cluster)
     atexit.register(cluster.stop)
     try:
         yield cluster

@@ -70,6 +70,8 @@ class LocalMember:
     # True: the JVM gets SIGTERM when the process that started it dies, even by SIGKILL (the
     # demo's member). False: a deliberate daemon (`obf-features member start`, test fixtures).
     die_with_parent: bool = False
+    # host:port of every member of the cluster to join (this one included); empty: a cluster of one
+    peers: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -123,6 +125,7 @@ class LocalMember:
             f"-Dobf.cluster={self.cluster_name}",
             f"-Dobf.port={self.port}",
             f"-Dobf.interface={self.interface}",
+            f"-Dobf.members={','.join(self.peers) if self.peers else self.address}",
             "-cp",
             os.pathsep.join(str(j) for j in jars),
             MAIN_CLASS,
@@ -224,6 +227,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--cluster", default=os.environ.get("HZ_CLUSTER", DEFAULT_CLUSTER_NAME),
                        help=f"cluster name (default {DEFAULT_CLUSTER_NAME}, env HZ_CLUSTER)")
         p.add_argument("--interface", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+        p.add_argument("--peers", default="",
+                       help="host:port of every member of the cluster, comma-separated, to form a multi-member "
+                            "local cluster (default: this member alone)")
         p.add_argument("--dir", type=Path, default=None,
                        help="run directory for pid/log files (default .hazelcast/run/<port>)")
         p.add_argument("--timeout", type=float, default=120.0, help="readiness deadline in seconds")
@@ -235,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     member = LocalMember(
         port=args.port, cluster_name=args.cluster, interface=args.interface, heap=args.heap,
+        peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()),
         workdir=args.dir or DEFAULT_RUN_DIR / str(args.port),
     )
     if args.action == "start":

@@ -18,7 +18,7 @@ import yaml
 
 from obf_features_worker import cli
 from obf_features_worker.service import config
-from tests.cluster import HZ_IMAGE_VERSION
+from tests.cluster import DEFAULT_HZ_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -39,9 +39,9 @@ def test_services_and_profiles(compose):
     assert set(svc) == {"hazelcast", "management-center", "mappings", "worker", "feeder"}
     assert svc["feeder"]["profiles"] == ["demo"]
     assert all("profiles" not in s for name, s in svc.items() if name != "feeder")
-    assert svc["hazelcast"]["image"] == f"hazelcast/hazelcast:{HZ_IMAGE_VERSION}"
+    assert svc["hazelcast"]["image"] == f"hazelcast/hazelcast:{DEFAULT_HZ_VERSION}"
     mc_version = svc["management-center"]["image"].split(":")[1]
-    assert mc_version.split(".")[:2] == HZ_IMAGE_VERSION.split(".")[:2], "MC minor must match the member"
+    assert mc_version.split(".")[:2] == DEFAULT_HZ_VERSION.split(".")[:2], "MC minor must match the member"
     for name, s in svc.items():
         for dep in s.get("depends_on", []):
             assert dep in svc, f"{name} depends on unknown service {dep}"
