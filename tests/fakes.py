@@ -123,6 +123,7 @@ class FakeGrid:
         self.connected = False  # as the real Grid before connect(); tests driving process_bar need not connect
         self.closed = False
         self.listener_errors = 0
+        self.disconnects = 0
         self.inputs: dict[str, Any] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self.health: list[dict[str, Any]] = []
@@ -198,6 +199,10 @@ class FakeGrid:
         self.c.features[bar_idx] = record_json
         self.c.writes[bar_idx] += 1
         return True
+
+    def has_bar(self, bar_idx: int) -> bool:
+        self._op("has_bar", bar_idx)
+        return bar_idx in self.c.features
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         self._op("retention")

@@ -56,8 +56,9 @@ class WorkerConfig:
     snapshot is at most this old at bar close (s, >= 0). retain_bars: bars kept in the features
     map (>= 1). connect_timeout_s: give up connecting after this long (s); None = never give up.
     op_timeout_s: longest wait (s) for any single grid call from the bar loop.
-    checkpoint_max_age_bars: a checkpoint is restored at start only if it is of one of the last
-    this many bars before the first bar the worker closes (>= 0). lease_ttl_s: the leader lease's
+    checkpoint_max_age_bars: a standby adopts the leader's checkpoint, and a restart closes again
+    the scan the previous process did not finish, only within this many bars (>= 0); a starting
+    worker restores the newest checkpoint whatever its age. lease_ttl_s: the leader lease's
     ttl in s (None = 3 bars, at least 3 s); see ``lease_settings``. tls_auth: Hazelcast client
     TLS/authentication keyword arguments (``client_security.tls_auth_settings``, from HZ_SSL_* /
     HZ_USERNAME / HZ_PASSWORD only, never flags).
@@ -331,8 +332,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("log_format", "--log-format", "OBF_LOG_FORMAT", lambda s: s.strip().lower(),
             "text or json (one JSON object per line) (default text)", "FORMAT", LOG_FORMATS),
     _Option("checkpoint_max_age_bars", "--checkpoint-max-age-bars", "OBF_CHECKPOINT_MAX_AGE_BARS", _int,
-            "warm restart: restore the checkpoint in the state map only if it is at most this many bars "
-            "older than the first bar closed; otherwise start cold (default 3)", "N"),
+            "hot standby: adopt the leader's checkpoint only if it is at most this many bars old; a "
+            "starting worker restores the newest checkpoint whatever its age (default 3)", "N"),
     _Option("lease_ttl_s", "--lease-ttl-s", "OBF_LEASE_TTL_S", _float,
             "leader lease: a leader not heard of for this long is replaced by a standby; must be >= "
             "2 bars + guard (default 3 x bar seconds, at least 3)", "S"),

@@ -226,6 +226,7 @@ class WorkerGrid(Protocol):
     client's reactor thread."""
 
     listener_errors: int  # listener callbacks that raised (counted, never propagated)
+    disconnects: int  # connections lost since start (a reconnect may follow a member restarted empty)
 
     @property
     def connected(self) -> bool: ...
@@ -243,6 +244,7 @@ class WorkerGrid(Protocol):
     def lease_map(self) -> LeaseMap: ...
     def write_bar(self, bar_idx: int, record_json: str) -> None: ...
     def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool: ...
+    def has_bar(self, bar_idx: int) -> bool: ...
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None: ...
     def put_latest(self, entries: Mapping[str, str]) -> None: ...
     def put_health(self, doc_json: str) -> None: ...
@@ -367,6 +369,10 @@ class Grid(_Connection):
         """One call: write the record only if the key is absent; True if it was written."""
         fut = self._map(self.config.features_map).put_if_absent(int(bar_idx), HazelcastJsonValue(record_json))
         return self._wait(fut, f"write bar {bar_idx} if absent") is None
+
+    def has_bar(self, bar_idx: int) -> bool:
+        """One call: is there a record under ``bar_idx`` (a data-loss probe, ``republish``)?"""
+        return bool(self._wait(self._map(self.config.features_map).contains_key(int(bar_idx)), f"probe bar {bar_idx}"))
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         """One call: remove every bar key ``<= low_exclusive`` or ``> high_inclusive``."""

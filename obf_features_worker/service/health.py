@@ -6,11 +6,14 @@ disappears) is the shape fixed in docs/operations.md:
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
 "event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar",
-"producer_clock": {...}}`` (``producer_clock``: ``ProducerClocks.summary()``).
+"restore_gap_bars", "republished_records", "producer_clock": {...}}`` (``producer_clock``:
+``ProducerClocks.summary()``).
 
 ``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the
-checkpoint bar the worker continued from at start (warm restart), ``cold_start_reason``: why it
-started cold instead (``checkpoint.REJECT_REASONS``); both null until the first bar decides.
+checkpoint bar the worker continued from at start (warm restart, whatever its age), with
+``restore_gap_bars`` the bars between it and the first bar stepped (missed); ``cold_start_reason``:
+why it started cold instead (``checkpoint.REJECT_REASONS``); all null until the first bar decides.
+``republished_records``: records written back after the grid lost them (``republish``).
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class HealthStats:
     epoch: int | None = None
     cold_start_reason: str | None = None
     restored_from_bar: int | None = None
+    restore_gap_bars: int | None = None
+    republished_records: int = 0
     compute_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     bar_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     event_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(5000))
@@ -144,5 +149,7 @@ class HealthStats:
             "epoch": self.epoch,
             "cold_start_reason": self.cold_start_reason,
             "restored_from_bar": self.restored_from_bar,
+            "restore_gap_bars": self.restore_gap_bars,
+            "republished_records": self.republished_records,
             "producer_clock": dict(book_stats.get("producer_clock") or {}),
         }

@@ -23,6 +23,8 @@ from obf_features_worker.service.lease import LeaderLease
 
 log = logging.getLogger(__name__)
 
+# The age limit of the checkpoint a starting worker restores: none (any int would do; decode wants one).
+WARM_RESTART_MAX_AGE_BARS = 2**62
 # Health cold_start_reason when the checkpoint could not even be read at the first bar.
 COLD_UNAVAILABLE = "unavailable"
 
@@ -164,9 +166,13 @@ class Succession:
         if not first and text is not None and text == self._last_cp_text:
             return None  # unchanged since the last look
         self._last_cp_text = text
+        # A (re)starting worker continues from the newest state whatever its age: the bars it
+        # missed are missing, the histories and EMA references go on (cold only without state, or
+        # under other parameters / schema). A standby adopts only recent checkpoints.
+        max_age = WARM_RESTART_MAX_AGE_BARS if first else cfg.checkpoint_max_age_bars
         try:
-            cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=bar_idx,
-                                   max_age_bars=cfg.checkpoint_max_age_bars, universe=cfg.assets)
+            cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=bar_idx, max_age_bars=max_age,
+                                   universe=cfg.assets)
         except CheckpointRejected as exc:
             refused_before, self._cp_refusal = self._cp_refusal, exc.reason
             if first:

@@ -64,6 +64,7 @@ from obf_features_worker.service.grid import Grid, GridClosed, GridError, Unread
 from obf_features_worker.service.health import HealthStats
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.metrics import WorkerMetrics
+from obf_features_worker.service.republish import RecentRecords, Republisher
 from obf_features_worker.service.succession import StartCold, Succession, TermChange
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class Worker:
         self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
         self.checkpoint_failures = 0
         self.backfill_present = 0  # back-filled records whose key another writer had written
+        # my copy of the records I wrote last, written back if the grid loses them (republish.py)
+        self.republisher = Republisher(RecentRecords(config.retain_bars))
         self._monotonic = monotonic
         self._closed = False
         self._last_lease_tick = -math.inf  # self._monotonic() s
@@ -385,6 +388,7 @@ class Worker:
         # The scan count restarted at UTC midnight: bar_idx goes back to 0 while the feature
         # histories must carry on, so the engine keeps its state and forgets only its last bar.
         self.engine.last_bar_idx = None
+        self.republisher.records.forget_from(tick.bar_idx)
         self._numbering_restarted = True  # the next retention removes every key above the new bar
         log.info("bar numbering restarted bar_idx=%d", tick.bar_idx)
 
@@ -473,7 +477,20 @@ class Worker:
         written = self._flush(tick, epoch)
         if written:
             self._retain(max(written))
+            self._repair_lost_records(max(written))
         return written
+
+    def _repair_lost_records(self, just_written: int) -> None:
+        """After a reconnect and every few bars: if the grid lost my records (a single member
+        restarted empty), write them back where absent, and the checkpoint with the next bar."""
+        if not self.republisher.due(self.grid.disconnects):
+            return
+        try:
+            if self.republisher.check_and_repair(self.grid, skip=just_written):
+                self._checkpoint_due = True
+                self.health.republished_records = self.republisher.republished
+        except GridError as exc:
+            self._warn("republish", "lost-record check failed error=%s", exc)
 
     def _write_checkpoint(self, epoch: int | None) -> bool:
         cfg = self.config
@@ -534,6 +551,7 @@ class Worker:
             if ok:
                 self.health.bars_written += 1
                 written.append(bar_idx)
+                self.republisher.records.add(bar_idx, payload)
             else:
                 self.backfill_present += 1
                 log.debug("back-fill skipped, bar already written bar_idx=%d", bar_idx)
@@ -606,6 +624,7 @@ class Worker:
         if isinstance(decision, StartCold):
             self.health.cold_start_reason = decision.reason
             self.health.restored_from_bar = None
+            self.health.restore_gap_bars = None
             log.warning("starting cold reason=%s detail=%s", decision.reason, decision.detail[:300])
             return
         if decision is None:
@@ -619,9 +638,10 @@ class Worker:
         if decision.first:
             self.book.import_seqs(cp.seqs)
             self.health.restored_from_bar = cp.bar_idx
+            self.health.restore_gap_bars = max(0, tick.bar_idx - cp.bar_idx - 1)
             self.health.cold_start_reason = None
-            log.info("warm restart from_bar=%d writer=%s epoch=%s next_bar=%d", cp.bar_idx, cp.worker_id, cp.epoch,
-                     tick.bar_idx)
+            log.info("warm restart from_bar=%d writer=%s epoch=%s next_bar=%d gap_bars=%d", cp.bar_idx, cp.worker_id,
+                     cp.epoch, tick.bar_idx, self.health.restore_gap_bars)
         else:
             log.debug("standby adopted checkpoint bar=%d writer=%s epoch=%s", cp.bar_idx, cp.worker_id, cp.epoch)
 

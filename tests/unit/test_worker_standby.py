@@ -343,7 +343,6 @@ def _old_schema_checkpoint(bar: int) -> str:
     (_old_schema_checkpoint(9), "version"),
     ("{not json", "corrupt"),
     (_foreign_checkpoint(FeatureParams(ma_window=3), 9), "params"),
-    (_foreign_checkpoint(FeatureParams(), 5), "too_old"),
     (_foreign_checkpoint(FeatureParams(), 20), "from_future"),
 ])
 def test_a_refused_checkpoint_means_a_cold_start_with_the_reason(start: Start, stored: str | None, reason: str) -> None:
