@@ -108,9 +108,14 @@ def test_seqs_round_trip_into_the_snapshot_book() -> None:
     assert dict(cp.seqs) == {"AAAUSDT": 41, "BBBUSDT": 9, "BTCUSD_PERP": 7, "1000PEPE-USDT": 5}
     fresh = SnapshotBook(clock=lambda: bar_ts)
     fresh.import_seqs(cp.seqs)
-    # A replayed (duplicate) event after the restart is refused, the next one accepted.
+    assert fresh.export_seqs()["AAAUSDT"] == 41
+    # Ordering is by timestamp against the held snapshot (none after a restart, docs/contract.md):
+    # the first value is taken (the initial read of the push the seq came from is no reset), a
+    # duplicate of it is refused, the next push accepted.
+    assert fresh.offer("asset_AAAUSDT_ob", payload_json(bar_ts - 0.5, [1.0], [2.0], seq=41))
     assert not fresh.offer("asset_AAAUSDT_ob", payload_json(bar_ts - 0.5, [1.0], [2.0], seq=41))
-    assert fresh.offer("asset_AAAUSDT_ob", payload_json(bar_ts - 0.5, [1.0], [2.0], seq=42))
+    assert fresh.offer("asset_AAAUSDT_ob", payload_json(bar_ts - 0.4, [1.0], [2.0], seq=42))
+    assert fresh.stats()["seq_resets"] == 0 and fresh.stats()["rejected"] == {"stale_seq": 1}
 
 
 def test_encoding_is_deterministic_and_str_or_json_value_decode() -> None:
