@@ -12,7 +12,8 @@ from obf_features_worker.service.config import WorkerConfig
 
 # argv that parses for each command taking --cluster (required positionals filled in)
 COMMAND_ARGV = {
-    "member": ["member", "start"], "status": ["status"], "verify": ["verify"], "watch": ["watch"], "feed": ["feed"],
+    "member": ["member", "start"], "status": ["status"], "watch": ["watch"], "feed": ["feed"],
+    "verify": ["verify", "--bar-idx", "1", "--assets", "BTCUSDT"],
     "plot": ["plot", "--out", "x.png"], "sql": ["sql"],
 }
 
