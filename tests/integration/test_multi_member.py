@@ -153,7 +153,10 @@ def test_rolling_restart_of_all_members_under_a_10hz_feed(three_members: HzClust
             p.bars_after(2, f"bars after restarting member {i}")
         last = p.bars_after(1, "one more bar")
         wait_for(lambda: p.trader.steps and p.trader.steps[-1][0] >= last, 20, "the trader at the last bar")
+        write_failures = p.h(0)["write_failures"]
         p.stop()
+        slow = [line[:160] for line in p.workers[0].log_text().splitlines()
+                if "bar write failed" in line or "bar writes resumed" in line or "stalled" in line]
 
         recs = records(p.client, map_suffix)
         keys = sorted(k for k in recs if k >= first_bar)
@@ -162,7 +165,8 @@ def test_rolling_restart_of_all_members_under_a_10hz_feed(three_members: HzClust
         not_exact = [(k, kind) for k, kind in steps if kind != "exact"]
         summary = (f"3 members, rolling restart: bars={len(keys)} "
                    f"bars_missing={len(range(keys[0], keys[-1] + 1)) - len(keys)} adapter_steps={len(steps)} "
-                   f"adapter_not_exact={len(not_exact)} {not_exact} double_writes={sum(updated.values())}")
+                   f"adapter_not_exact={len(not_exact)} {not_exact} double_writes={sum(updated.values())} "
+                   f"worker_write_failures={write_failures} {slow}")
         print(summary)
         record_property("multi_member_rolling_restart", summary)
         assert_contiguous(keys)
