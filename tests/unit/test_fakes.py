@@ -38,7 +38,7 @@ def test_the_protocol_covers_every_grid_call_of_the_worker() -> None:
     # Every `self.grid.X` in the worker is a Protocol member (so a fake that passes is enough).
     source = inspect.getsource(inspect.getmodule(Worker))  # type: ignore[arg-type]
     used = set(re.findall(r"self\.grid\.(\w+)", source))
-    members = set(PROTOCOL_METHODS) | {"connected", "closed", "listener_errors"}
+    members = set(PROTOCOL_METHODS) | {"connected", "closed", "listener_errors", "disconnects"}
     assert used and used <= members, used - members
 
 
