@@ -64,6 +64,8 @@ from obf_contract.pickle_guard import refuse_pickle
 from obf_contract.record import universe_hash
 
 log = logging.getLogger(__name__)
+# How long step_live lets a missing bar's entry event come before the reader reads the bar itself (s).
+FETCH_GRACE_S = 0.05
 
 # From this many consecutive step_live bars that do not resolve exact, each such bar logs a
 # WARNING (the in-process engine warns from the third consecutive empty bar, every bar).
@@ -322,10 +324,14 @@ class HazelcastOBEngine:
             self._cache.lift_trader_floor()
         self._last_idx = idx
         waited_ms = None
-        if self._max_wait_s > 0 and not self._cache.has_exact(idx):
-            t0 = time.perf_counter()
-            arrived = self._cache.wait_for(idx, self._max_wait_s)
-            waited_ms = (time.perf_counter() - t0) * 1000.0
+        if not self._cache.has_exact(idx):
+            # Its entry event may be late or lost (member restart, reconnect): the reader's fetch
+            # thread reads the bar directly if it is still missing after the grace (no network here).
+            self._reader.request_bar(idx, min(FETCH_GRACE_S, self._max_wait_s / 2))
+            if self._max_wait_s > 0:
+                t0 = time.perf_counter()
+                arrived = self._cache.wait_for(idx, self._max_wait_s)
+                waited_ms = (time.perf_counter() - t0) * 1000.0
         cur = self._memoise(idx)
         res = cur.res
         if res.bar_ts is not None:

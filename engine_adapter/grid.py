@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FETCH_CHUNK = 64  # bars per read when (re-)seeding: bounds one response to ~64 records
 RESEED_SETTLE_S = 1.0  # second re-seed pass: catches bars put while the listener re-registered
 RESEED_RETRY_S = 2.0  # wait before retrying a failed re-seed while still connected
+FETCH_TIMEOUT_S = 1.0  # longest wait for one direct read of a missed bar (fetch thread, never the trader's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class GridStats:
     seeded_bars: int  # bars read by seeds that were not cached yet
     seed_failures: int
     reseed_pending: bool
+    fetched: int = 0  # bars the trader waited for whose event never came, read directly (see request_bar)
+    fetch_failures: int = 0
 
 
 class FeatureMapReader:
@@ -83,6 +86,12 @@ class FeatureMapReader:
         self._listener_id: str | None = None
         self._lifecycle_id: str | None = None
         self._thread: threading.Thread | None = None
+        # Fetch on miss: the newest bar the trader waits for, read directly if its event is late.
+        self._fetch_wanted = threading.Event()
+        self._wanted: tuple[int, float] | None = None
+        self._fetched = 0
+        self._fetch_failures = 0
+        self._fetch_thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -101,6 +110,8 @@ class FeatureMapReader:
             self._reseed_wanted.set()
         self._thread = threading.Thread(target=self._reseed_loop, name="obf-adapter-reseed", daemon=True)
         self._thread.start()
+        self._fetch_thread = threading.Thread(target=self._fetch_loop, name="obf-adapter-fetch", daemon=True)
+        self._fetch_thread.start()
         log.info("adapter reader started map=%s bars=%d seed_bars=%d",
                  self._map_name, len(self._cache), self._seed_bars)
 
@@ -110,6 +121,7 @@ class FeatureMapReader:
             return
         self._closed.set()
         self._reseed_wanted.set()
+        self._fetch_wanted.set()
         if self._lifecycle_id is not None:
             self._client.lifecycle_service.remove_listener(self._lifecycle_id)
         if self._listener_id is not None and self._client.lifecycle_service.is_running():
@@ -117,8 +129,9 @@ class FeatureMapReader:
                 _result_within(self._map.remove_entry_listener(self._listener_id), timeout_s)
             except Exception as exc:  # noqa: BLE001 - e.g. cluster gone: the registration dies with the client
                 log.warning("entry listener removal failed map=%s error=%r", self._map_name, exc)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
+        for thread in (self._thread, self._fetch_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout_s)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -144,6 +157,38 @@ class FeatureMapReader:
             self._seeded_bars += inserted
         log.info("seed done map=%s source=%s newest=%s inserted=%d", self._map_name, source, newest, inserted)
         return inserted
+
+    def request_bar(self, bar_idx: int, grace_s: float) -> None:
+        """Ask the fetch thread to read bar ``bar_idx`` directly if its entry event has not come
+        ``grace_s`` s from now. Non-blocking (the trader's thread calls it); only the newest request
+        is kept. Entry events are best effort (lost while partitions migrate in a member restart,
+        or during a reconnect): this is how a record that is in the map reaches a waiting trader."""
+        with self._lock:
+            self._wanted = (bar_idx, grace_s)
+        self._fetch_wanted.set()
+
+    def _fetch_loop(self) -> None:
+        while True:
+            self._fetch_wanted.wait()
+            if self._closed.is_set():
+                return
+            self._fetch_wanted.clear()
+            with self._lock:
+                wanted, self._wanted = self._wanted, None
+            if wanted is None or self._cache.wait_for(wanted[0], wanted[1]):
+                continue  # delivered by its event (the usual case): no read
+            bar_idx = wanted[0]
+            try:
+                value = _result_within(self._map.get(bar_idx), FETCH_TIMEOUT_S)
+                bar = None if value is None else self._decode(bar_idx, value)
+                # Never over a listener update that came meanwhile (it is at least as new).
+                if bar is not None and self._cache.insert_many([bar], "fetch"):
+                    with self._lock:
+                        self._fetched += 1
+            except Exception as exc:  # noqa: BLE001 - never raise out of here: count and log instead
+                with self._lock:
+                    self._fetch_failures += 1
+                log.debug("fetch of bar %s failed map=%s error=%r", bar_idx, self._map_name, exc)
 
     def request_reseed(self) -> None:
         """Ask the background thread for a re-seed pass (non-blocking)."""
@@ -258,6 +303,8 @@ class FeatureMapReader:
                 seeded_bars=self._seeded_bars,
                 seed_failures=self._seed_failures,
                 reseed_pending=self._reseed_wanted.is_set(),
+                fetched=self._fetched,
+                fetch_failures=self._fetch_failures,
             )
 
 

@@ -154,6 +154,8 @@ def test_rolling_restart_of_all_members_under_a_10hz_feed(three_members: HzClust
         last = p.bars_after(1, "one more bar")
         wait_for(lambda: p.trader.steps and p.trader.steps[-1][0] >= last, 20, "the trader at the last bar")
         write_failures = p.h(0)["write_failures"]
+        assert p.eng is not None
+        fetched = p.eng.stats().grid.fetched  # bars whose entry event never came, read directly
         p.stop()
         slow = [line[:160] for line in p.workers[0].log_text().splitlines()
                 if "bar write failed" in line or "bar writes resumed" in line or "stalled" in line]
@@ -166,7 +168,7 @@ def test_rolling_restart_of_all_members_under_a_10hz_feed(three_members: HzClust
         summary = (f"3 members, rolling restart: bars={len(keys)} "
                    f"bars_missing={len(range(keys[0], keys[-1] + 1)) - len(keys)} adapter_steps={len(steps)} "
                    f"adapter_not_exact={len(not_exact)} {not_exact} double_writes={sum(updated.values())} "
-                   f"worker_write_failures={write_failures} {slow}")
+                   f"adapter_fetched={fetched} worker_write_failures={write_failures} {slow}")
         print(summary)
         record_property("multi_member_rolling_restart", summary)
         assert_contiguous(keys)
