@@ -86,6 +86,9 @@ class BarRecord(TypedDict):
     macro: MacroRecord | None
     degraded: bool
     universe: UniverseRecord
+    # Bars between the previous bar this engine computed and this one that no engine computed
+    # (the worker was down, or a catch-up limit skipped them): every asset's history skipped them.
+    gap_bars: int
     producer: NotRequired[ProducerRecord]
 
 

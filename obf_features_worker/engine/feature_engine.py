@@ -70,6 +70,7 @@ class FeatureEngine:
         self._empty_streak = 0
         self.degraded = False
         self.last_bar_idx: int | None = None
+        self._gap_bars = 0
         self._universe_slots = np.zeros(0, dtype=np.int64)  # rebuilt when an asset is added
         self._universe_info: dict[str, Any] = {}
         self._universe_dirty = True
@@ -98,6 +99,9 @@ class FeatureEngine:
             raise ValueError(f"bar_ts must be finite, got {bar_ts!r}")
         if self.last_bar_idx is not None and bar_idx <= self.last_bar_idx:
             raise ValueError(f"bar_idx {bar_idx} does not follow the last bar {self.last_bar_idx}")
+        # Bars no engine computed between the last one and this (worker down, catch-up limit):
+        # every asset's history skipped them.
+        self._gap_bars = 0 if self.last_bar_idx is None else bar_idx - self.last_bar_idx - 1
 
         symbols = sorted(snapshots)
         n = len(symbols)
@@ -204,6 +208,7 @@ class FeatureEngine:
             "macro": macro,
             "degraded": self.degraded,
             "universe": self.universe_info(),
+            "gap_bars": self._gap_bars,
         })
 
     def universe_info(self) -> dict[str, Any]:

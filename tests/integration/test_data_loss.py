@@ -102,6 +102,10 @@ def test_a_restart_after_a_long_gap_continues_from_the_grids_state(hz_cluster: H
             gap = h["restore_gap_bars"]
             assert gap is not None and gap >= 3, gap
             assert f"gap_bars={gap}" in b.log_text()
+            first = cp_bar + gap + 1  # the first bar the restarted worker stepped: its record says so
+            raw = wait_for(lambda: hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().get(first),
+                           20, "the restarted worker's first record")
+            assert json_value(raw)["gap_bars"] == gap
             assert b.stop() == 0, b.log_text()[-3000:]
         summary = f"worker restarted after 4 bars down: restored_from_bar={cp_bar} gap_bars={gap} (max age 2)"
         print(summary)

@@ -73,6 +73,15 @@ def test_single_bar_placement_and_signal_by_hand() -> None:
     assert f("withdrawal_velocity") == 0.0  # one depth held: k = 0
 
 
+def test_records_count_the_bars_no_engine_computed() -> None:
+    snap = {"BTCUSDT": Snapshot("BTCUSDT", T0, np.array([1e6]), np.array([1e6]))}
+    eng = FeatureEngine()
+    gaps = [eng.step(k, T0 + k, snap if k != 9 else {})["gap_bars"] for k in (1, 2, 5, 9, 10)]
+    assert gaps == [0, 0, 2, 3, 0]
+    restored = FeatureEngine.from_state(eng.export_state(), FeatureParams())
+    assert restored.step(14, T0 + 14, snap)["gap_bars"] == 3
+
+
 def test_spread_fills_exactly_at_band_edge_and_in_first_band() -> None:
     # L = 2, w = 50. bid [10000, 5] fills in band 0: 0 + 50 * 10000/10000 = 50.
     # ask [4000, 6000]: band 1: 50*1 + 50*(10000-4000)/6000 = 100.  Total 150.
