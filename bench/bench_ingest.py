@@ -203,7 +203,7 @@ def offer_cost_us(n_payloads: int = 200, rounds: int = 20) -> float:
     from publisher import book_fragments
 
     from obf_features_worker.engine.ingest import SnapshotBook
-    from obf_features_worker.engine.snapshot import format_timestamp
+    from obf_contract.timestamps import format_timestamp
 
     iso = format_timestamp(time.time())
     frags = book_fragments(n_payloads, 10)

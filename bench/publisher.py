@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hazelcast
 from hazelcast.config import IntType
 
-from obf_features_worker.engine.snapshot import format_timestamp
+from obf_contract.timestamps import format_timestamp
 
 VARIANTS = 8  # pre-built books per asset, cycled
 

@@ -30,6 +30,7 @@ import orjson
 
 from obf_contract.cluster import DEFAULT_CLUSTER_NAME
 from obf_contract.keys import asset_key
+from obf_contract.timestamps import format_timestamp
 from obf_features_worker import lifecycle
 from obf_features_worker.engine import snapshot
 from obf_features_worker.logs import RateLimiter, setup_logging
@@ -96,7 +97,7 @@ def restamp(rec: RecordedSnapshot, ts: float, seq_offset: int) -> str:
     """The recorded payload with timestamp ``ts`` (unix s), ``_pushed_at`` now and ``_push_seq``
     shifted by ``seq_offset``; every other field as recorded."""
     p = dict(rec.payload)
-    p["timestamp"] = snapshot.format_timestamp(ts)
+    p["timestamp"] = format_timestamp(ts)
     p["_pushed_at"] = _now_iso()
     seq = p.get("_push_seq")
     if type(seq) is int:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 from numba import njit
 
+from obf_contract import timestamps
 from obf_contract.keys import KEY_PREFIX, KEY_SUFFIX, SYMBOL_RE, is_asset_key_shape, symbol_of_key
+from obf_contract.timestamps import format_timestamp
 
 MAX_LEVELS = 64
 # Values above this are not a plausible USD notional or base quantity; the cap also keeps
@@ -34,13 +34,8 @@ MAX_VALUE = 1e18
 # Values below this are float dust from upstream arithmetic and are treated as 0; it keeps
 # ratios of depths (withdrawal velocity, depth quality) finite.
 MIN_VALUE = 1e-12
-# A unix timestamp number above this is in milliseconds (1e11 s is the year 5138).
-MS_THRESHOLD = 1e11
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _MAX_SEQ = 2**63 - 1
-_MAX_ISO_LEN = 64
 
 
 class RejectReason(str, enum.Enum):
@@ -110,45 +105,11 @@ def symbol_from_key(key: object) -> str:
 
 
 def parse_timestamp(value: object) -> float:
-    """ISO-8601 (offset or Z; naive = UTC) or unix s int/float (> 1e11 = ms) -> unix seconds.
-
-    ISO strings resolve to whole microseconds and are converted as ``microseconds / 1e6``
-    (correctly rounded), so an ISO string and the float literal of the same instant give the
-    same float. Raises SnapshotRejected(BAD_TIMESTAMP).
-    """
-    t = type(value)
-    if t is float or t is int or (isinstance(value, (int, float)) and t is not bool):
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except OverflowError:
-            raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, "numeric timestamp out of range") from None
-        if not math.isfinite(seconds):
-            raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, f"non-finite timestamp {value!r}")
-        if seconds > MS_THRESHOLD:
-            seconds = value / 1000  # type: ignore[operator]  # int / int is correctly rounded
-    elif t is str:
-        if len(value) > _MAX_ISO_LEN:  # type: ignore[arg-type]
-            raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, "timestamp string too long")
-        try:
-            dt = datetime.fromisoformat(value)  # type: ignore[arg-type]
-        except ValueError:
-            raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, f"not ISO-8601: {value!r}") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        try:
-            seconds = ((dt - _EPOCH) // _ONE_US) / 1_000_000
-        except OverflowError:  # offsets near datetime.min/max
-            raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, f"timestamp out of range: {value!r}") from None
-    else:
-        raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, f"timestamp has type {t.__name__}")
-    if seconds < 0:
-        raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, f"timestamp before 1970: {value!r}")
-    return seconds
-
-
-def format_timestamp(ts: float) -> str:
-    """Unix seconds -> ISO-8601 UTC with microseconds, e.g. ``2024-08-08T23:54:14.123456+00:00``."""
-    return (_EPOCH + timedelta(microseconds=round(ts * 1_000_000))).isoformat(timespec="microseconds")
+    """``obf_contract.timestamps.parse_timestamp``, raising SnapshotRejected(BAD_TIMESTAMP)."""
+    try:
+        return timestamps.parse_timestamp(value)
+    except timestamps.BadTimestamp as exc:
+        raise SnapshotRejected(RejectReason.BAD_TIMESTAMP, str(exc)) from None
 
 
 def parse_snapshot(

@@ -53,6 +53,7 @@ import numpy as np
 import orjson
 
 from obf_contract.keys import SYMBOL_RE, asset_key, is_symbol
+from obf_contract.timestamps import format_timestamp
 from obf_features_worker.engine import snapshot
 
 log = logging.getLogger(__name__)
@@ -565,7 +566,7 @@ def iter_book_payloads(source: BookSource, spec: BandSpec, *, every_ms: int = 10
         ts = t_ms / 1000.0
         payload = snapshot.payload_json(
             ts, bands.bid_notional, bands.ask_notional, bands.bid_depth, bands.ask_depth,
-            seq=seq, pushed_at=snapshot.format_timestamp(recv_ns / 1e9),
+            seq=seq, pushed_at=format_timestamp(recv_ns / 1e9),
         )
         rep.emitted += 1
         if rep.first_ts is None:

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from obf_features_worker.engine.snapshot import SnapshotRejected, parse_timestamp
+from obf_contract.timestamps import BadTimestamp, parse_timestamp
 from obf_features_worker.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def scan_time(obj: dict[str, Any]) -> float | None:
         return None
     try:
         return parse_timestamp(raw)
-    except SnapshotRejected:
+    except BadTimestamp:
         return None
 
 

@@ -203,7 +203,7 @@ class Worker:
             self.before_first_bar()
             if isinstance(self.clock, IntervalClock):
                 self.clock.start()
-            self._put_health()
+            self.put_health()
             self._loop()
         except GridClosed as exc:
             log.error("worker exiting: cluster connection given up reason=%s", exc)
@@ -217,16 +217,16 @@ class Worker:
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
-            tick = self.clock.wait_tick(self.stop_event, self._idle_due_in())
+            tick = self.clock.wait_tick(self.stop_event, self.idle_due_in())
             if self.grid.closed:
                 raise GridClosed("client", "the client shut down (connect timeout ran out?)")
             if tick is None:
                 if not self.stop_event.is_set():
-                    self._idle()  # between bars: keep (or watch) the lease and stay visible
+                    self.idle()  # between bars: keep (or watch) the lease and stay visible
                 continue
             self.process_bar(tick)
 
-    def _idle_due_in(self) -> float:
+    def idle_due_in(self) -> float:
         """Seconds until the next lease tick or health write is due (>= 0)."""
         now = self._monotonic()
         due = self._last_health_put + self.config.health_interval_s
@@ -276,7 +276,7 @@ class Worker:
         # Reactor thread: offer() validates and stores, never raises, never blocks on I/O.
         self.book.offer(key, value, received_at=received_at)
 
-    def _idle(self) -> None:
+    def idle(self) -> None:
         """Between bars: tick the lease when due (``_lease_interval``: a quarter bar for a
         standby) and keep the health entry fresh."""
         now = self._monotonic()
@@ -285,14 +285,14 @@ class Worker:
             if self._tick_lease():
                 self._write_cycle(None)
         if self.role != role or now - self._last_health_put >= self.config.health_interval_s * _DUE_TOLERANCE:
-            self._put_health()
+            self.put_health()
 
     def _shutdown(self, rc: int) -> None:
         self.health.state = "stopping"
         if self.grid.connected:
             if self.backlog:
                 self._write_cycle(None)
-            self._put_health()  # the role this worker stopped in, state "stopping"
+            self.put_health()  # the role this worker stopped in, state "stopping"
         self.close()
         log.info("worker stopped rc=%d reason=%s bars_written=%d write_failures=%d backlog=%d", rc,
                  self.stop_reason or ("error" if rc else "-"), self.health.bars_written,
@@ -378,7 +378,7 @@ class Worker:
             h.n_assets = len(known)
             h.n_present = len(present)
             h.stale_assets = stale
-        self._put_health()
+        self.put_health()
         log.debug("bar closed bar_idx=%d n_present=%d stale=%d compute_ms=%.3f written=%s role=%s", tick.bar_idx,
                   len(present), len(stale), compute_ms, mine, h.role)
         if record is not None:
@@ -652,7 +652,8 @@ class Worker:
         except GridError as exc:
             self._warn("latest", "latest write failed error=%s", exc)
 
-    def _put_health(self) -> None:
+    def put_health(self) -> None:
+        """Write the health document now (after every bar, between bars when due, on stop)."""
         self._last_health_put = self._monotonic()
         self.health.role = self.role  # every document shows the role of its moment
         doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors)

@@ -12,12 +12,12 @@ import pytest
 from hazelcast.core import HazelcastJsonValue
 
 from obf_contract.keys import asset_key
+from obf_contract.timestamps import format_timestamp
 from obf_features_worker.engine.snapshot import (
     MAX_LEVELS,
     RejectReason,
     Snapshot,
     SnapshotRejected,
-    format_timestamp,
     parse_snapshot,
     parse_timestamp,
     payload_json,

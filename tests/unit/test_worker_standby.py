@@ -199,12 +199,12 @@ def test_every_health_document_shows_the_role_of_its_moment(start: Start) -> Non
     w1, g1 = start(cluster, clock, "w1")
     w2, g2 = start(cluster, clock, "w2")
     for w in (w1, w2):
-        w._put_health()
+        w.put_health()
     assert (g1.health[-1]["role"], g2.health[-1]["role"]) == ("standby", "standby")
     for i in range(6):
         run_bar([w1, w2], clock, i)
     for w in (w1, w2):
-        w._put_health()
+        w.put_health()
     assert (g1.health[-1]["role"], g2.health[-1]["role"]) == ("leader", "standby")
 
 
@@ -213,7 +213,7 @@ def test_every_health_document_shows_the_role_of_its_moment(start: Start) -> Non
 def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(start: Start, kill_phase: float,
                                                                           standby_first: bool) -> None:
     """The worker loop on a fake clock: bars close every BAR_S, and between them each worker
-    runs ``_idle`` whenever ``_idle_due_in`` says so (as ``_loop`` does). The leader dies at
+    runs ``idle`` whenever ``idle_due_in`` says so (as ``_loop`` does). The leader dies at
     ``kill_phase`` of a bar; the standby must lead within ttl + one bar of the crash (issue 7).
     ``standby_first``: at each close the standby reads the lease before the leader refreshes it
     (the usual order live: the leader refreshes after its writes). Ticking the lease once per bar
@@ -243,8 +243,8 @@ def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(start:
             if t_kill is not None and w1 in live and clock.t >= t_kill:
                 live.remove(w1)  # SIGKILL: never called again
             for w in live:
-                if w._idle_due_in() == 0.0:
-                    w._idle()
+                if w.idle_due_in() == 0.0:
+                    w.idle()
             if t_kill is not None and w2.role == "leader":
                 took = clock.t - t_kill
         clock.t = bar_end
