@@ -202,8 +202,8 @@ def offer_cost_us(n_payloads: int = 200, rounds: int = 20) -> float:
     """Unprofiled cost of ``SnapshotBook.offer`` per event (us) on the publisher's payloads."""
     from publisher import book_fragments
 
-    from obf_features_worker.engine.ingest import SnapshotBook
     from obf_contract.timestamps import format_timestamp
+    from obf_features_worker.engine.ingest import SnapshotBook
 
     iso = format_timestamp(time.time())
     frags = book_fragments(n_payloads, 10)
