@@ -46,10 +46,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from engine_adapter.features import BarFeatures
+from obf_contract.timestamps import BadTimestamp, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,13 @@ def parse_key(timestamp_or_idx: object) -> tuple[bool, int | float]:
 
 
 def _iso_seconds(text: str) -> float:
-    """Unix seconds of an ISO-8601 timestamp ("2024-08-09T00:05:00Z", "+00:00" offsets; naive = UTC)."""
+    """Unix seconds of an ISO-8601 key: the upstream timestamp rules (``obf_contract.timestamps``),
+    with a lower-case ``z`` accepted as UTC too; ValueError otherwise."""
     raw = text.strip()
-    if raw.endswith(("Z", "z")):
-        raw = raw[:-1] + "+00:00"
     try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"timestamp_or_idx string {text[:40]!r} is not ISO-8601") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        return parse_timestamp(raw[:-1] + "Z" if raw.endswith("z") else raw)
+    except BadTimestamp as exc:  # a plain ValueError, as for every other bad key (stats().bad_keys)
+        raise ValueError(f"timestamp_or_idx string {text[:40]!r}: {exc}") from None
 
 
 class BarCache:
