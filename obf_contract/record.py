@@ -9,18 +9,29 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 import orjson
 
 # 2: the in-process engine's depth_pressure / depth_velocity, market.notional_pressure,
 # macro.depth_ref_usd and the record's universe (docs/contract.md).
-SCHEMA_VERSION = 2
+# 3: columnar (issue 14): one list per field over the present assets (``symbols``), plus
+# ``state.ref_depth_usd``, so a successor rebuilds the engine state from a checkpoint and the
+# records written since (snapshot + changelog).
+SCHEMA_VERSION = 3
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 
+# Column names, in the trader's dataclass field order (OBPlacementFeatures / OBSignalFeatures).
+PLACEMENT_FIELDS: tuple[str, ...] = ("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps")
+SIGNAL_FIELDS: tuple[str, ...] = ("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry",
+                                  "withdrawal_velocity")
+STATE_FIELDS: tuple[str, ...] = ("ref_depth_usd",)
+
 
 class PlacementRecord(TypedDict):
+    """One asset's placement features (a row of ``PlacementColumns``)."""
+
     depth_1pct_usd: float  # USD, >= 0: total notional both sides within the band span
     depth_quality: float  # ratio, >= 0: depth / EMA reference depth (1.0 = normal)
     fill_probability: float  # [0, 1): depth_quality / (1 + depth_quality)
@@ -28,6 +39,8 @@ class PlacementRecord(TypedDict):
 
 
 class SignalRecord(TypedDict):
+    """One asset's signal features (a row of ``SignalColumns``)."""
+
     imbalance: float  # [-1, 1]
     imbalance_ma5: float  # [-1, 1]
     imbalance_persistence: float  # [-1, 1]
@@ -36,11 +49,38 @@ class SignalRecord(TypedDict):
 
 
 class AssetRecord(TypedDict):
+    """One asset's row of a bar, as ``asset_view`` builds it (not stored in this shape)."""
+
     ts: float  # unix s of the snapshot used
     age_ms: float  # (bar_ts - ts) * 1000
     seq: int | None  # the snapshot's _push_seq
     placement: PlacementRecord
     signal: SignalRecord
+
+
+class PlacementColumns(TypedDict):
+    """``PlacementRecord``'s fields, one list each, in ``BarRecord.symbols`` order."""
+
+    depth_1pct_usd: list[float]
+    depth_quality: list[float]
+    fill_probability: list[float]
+    spread_proxy_bps: list[float]
+
+
+class SignalColumns(TypedDict):
+    """``SignalRecord``'s fields, one list each, in ``BarRecord.symbols`` order."""
+
+    imbalance: list[float]
+    imbalance_ma5: list[float]
+    imbalance_persistence: list[float]
+    depth_asymmetry: list[float]
+    withdrawal_velocity: list[float]
+
+
+class StateColumns(TypedDict):
+    """What the engine's state update needs beyond the features (the changelog part of a record)."""
+
+    ref_depth_usd: list[float]  # USD, >= 0: each present asset's EMA reference depth after this bar
 
 
 class MarketRecord(TypedDict):
@@ -76,12 +116,22 @@ class ProducerRecord(TypedDict):
 
 
 class BarRecord(TypedDict):
+    """One bar, columnar: ``symbols`` names the present assets (sorted, distinct) and every
+    per-asset list (``ts``, ``age_ms``, ``seq``, each column of ``placement`` / ``signal`` /
+    ``state``) has ``n_present`` entries in that order."""
+
     schema: int
     bar_idx: int
     bar_ts: float  # unix s, bar close
     n_assets: int  # assets ever seen by the engine
     n_present: int  # assets with a snapshot in this bar
-    assets: dict[str, AssetRecord]
+    symbols: list[str]
+    ts: list[float]
+    age_ms: list[float]
+    seq: list[int | None]
+    placement: PlacementColumns
+    signal: SignalColumns
+    state: StateColumns
     market: MarketRecord | None
     macro: MacroRecord | None
     degraded: bool
@@ -90,6 +140,44 @@ class BarRecord(TypedDict):
     # (the worker was down, or a catch-up limit skipped them): every asset's history skipped them.
     gap_bars: int
     producer: NotRequired[ProducerRecord]
+
+
+def check_columns(rec: Mapping[str, Any]) -> None:
+    """ValueError naming the first way ``rec`` breaks the columnar shape: ``symbols`` a list of
+    distinct sorted strings of length ``n_present``, every per-asset column a list of that length."""
+    symbols = rec.get("symbols")
+    n = rec.get("n_present")
+    if type(symbols) is not list or type(n) is not int or len(symbols) != n:
+        raise ValueError(f"symbols must be a list of n_present={n!r} names")
+    if any(type(s) is not str for s in symbols) or any(a >= b for a, b in zip(symbols, symbols[1:])):
+        raise ValueError("symbols must be distinct strings in sorted order")
+    for name in ("ts", "age_ms", "seq"):
+        col = rec.get(name)
+        if type(col) is not list or len(col) != n:
+            raise ValueError(f"{name} must be a list of {n} values")
+    for group, fields in (("placement", PLACEMENT_FIELDS), ("signal", SIGNAL_FIELDS), ("state", STATE_FIELDS)):
+        cols = rec.get(group)
+        if type(cols) is not dict:
+            raise ValueError(f"{group} must be an object of columns")
+        for f in fields:
+            col = cols.get(f)
+            if type(col) is not list or len(col) != n:
+                raise ValueError(f"{group}.{f} must be a list of {n} values")
+
+
+def asset_view(rec: Mapping[str, Any]) -> dict[str, AssetRecord]:
+    """``{symbol: AssetRecord}`` for the present assets of a columnar record: for tools and tests,
+    not hot paths (it builds the per-asset dicts the columnar form avoids). ValueError if malformed."""
+    check_columns(rec)
+    placement, signal = rec["placement"], rec["signal"]
+    out: dict[str, AssetRecord] = {}
+    for i, sym in enumerate(rec["symbols"]):
+        out[sym] = {
+            "ts": rec["ts"][i], "age_ms": rec["age_ms"][i], "seq": rec["seq"][i],
+            "placement": cast(PlacementRecord, {f: placement[f][i] for f in PLACEMENT_FIELDS}),
+            "signal": cast(SignalRecord, {f: signal[f][i] for f in SIGNAL_FIELDS}),
+        }
+    return out
 
 
 def universe_hash(symbols: Iterable[str]) -> str:
