@@ -23,7 +23,14 @@ from typing import Any, cast
 import numpy as np
 
 from obf_contract.keys import SYMBOL_RE
-from obf_contract.record import SCHEMA_VERSION, BarRecord, universe_hash
+from obf_contract.record import (
+    PLACEMENT_FIELDS,
+    SCHEMA_VERSION,
+    SIGNAL_FIELDS,
+    STATE_FIELDS,
+    BarRecord,
+    universe_hash,
+)
 from obf_features_worker.engine import kernels as K
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import MAX_LEVELS, Snapshot
@@ -108,7 +115,7 @@ class FeatureEngine:
         if n == 0:
             self.last_bar_idx = bar_idx
             self._note_empty_bar(bar_idx)
-            return self._record(bar_idx, bar_ts, {}, None, None)
+            return self._record(bar_idx, bar_ts, _empty_columns(), None, None)
 
         snaps = [snapshots[s] for s in symbols]
         if [s.symbol for s in snaps] != symbols:
@@ -116,20 +123,24 @@ class FeatureEngine:
             raise ValueError(f"snapshot for {snapshots[bad].symbol!r} passed under key {bad!r}")
         bids = [s.bid_notional for s in snaps]
         asks = [s.ask_notional for s in snaps]
-        n_levels = np.array([len(b) for b in bids], dtype=np.int64)
-        if [len(a) for a in asks] != n_levels.tolist() or n_levels.min() < 1 or n_levels.max() > MAX_LEVELS:
+        levels = list(map(len, bids))
+        if list(map(len, asks)) != levels or min(levels) < 1 or max(levels) > MAX_LEVELS:
             raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
 
-        for sym in symbols:
-            if sym not in self._slots:
-                self._add_asset(sym)
+        try:
+            slot_list = list(map(self._slots.__getitem__, symbols))
+        except KeyError:
+            for sym in symbols:
+                if sym not in self._slots:
+                    self._add_asset(sym)
+            slot_list = list(map(self._slots.__getitem__, symbols))
         if self._universe_dirty:
             self._rebuild_universe()
-        slots = np.fromiter((self._slots[s] for s in symbols), dtype=np.int64, count=n)
+        slots = np.array(slot_list, dtype=np.int64)
         offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(n_levels, out=offsets[1:])
-        bid = np.concatenate(bids).astype(np.float64, copy=False)
-        ask = np.concatenate(asks).astype(np.float64, copy=False)
+        np.cumsum(levels, out=offsets[1:])
+        bid = _pack(bids, int(offsets[n]))
+        ask = _pack(asks, int(offsets[n]))
         asset_out = np.empty((n, K.N_ASSET_COLS), dtype=np.float64)
         p = self.params
         K.step_bar(
@@ -147,37 +158,38 @@ class FeatureEngine:
         self.degraded = False
         self._empty_streak = 0
 
-        assets: dict[str, Any] = {}
-        # Building these dicts is most of step()'s time at many assets: unpack each row (column
-        # order of kernels.COL_*; the two USD columns are not in the record) and convert ts/seq
-        # only when they are not already a float/int (they are, from parse_snapshot).
-        for sym, snap, (depth, imbalance, asymmetry, quality, fill, spread, ma, persistence, velocity) in zip(
-            symbols, snaps, asset_out[:, :K.COL_BID_USD].tolist()
-        ):
-            ts = snap.ts
-            seq = snap.seq
-            if ts.__class__ is not float:
-                ts = float(ts)
-            if seq.__class__ is not int and seq is not None:
-                seq = int(seq)
-            assets[sym] = {
-                "ts": ts,
-                "age_ms": (bar_ts - ts) * 1000.0,
-                "seq": seq,
-                "placement": {
-                    "depth_1pct_usd": depth,
-                    "depth_quality": quality,
-                    "fill_probability": fill,
-                    "spread_proxy_bps": spread,
-                },
-                "signal": {
-                    "imbalance": imbalance,
-                    "imbalance_ma5": ma,
-                    "imbalance_persistence": persistence,
-                    "depth_asymmetry": asymmetry,
-                    "withdrawal_velocity": velocity,
-                },
-            }
+        # Columnar record straight from the kernel's arrays: one list per column (C-speed
+        # tolist, plain Python floats, so every caller gets JSON-ready data and the encoding is
+        # the shortest round-trip of the same doubles). Row order = kernels.COL_*; the two USD
+        # columns are not in the record.
+        (depth, imbalance, asymmetry, quality, fill, spread, ma, persistence,
+         velocity) = asset_out[:, :K.COL_BID_USD].T.tolist()
+        ts = np.fromiter((s.ts for s in snaps), dtype=np.float64, count=n)
+        seq = [s.seq for s in snaps]
+        if any(q.__class__ is not int and q is not None for q in seq):
+            seq = [None if q is None else int(q) for q in seq]
+        columns: dict[str, Any] = {
+            "symbols": symbols,
+            "ts": ts.tolist(),
+            "age_ms": ((bar_ts - ts) * 1000.0).tolist(),
+            "seq": seq,
+            "placement": {
+                "depth_1pct_usd": depth,
+                "depth_quality": quality,
+                "fill_probability": fill,
+                "spread_proxy_bps": spread,
+            },
+            "signal": {
+                "imbalance": imbalance,
+                "imbalance_ma5": ma,
+                "imbalance_persistence": persistence,
+                "depth_asymmetry": asymmetry,
+                "withdrawal_velocity": velocity,
+            },
+            # The EMA reference after this bar: the one state input a feature does not carry
+            # (imbalance / depth_1pct_usd are the history values, bit for bit).
+            "state": {"ref_depth_usd": self._ref_depth[slots].tolist()},
+        }
         mk = self._market_out.tolist()
         market = {
             "median_imbalance": mk[K.MKT_MEDIAN_IMBALANCE],
@@ -192,24 +204,25 @@ class FeatureEngine:
             "acceleration": mk[K.MKT_ACCELERATION],
             "depth_ref_usd": mk[K.MKT_DEPTH_REF_USD],
         }
-        return self._record(bar_idx, bar_ts, assets, market, macro)
+        return self._record(bar_idx, bar_ts, columns, market, macro)
 
-    def _record(self, bar_idx: int, bar_ts: float, assets: dict[str, Any],
+    def _record(self, bar_idx: int, bar_ts: float, columns: dict[str, Any],
                 market: dict[str, Any] | None, macro: dict[str, Any] | None) -> BarRecord:
-        # Plain dicts at runtime (the TypedDicts document the shape): one cast, no per-field copy.
-        return cast(BarRecord, {
+        # Plain dicts and lists at runtime (the TypedDicts document the shape): no per-field copy.
+        rec: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "bar_idx": bar_idx,
             "bar_ts": bar_ts,
             "n_assets": len(self._symbols),
-            "n_present": len(assets),
-            "assets": assets,
+            "n_present": len(columns["symbols"]),
             "market": market,
             "macro": macro,
             "degraded": self.degraded,
             "universe": self.universe_info(),
             "gap_bars": self._gap_bars,
-        })
+        }
+        rec.update(columns)
+        return cast(BarRecord, rec)
 
     def universe_info(self) -> dict[str, Any]:
         """The universe of the cross-asset depth: ``{"configured": bool, "size": n, "hash": hex}``."""
@@ -349,6 +362,26 @@ class FeatureEngine:
         engine.degraded = degraded
         engine.last_bar_idx = last_bar_idx
         return engine
+
+
+def _pack(sides: list[np.ndarray], total: int) -> np.ndarray:
+    """One float64 array of the snapshots' bands, in order. Snapshot holds native float64
+    C-contiguous arrays (its __post_init__), whose bytes join at a fraction of np.concatenate's
+    per-array cost; the length check and np.concatenate cover anything unexpected."""
+    try:
+        buf = b"".join(sides)  # type: ignore[arg-type]  # ndarrays are bytes-like (buffer protocol)
+    except (TypeError, BufferError):
+        buf = b""
+    if len(buf) == 8 * total:
+        return np.frombuffer(buf, dtype=np.float64)
+    return np.concatenate(sides).astype(np.float64, copy=False)
+
+
+def _empty_columns() -> dict[str, Any]:
+    """The per-asset part of a bar without assets: every column empty."""
+    return {"symbols": [], "ts": [], "age_ms": [], "seq": [],
+            "placement": {f: [] for f in PLACEMENT_FIELDS}, "signal": {f: [] for f in SIGNAL_FIELDS},
+            "state": {f: [] for f in STATE_FIELDS}}
 
 
 def normalise_universe(universe: Iterable[str] | None) -> tuple[str, ...] | None:

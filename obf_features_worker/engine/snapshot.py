@@ -68,6 +68,9 @@ class SnapshotRejected(ValueError):
         self.ts = ts  # the payload's timestamp (unix s) when it was parsed before the failure
 
 
+_F64 = np.dtype(np.float64)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
     """One validated snapshot. Arrays are float64[L], level 0 nearest the mid, all finite and >= 0.
@@ -83,6 +86,15 @@ class Snapshot:
     ask_depth: np.ndarray | None = None
     seq: int | None = None
     pushed_at: float | None = None
+
+    def __post_init__(self) -> None:
+        # The engine packs the bands of a bar by joining their bytes, so it relies on native
+        # float64 C-contiguous arrays: parse_snapshot's already are (no copy); anything else
+        # (a list, ints, a strided view) is converted once here, off the bar path.
+        for name in ("bid_notional", "ask_notional"):
+            side = getattr(self, name)
+            if side.__class__ is not np.ndarray or side.dtype != _F64 or not side.flags.c_contiguous:
+                object.__setattr__(self, name, np.ascontiguousarray(side, dtype=np.float64))
 
     @property
     def n_levels(self) -> int:

@@ -45,7 +45,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -85,15 +85,20 @@ def make_clock(config: WorkerConfig) -> BarClock:
     return IntervalClock(config.bar_seconds, max_catchup_bars=config.max_catchup_bars)
 
 
-def latest_entry(symbol: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The flat ``DOLPHIN_OBF_LATEST[symbol]`` document of one asset of a bar record."""
-    a = record["assets"][symbol]
-    out: dict[str, Any] = {"symbol": symbol, "bar_idx": record["bar_idx"], "bar_ts": record["bar_ts"],
-                           "age_ms": a["age_ms"], "seq": a["seq"]}
-    for name in LATEST_PLACEMENT:
-        out[name] = a["placement"][name]
-    for name in LATEST_SIGNAL:
-        out[name] = a["signal"][name]
+def latest_entries(record: Mapping[str, Any]) -> dict[str, str]:
+    """``{symbol: flat DOLPHIN_OBF_LATEST JSON}`` for every present asset of a (columnar) bar
+    record: symbol, bar_idx, bar_ts, age_ms, seq, then the placement and signal fields.
+    The record was encoded (and its floats checked finite) before it was written."""
+    placement, signal = record["placement"], record["signal"]
+    names = ("age_ms", "seq", *LATEST_PLACEMENT, *LATEST_SIGNAL)
+    columns = (record["age_ms"], record["seq"], *(placement[n] for n in LATEST_PLACEMENT),
+               *(signal[n] for n in LATEST_SIGNAL))
+    bar_idx, bar_ts = record["bar_idx"], record["bar_ts"]
+    out: dict[str, str] = {}
+    for symbol, row in zip(record["symbols"], zip(*columns)):
+        doc: dict[str, Any] = {"symbol": symbol, "bar_idx": bar_idx, "bar_ts": bar_ts}
+        doc.update(zip(names, row))
+        out[symbol] = orjson.dumps(doc).decode()
     return out
 
 
@@ -646,9 +651,8 @@ class Worker:
             log.debug("standby adopted checkpoint bar=%d writer=%s epoch=%s", cp.bar_idx, cp.worker_id, cp.epoch)
 
     def _put_latest(self, record: dict[str, Any]) -> None:
-        entries = {s: orjson.dumps(latest_entry(s, record)).decode() for s in record["assets"]}
         try:
-            self.grid.put_latest(entries)
+            self.grid.put_latest(latest_entries(record))
         except GridError as exc:
             self._warn("latest", "latest write failed error=%s", exc)
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obf_contract.record import SCHEMA_VERSION, dumps_record, loads_record, universe_hash
+from obf_contract.record import SCHEMA_VERSION, asset_view, check_columns, dumps_record, loads_record, universe_hash
 from obf_features_worker.engine.feature_engine import FeatureEngine, StateMismatch
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import MIN_VALUE, Snapshot
@@ -45,8 +45,8 @@ class Runner:
 
 
 def feature(rec: dict, symbol: str, name: str) -> float:
-    a = rec["assets"][symbol]
-    return a["placement"][name] if name in PLACEMENT else a["signal"][name]
+    i = rec["symbols"].index(symbol)
+    return rec["placement"][name][i] if name in PLACEMENT else rec["signal"][name][i]
 
 
 # -- hand-computed cases (worked out on paper in the comments) -----------------------------
@@ -99,7 +99,7 @@ def test_spread_fills_exactly_at_band_edge_and_in_first_band() -> None:
 def test_zero_book_gives_neutral_ratios() -> None:
     r = Runner()
     rec = r.step(books(Z1=([0.0], [0.0])))
-    a = rec["assets"]["Z1"]
+    a = asset_view(rec)["Z1"]
     assert a["placement"] == {"depth_1pct_usd": 0.0, "depth_quality": 1.0, "fill_probability": 0.5,
                               "spread_proxy_bps": 200.0}
     assert a["signal"] == {"imbalance": 0.0, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
@@ -250,12 +250,15 @@ def test_features_populated_after_one_bar() -> None:
                   "ETHUSDT": snap("ETHUSDT", [100], [300], ts=T0 + 0.5)})
     assert rec["schema"] == SCHEMA_VERSION and rec["bar_idx"] == 1 and rec["bar_ts"] == T0 + 1
     assert rec["n_assets"] == 2 and rec["n_present"] == 2 and rec["degraded"] is False
-    btc = rec["assets"]["BTCUSDT"]
-    assert btc["ts"] == T0 + 0.75 and btc["age_ms"] == 250.0 and btc["seq"] == 12
-    assert rec["assets"]["ETHUSDT"]["seq"] is None
-    for a in rec["assets"].values():
-        assert set(a["placement"]) == set(PLACEMENT) and set(a["signal"]) == set(SIGNAL)
-        assert all(type(v) is float and math.isfinite(v) for v in (*a["placement"].values(), *a["signal"].values()))
+    check_columns(rec)
+    assert rec["symbols"] == ["BTCUSDT", "ETHUSDT"]
+    assert rec["ts"] == [T0 + 0.75, T0 + 0.5] and rec["age_ms"] == [250.0, 500.0] and rec["seq"] == [12, None]
+    assert set(rec["placement"]) == set(PLACEMENT) and set(rec["signal"]) == set(SIGNAL)
+    assert set(rec["state"]) == {"ref_depth_usd"}
+    for col in (*rec["placement"].values(), *rec["signal"].values(), *rec["state"].values()):
+        assert type(col) is list and all(type(v) is float and math.isfinite(v) for v in col)
+    # first bar: the EMA reference is the depth itself
+    assert rec["state"]["ref_depth_usd"] == rec["placement"]["depth_1pct_usd"] == [14000.0, 400.0]
     assert set(rec["market"]) == {"median_imbalance", "agreement_pct", "depth_pressure", "notional_pressure"}
     assert set(rec["macro"]) == {"cascade_count", "cascade_regime", "depth_velocity", "acceleration",
                                  "depth_ref_usd"}
@@ -267,10 +270,10 @@ def test_asset_without_snapshot_is_skipped() -> None:
     r = Runner()
     r.step(books(AAA=([1], [2]), BBB=([3], [4])))
     rec = r.step(books(AAA=([1], [2])))
-    assert rec["n_assets"] == 2 and rec["n_present"] == 1 and list(rec["assets"]) == ["AAA"]
+    assert rec["n_assets"] == 2 and rec["n_present"] == 1 and rec["symbols"] == ["AAA"]
     assert r.engine.assets == ("AAA", "BBB")
     rec = r.step(books(BBB=([3], [4])))
-    assert list(rec["assets"]) == ["BBB"]
+    assert rec["symbols"] == ["BBB"] and check_columns(rec) is None
 
 
 def test_ema_converges_to_constant_depth() -> None:
@@ -297,8 +300,10 @@ def test_histories_use_only_bars_where_the_asset_was_present() -> None:
         for _ in range(i + 1):  # bars where G1 is absent (G2 alone, or nothing)
             gappy.step(books(G2=([1], [1])) if i % 2 else {})
     for g, d in zip(gappy_recs, dense_recs):
-        assert g["assets"]["G1"]["signal"] == d["assets"]["G1"]["signal"]
-        assert g["assets"]["G1"]["placement"] == d["assets"]["G1"]["placement"]
+        assert asset_view(g)["G1"]["signal"] == asset_view(d)["G1"]["signal"]
+        assert asset_view(g)["G1"]["placement"] == asset_view(d)["G1"]["placement"]
+        i, j = g["symbols"].index("G1"), d["symbols"].index("G1")
+        assert g["state"]["ref_depth_usd"][i] == d["state"]["ref_depth_usd"][j]
 
 
 def test_degraded_after_consecutive_empty_bars_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -326,7 +331,7 @@ def test_empty_bar_record_and_histories_unchanged() -> None:
     r.step(books(H1=([4], [1])))
     before = r.engine.export_state()
     rec = r.step({})
-    assert rec["n_present"] == 0 and rec["assets"] == {} and rec["market"] is None and rec["macro"] is None
+    assert rec["n_present"] == 0 and asset_view(rec) == {} and rec["market"] is None and rec["macro"] is None
     assert rec["n_assets"] == 1
     after = r.engine.export_state()
     for key in ("n_obs", "ref_depth", "imbalance_history", "depth_history", "market"):
@@ -417,11 +422,14 @@ def test_engine_matches_reference(params: FeatureParams, bars: list[dict], unive
         want = ref.bar(bar)
         assert rec["n_present"] == len(bar)
         assert rec["n_assets"] == len(ref.history)
-        assert set(rec["assets"]) == set(want["assets"])
+        check_columns(rec)
+        assert set(rec["symbols"]) == set(want["assets"])
         for sym, expected in want["assets"].items():
             for name, value in expected.items():
                 got = feature(rec, sym, name)
                 assert close(got, value), (i, sym, name, got, value)
+            got = rec["state"]["ref_depth_usd"][rec["symbols"].index(sym)]
+            assert close(got, ref.history[sym].ref), (i, sym, "ref_depth_usd", got)
         if not bar:
             assert rec["market"] is None and rec["macro"] is None
             continue
@@ -494,3 +502,26 @@ def test_from_state_rejects_mismatches() -> None:
         FeatureEngine.from_state(good, FeatureParams(ema_alpha=0.02))
     with pytest.raises(StateMismatch, match="universe"):  # the worker's --assets changed since
         FeatureEngine.from_state(good, params, universe=["AB"])
+
+
+def test_record_carries_every_state_value_the_bar_wrote() -> None:
+    # Snapshot + changelog: a successor rebuilds the state from records, so the values the
+    # kernel wrote into the histories must be the record's, bit for bit (no rounding between).
+    rng = np.random.default_rng(11)
+    p = FeatureParams(imbalance_lookback=4, depth_lookback=3, ma_window=2)
+    engine = FeatureEngine(p)
+    for bar in range(1, 40):
+        present = [s for s in ("AAA", "BBB", "CCC", "DDD") if rng.random() < 0.7]
+        rec = engine.step(bar, T0 + bar, {s: snap(s, rng.gamma(2.0, 1e4, 3), rng.gamma(2.0, 1e4, 3),
+                                                   ts=T0 + bar - 0.5) for s in present})
+        state = engine.export_state()
+        for i, sym in enumerate(rec["symbols"]):
+            slot = state["assets"].index(sym)
+            newest = state["n_obs"][slot] - 1
+            assert state["ref_depth"][slot] == rec["state"]["ref_depth_usd"][i]
+            assert state["imbalance_history"][slot][newest % 4] == rec["signal"]["imbalance"][i]
+            assert state["depth_history"][slot][newest % 3] == rec["placement"]["depth_1pct_usd"][i]
+        if rec["macro"] is not None:
+            market = state["market"]
+            assert market["depth_ref_history"][(market["n_obs"] - 1) % 3] == rec["macro"]["depth_ref_usd"]
+            assert market["prev_depth_velocity"] == rec["macro"]["depth_velocity"]
