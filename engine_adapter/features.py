@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
-from obf_contract.record import SCHEMA_VERSION  # the record schema this adapter reads
+from obf_contract.record import SCHEMA_VERSION, asset_view  # the record schema this adapter reads
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
 CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})
@@ -195,7 +195,12 @@ def bar_from_record(rec: Any) -> BarFeatures:
     bar_ts = rec.get("bar_ts")
     if not _is_number(bar_ts) or not math.isfinite(bar_ts) or bar_ts <= 0:
         raise RecordRejected("bar_ts", f"bar_ts {bar_ts!r} is not a positive unix time")
-    raw_assets = rec.get("assets")
+    # Interim (issue 14, columnar helper): schema 3 read through the per-asset view until the
+    # adapter's columnar decode lands; keeps decode_bar's signature and results.
+    try:
+        raw_assets = asset_view(rec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordRejected("assets", str(exc)) from None
     if type(raw_assets) is not dict:
         raise RecordRejected("assets", "assets is not an object")
     assets = _assets_bulk(raw_assets)

@@ -6,10 +6,11 @@ have the current schema; tests that need hand-picked values build their own on t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from obf_contract.keys import asset_key
+from obf_contract.record import PLACEMENT_FIELDS, SIGNAL_FIELDS
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
@@ -38,3 +39,24 @@ def bar_record(bar_idx: int, symbols: Sequence[str] = SYMBOLS, *, bar_ts: float 
     """The record the engine computes for one bar of synthetic books (first bar of a fresh engine)."""
     ts = T0 + bar_idx if bar_ts is None else bar_ts
     return dict(FeatureEngine(params).step(bar_idx, ts, snapshots(symbols, ts - 0.5, seed=seed)))
+
+
+def columns(assets: Mapping[str, Mapping[str, Any]], *, ref_depth: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The columnar part of a schema 3 record (symbols, ts, age_ms, seq, placement, signal, state)
+    from per-asset dicts shaped like ``asset_view``'s (the inverse of it), for hand-built records.
+    A missing field becomes None in its column; ``state.ref_depth_usd`` defaults to each asset's
+    depth (``ref_depth`` overrides per symbol)."""
+    symbols = sorted(assets)
+    rows = [assets[s] for s in symbols]
+    refs = ref_depth or {}
+
+    def col(group: str | None, name: str) -> list[Any]:
+        return [(a if group is None else a.get(group, {})).get(name) for a in rows]
+
+    return {
+        "symbols": symbols, "ts": col(None, "ts"), "age_ms": col(None, "age_ms"), "seq": col(None, "seq"),
+        "placement": {f: col("placement", f) for f in PLACEMENT_FIELDS},
+        "signal": {f: col("signal", f) for f in SIGNAL_FIELDS},
+        "state": {"ref_depth_usd": [refs.get(s, a.get("placement", {}).get("depth_1pct_usd")) for s, a in
+                                    zip(symbols, rows)]},
+    }

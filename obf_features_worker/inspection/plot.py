@@ -77,7 +77,7 @@ def choose_assets(records: Sequence[Mapping[str, Any]], wanted: Sequence[str] | 
         return tuple(wanted)
     counts: Counter[str] = Counter()
     for rec in records:
-        counts.update((rec.get("assets") or {}).keys())
+        counts.update(_symbol_index(rec))
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return tuple(sym for sym, _ in ranked[:max(0, max_assets)])
 
@@ -115,6 +115,24 @@ def _series(records: Sequence[Mapping[str, Any]], *path: str) -> list[float]:
     return out
 
 
+def _symbol_index(rec: Mapping[str, Any]) -> dict[str, int]:
+    """``{symbol: position}`` of a columnar record's present assets ({} if it has none)."""
+    symbols = rec.get("symbols")
+    return {s: i for i, s in enumerate(symbols) if type(s) is str} if isinstance(symbols, list) else {}
+
+
+def _asset_series(records: Sequence[Mapping[str, Any]], indexes: Sequence[Mapping[str, int]], symbol: str,
+                  group: str, name: str) -> list[float]:
+    """One asset's ``group.name`` column value in every record; NaN where absent or not a number."""
+    out = []
+    for rec, index in zip(records, indexes, strict=True):
+        i = index.get(symbol)
+        col = (rec.get(group) or {}).get(name) if i is not None else None
+        v = col[i] if isinstance(col, list) and i is not None and i < len(col) else None
+        out.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan)
+    return out
+
+
 def _bar_seconds(ts: Sequence[float]) -> float:
     steps = sorted(b - a for a, b in zip(ts, ts[1:], strict=False) if b > a)
     return steps[len(steps) // 2] if steps else 1.0
@@ -131,9 +149,11 @@ def build_figure(records: Sequence[Mapping[str, Any]], assets: Sequence[str], *,
     FigureCanvasAgg(fig)  # Agg renders the PNG; pyplot (and a display) is never involved
     ax_imb, ax_dq, ax_agree, ax_vel = fig.subplots(4, 1, sharex=True)
 
+    indexes = [_symbol_index(r) for r in records]
     for sym in assets:
-        ax_imb.plot(times, _series(records, "assets", sym, "signal", "imbalance"), lw=1.0, label=sym, gid=f"imb:{sym}")
-        ax_dq.plot(times, _series(records, "assets", sym, "placement", "depth_quality"), lw=1.0, label=sym,
+        ax_imb.plot(times, _asset_series(records, indexes, sym, "signal", "imbalance"), lw=1.0, label=sym,
+                    gid=f"imb:{sym}")
+        ax_dq.plot(times, _asset_series(records, indexes, sym, "placement", "depth_quality"), lw=1.0, label=sym,
                    gid=f"dq:{sym}")
     ax_agree.plot(times, _series(records, "market", "agreement_pct"), lw=1.0, color="#2e86c1", gid="agreement_pct")
     ax_vel.plot(times, _series(records, "macro", "depth_velocity"), lw=1.0, color="#7d3c98", gid="depth_velocity")

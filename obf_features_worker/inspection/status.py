@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from obf_contract.record import check_columns
 from obf_features_worker.engine.producer_clock import describe_offset
 from obf_features_worker.inspection import cluster_args
 from obf_features_worker.logs import setup_logging
@@ -216,7 +217,7 @@ def evaluate(health_docs: Sequence[Mapping[str, Any]], newest_bar: Mapping[str, 
 
 def _asset_statuses(newest_bar: Mapping[str, Any] | None, latest_docs: Mapping[str, Mapping[str, Any]],
                     workers: Sequence[WorkerStatus], bar: BarStatus | None, now: float) -> list[AssetStatus]:
-    in_bar = (newest_bar or {}).get("assets") or {}
+    in_bar = _bar_ages(newest_bar)
     named_stale = set(bar.stale_assets if bar else [])
     for w in workers:
         named_stale.update(w.stale_assets)
@@ -233,7 +234,7 @@ def _asset_statuses(newest_bar: Mapping[str, Any] | None, latest_docs: Mapping[s
         if doc is not None:
             idx, ts, age_ms = _int(doc.get("bar_idx")), _num(doc.get("bar_ts")), _num(doc.get("age_ms"))
         elif sym in in_bar and bar is not None:
-            idx, ts, age_ms = bar.bar_idx, bar.bar_ts, _num(in_bar[sym].get("age_ms"))
+            idx, ts, age_ms = bar.bar_idx, bar.bar_ts, _num(in_bar[sym])
         else:
             idx = ts = age_ms = None
         present = sym in in_bar
@@ -242,6 +243,17 @@ def _asset_statuses(newest_bar: Mapping[str, Any] | None, latest_docs: Mapping[s
                                sym in {s for w in workers for s in w.all_rejected},
                                note=notes.get(sym, "")))
     return out
+
+
+def _bar_ages(rec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{symbol: age_ms}`` of a columnar bar record's present assets; {} if it is malformed."""
+    if rec is None:
+        return {}
+    try:
+        check_columns(rec)
+    except ValueError:
+        return {}
+    return dict(zip(rec["symbols"], rec["age_ms"]))
 
 
 def unreachable_report(cluster_name: str, members: Sequence[str], error: str, now: float) -> StatusReport:

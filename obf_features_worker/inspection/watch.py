@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Column:
     header: str
-    path: tuple[str, ...]  # inside the asset record
+    path: tuple[str, ...]  # of the column inside the (columnar) bar record
     fmt: Callable[[float], str]
     signed: bool = False  # colour by sign
 
@@ -66,14 +66,19 @@ SORT_KEYS = ("symbol",) + tuple(c.header for c in COLUMNS)
 REGIME_STYLE = {"CALM": "green", "STRESS": "bold yellow", "CASCADE": "bold red"}
 
 
-def _value(asset: Mapping[str, Any], path: Sequence[str]) -> float | None:
-    node: Any = asset
+def _column(record: Mapping[str, Any], path: Sequence[str], n: int) -> list[Any] | None:
+    """The column at ``path`` of a columnar record, or None if absent or not ``n`` values long."""
+    node: Any = record
     for part in path:
         if not isinstance(node, Mapping):
             return None
         node = node.get(part)
-    if isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
-        return float(node)
+    return node if isinstance(node, list) and len(node) == n else None
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
     return None
 
 
@@ -123,8 +128,11 @@ def asset_rows(record: Mapping[str, Any], sort: str = "symbol") -> list[tuple[st
     """
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
-    rows = [(sym, [_value(a, c.path) for c in COLUMNS])
-            for sym, a in (record.get("assets") or {}).items() if isinstance(a, Mapping)]
+    symbols = record.get("symbols")
+    symbols = symbols if isinstance(symbols, list) else []
+    cols = [_column(record, c.path, len(symbols)) for c in COLUMNS]
+    rows = [(str(sym), [None if col is None else _number(col[i]) for col in cols])
+            for i, sym in enumerate(symbols)]
     if sort == "symbol":
         rows.sort(key=lambda r: r[0])
     else:

@@ -198,7 +198,7 @@ def test_cli_imports_and_replays_coin_m_with_no_extra_flags(tmp_path):
     records = tmp_path / "bars.jsonl"
     assert cli.main(["replay", str(out), "--bar-seconds", "0.1", "--no-progress", "-o", str(records)]) == 0
     bars = [json.loads(line) for line in records.read_text().splitlines()]
-    assert bars and all(set(b["assets"]) == {"BTCUSD_PERP"} for b in bars if b["n_present"])
+    assert bars and all(b["symbols"] == ["BTCUSD_PERP"] for b in bars if b["n_present"])
     assert any(b["n_present"] == 1 for b in bars)
 
 

@@ -27,7 +27,7 @@ from engine_adapter import (
 )
 from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_SIGNAL
 from engine_adapter.mock import PAPER_BIASES
-from obf_contract.record import universe_hash
+from obf_contract.record import asset_view, universe_hash
 from tests.unit.test_adapter_fastpath import ASSETS, StubClient, record
 
 # -- the in-process engine's constructor calls and attribute reads ---------------------------------
@@ -89,8 +89,9 @@ def test_in_process_attribute_reads_against_the_adapter(stub: StubClient) -> Non
     assert eng.get_macro(7).depth_velocity == rec["macro"]["depth_velocity"]
     assert eng.get_macro(7).acceleration == rec["macro"]["acceleration"]
     assert eng.get_market("BTCUSDT", 7).agreement_pct == m["agreement_pct"]
-    assert eng.get_placement("BTCUSDT", 7).fill_probability == rec["assets"]["BTCUSDT"]["placement"]["fill_probability"]
-    assert eng.get_signal("ETHUSDT", 7).imbalance == rec["assets"]["ETHUSDT"]["signal"]["imbalance"]
+    view = asset_view(rec)
+    assert eng.get_placement("BTCUSDT", 7).fill_probability == view["BTCUSDT"]["placement"]["fill_probability"]
+    assert eng.get_signal("ETHUSDT", 7).imbalance == view["ETHUSDT"]["signal"]["imbalance"]
 
 
 # -- step_live warnings -----------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_non_integral_and_millisecond_keys_never_raise(stub: StubClient) -> None
     rec = record(7)
     push(stub, rec)
     assert eng.step_live(ASSETS, 7.6).kind == "exact"  # truncated like int(7.6)
-    imb = rec["assets"]["BTCUSDT"]["signal"]["imbalance"]
+    imb = asset_view(rec)["BTCUSDT"]["signal"]["imbalance"]
     assert eng.get_signal("BTCUSDT", 7.2).imbalance == imb
     ms = int(rec["bar_ts"] * 1000)
     assert eng.get_signal("BTCUSDT", ms).imbalance == imb
@@ -326,7 +327,7 @@ def test_iso_timestamps_resolve_and_a_bad_string_answers_neutral(stub: StubClien
     push(stub, rec)
     eng.step_live(ASSETS, 7)
     iso = datetime.fromtimestamp(rec["bar_ts"], UTC).isoformat()
-    imb = rec["assets"]["BTCUSDT"]["signal"]["imbalance"]
+    imb = asset_view(rec)["BTCUSDT"]["signal"]["imbalance"]
     for key in (iso, iso.replace("+00:00", "Z"), iso.replace("+00:00", "")):
         assert eng.get_signal("BTCUSDT", key).imbalance == imb, key
         assert eng.resolve(key).kind == "exact"

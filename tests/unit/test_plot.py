@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from obf_contract.record import dumps_record, loads_record
+from obf_contract.record import asset_view, dumps_record, loads_record
 from obf_features_worker import cli
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.inspection.plot import build_figure, load_records, plot_records, regime_bands
 from obf_features_worker.offline.import_binance import BandSpec, import_binance
 from obf_features_worker.offline.replay import replay_records
 from tests.conftest import SHARED_DATA
+from tests.factories import columns
 
 RECORDINGS = SHARED_DATA / "binance-hftbacktest"
 BAND_BPS = 20.0  # within every recording's snapshot reach (see ../shared/README.md)
@@ -80,13 +81,13 @@ def test_drawn_lines_and_bands_are_the_records(replay_file):
     assets = ("BTCUSDT", "ETHUSDTPERP")
     fig = build_figure(records, assets)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
+    views = [asset_view(r) for r in records]
     for sym in assets:
-        want = [r["assets"][sym]["signal"]["imbalance"] if sym in r["assets"] else math.nan for r in records]
+        want = [v[sym]["signal"]["imbalance"] if sym in v else math.nan for v in views]
         got = list(lines[f"imb:{sym}"].get_ydata())
         assert len(got) == len(want)
         assert all((math.isnan(g) and math.isnan(w)) or g == w for g, w in zip(got, want, strict=True))
-        want_dq = [r["assets"][sym]["placement"]["depth_quality"] if sym in r["assets"] else math.nan
-                   for r in records]
+        want_dq = [v[sym]["placement"]["depth_quality"] if sym in v else math.nan for v in views]
         got_dq = list(lines[f"dq:{sym}"].get_ydata())
         assert all((math.isnan(g) and math.isnan(w)) or g == w for g, w in zip(got_dq, want_dq, strict=True))
     assert list(lines["agreement_pct"].get_ydata()) == [r["market"]["agreement_pct"] for r in records]
@@ -106,15 +107,15 @@ def test_whole_real_replay_has_stress_bands_drawn_on_every_panel(replay_file):
 
 def test_regime_bands_from_hand_made_records():
     regimes = ["CALM", "STRESS", "STRESS", "CASCADE", "CALM", None, "CASCADE"]
-    recs = [{"bar_idx": 10 + i, "bar_ts": 100.0 + i, "assets": {},
+    recs = [{"bar_idx": 10 + i, "bar_ts": 100.0 + i, **columns({}),
              "market": None, "macro": None if g is None else {"cascade_regime": g}} for i, g in enumerate(regimes)]
     bands = [(b.regime, b.first_bar_idx, b.last_bar_idx) for b in regime_bands(recs)]
     assert bands == [("STRESS", 11, 12), ("CASCADE", 13, 13), ("CASCADE", 16, 16)]
 
 
 def test_plot_records_sorts_and_reports(tmp_path):
-    recs = [{"bar_idx": i, "bar_ts": float(i), "assets": {"AAA": {"signal": {"imbalance": 0.1},
-                                                                    "placement": {"depth_quality": 1.0}}},
+    recs = [{"bar_idx": i, "bar_ts": float(i), **columns({"AAA": {"signal": {"imbalance": 0.1},
+                                                                    "placement": {"depth_quality": 1.0}}}),
              "market": {"agreement_pct": 50.0}, "macro": {"cascade_regime": "CALM", "depth_velocity": 0.0}}
             for i in (5, 3, 4)]
     summary = plot_records(recs, tmp_path / "x.png")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from obf_contract.record import dumps_record, loads_record
+from obf_contract.record import asset_view, check_columns, dumps_record, loads_record
 from obf_features_worker import cli
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.feature_engine import FeatureEngine
@@ -30,7 +30,8 @@ def run(lines, bar_seconds=1.0, max_age_s=None, params=None):
 
 
 def present(rec) -> dict[str, float]:
-    return {sym: a["ts"] for sym, a in rec["assets"].items()}
+    check_columns(rec)
+    return dict(zip(rec["symbols"], rec["ts"]))
 
 
 def test_bar_closes_and_presence_by_age():
@@ -45,7 +46,7 @@ def test_bar_closes_and_presence_by_age():
         {"AAA": 11.0},  # age exactly 2 s: still present
         {"BBB": 13.5},  # AAA is 3 s old
     ]
-    assert recs[3]["assets"]["BBB"]["age_ms"] == pytest.approx(500.0)
+    assert asset_view(recs[3])["BBB"]["age_ms"] == pytest.approx(500.0)
     assert stats.bars == 4 and stats.used == 3 and stats.assets == {"AAA", "BBB"}
     assert (stats.first_bar_idx, stats.last_bar_idx) == (11, 14)
 
@@ -80,8 +81,8 @@ def test_records_equal_the_engine_driven_by_hand():
                 engine.step(12, 12.0, {"AAA": snaps[2], "BBB": snaps[1]})]
     assert [dumps_record(r) for r in recs] == [dumps_record(r) for r in expected]
     # and the numbers mean what the contract says: imbalance (B - A) / (B + A)
-    assert recs[0]["assets"]["AAA"]["signal"]["imbalance"] == pytest.approx((350 - 170) / (350 + 170))
-    assert recs[0]["assets"]["BBB"]["signal"]["imbalance"] == pytest.approx(-0.5)
+    assert asset_view(recs[0])["AAA"]["signal"]["imbalance"] == pytest.approx((350 - 170) / (350 + 170))
+    assert asset_view(recs[0])["BBB"]["signal"]["imbalance"] == pytest.approx(-0.5)
 
 
 def test_unsorted_input_gives_the_same_bytes():
@@ -159,11 +160,11 @@ def test_cli_replay(tmp_path, capsys):
     def proxy(span):
         w = span / 5
         return 2 * (w * 4 + w * (10_000 - 100) / 50_000)
-    assert recs[0]["assets"]["AAA"]["placement"]["spread_proxy_bps"] == pytest.approx(proxy(100.0))
+    assert asset_view(recs[0])["AAA"]["placement"]["spread_proxy_bps"] == pytest.approx(proxy(100.0))
     assert cli.main(["replay", str(inp), "--bar-seconds", "1", "--band-span-bps", "25",
                      "--output", str(out3)]) == 0
     recs = [loads_record(b) for b in out3.read_bytes().splitlines()]
-    assert recs[0]["assets"]["AAA"]["placement"]["spread_proxy_bps"] == pytest.approx(proxy(25.0))
+    assert asset_view(recs[0])["AAA"]["placement"]["spread_proxy_bps"] == pytest.approx(proxy(25.0))
     capsys.readouterr()
     assert cli.main(["replay", str(inp), "--bar-seconds", "0", "--output", str(out3)]) == 2
     assert cli.main(["replay", str(inp), "--bar-seconds", "1", "--ma-window", "99", "--output", str(out3)]) == 2
@@ -177,7 +178,7 @@ def test_assets_filter_and_are_the_universe_of_the_cross_asset_depth(tmp_path, c
     lines = [line("AAA", 10.2, bid=(300.0,), ask=(100.0,), seq=1), line("BBB", 10.5, bid=(10.0,), ask=(30.0,), seq=1),
              line("ZZZ", 10.6, seq=1)]
     recs = list(replay.replay_records(lines, 1.0, assets=["BBB", "AAA", "CCC"]))
-    assert [set(r["assets"]) for r in recs] == [{"AAA", "BBB"}]
+    assert [set(r["symbols"]) for r in recs] == [{"AAA", "BBB"}]
     snaps = {s: snapshot.parse_snapshot(json.loads(x)["key"], json.loads(x)["value"], now=math.inf)
              for s, x in (("AAA", lines[0]), ("BBB", lines[1]))}
     expected = FeatureEngine(universe=["AAA", "BBB", "CCC"]).step(11, 11.0, snaps)

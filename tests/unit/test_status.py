@@ -65,9 +65,9 @@ def test_clock_skew_future_timestamps_count_as_fresh():
 def test_rejects_and_assets_from_bar_and_latest_docs():
     recs = engine_records(3, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], start_idx=int(NOW) - 3, absent={2: {"SOLUSDT"}})
     newest = with_producer(recs[-1], "w1", stale=["SOLUSDT"])
-    latest = {sym: {"symbol": sym, "bar_idx": int(r["bar_idx"]), "bar_ts": r["bar_ts"],
-                    "age_ms": r["assets"][sym]["age_ms"]}
-              for r in recs for sym in r["assets"]}  # later bars overwrite: the latest per symbol
+    # later bars overwrite: the latest per symbol
+    latest = {sym: {"symbol": sym, "bar_idx": int(r["bar_idx"]), "bar_ts": r["bar_ts"], "age_ms": age}
+              for r in recs for sym, age in zip(r["symbols"], r["age_ms"])}
     doc = health_doc("w1", NOW, rejected={"bad_json": 3, "stale": 1}, stale_assets=["SOLUSDT"])
     r = evaluate([doc], newest, latest, NOW)
     assert r.workers[0].rejected == {"bad_json": 3, "stale": 1}

@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
+from obf_contract.record import asset_view
 from obf_features_worker.inspection.watch import COLUMNS, BarInbox, asset_rows, header_lines, plain_lines, render_text
+from tests.factories import columns
 from tests.inspection_records import engine_records, with_producer
 
 
@@ -19,9 +21,9 @@ def hand_record() -> dict:
                 "signal": {"imbalance": imb, "imbalance_ma5": imb / 2, "imbalance_persistence": 1.0,
                            "depth_asymmetry": -0.5, "withdrawal_velocity": -0.02}}
     return {
-        "schema": 2, "bar_idx": 1234, "bar_ts": 1_723_161_600.0, "n_assets": 4, "n_present": 3,
-        "assets": {"ETHUSDT": asset(-0.25, 0.4, 2_500_000.0, 120.0), "BTCUSDT": asset(0.5, 1.0, 12_340_000.0, 80.0),
-                   "SOLUSDT": asset(0.1, 2.0, 950.0, 30.0)},
+        "schema": 3, "bar_idx": 1234, "bar_ts": 1_723_161_600.0, "n_assets": 4, "n_present": 3,
+        **columns({"ETHUSDT": asset(-0.25, 0.4, 2_500_000.0, 120.0), "BTCUSDT": asset(0.5, 1.0, 12_340_000.0, 80.0),
+                   "SOLUSDT": asset(0.1, 2.0, 950.0, 30.0)}),
         "market": {"median_imbalance": 0.1, "agreement_pct": 66.6667, "depth_pressure": -0.2},
         "macro": {"cascade_count": 1, "cascade_regime": "STRESS", "depth_velocity": -0.0123, "acceleration": 0.0},
         "degraded": False,
@@ -56,7 +58,7 @@ def test_frame_rows_are_the_assets_with_formatted_values():
 
 def test_sort_by_feature_is_descending_with_missing_last():
     rec = hand_record()
-    del rec["assets"]["SOLUSDT"]["signal"]["imbalance"]
+    rec["signal"]["imbalance"][rec["symbols"].index("SOLUSDT")] = None  # a value the tool cannot use
     order = [sym for sym, _ in asset_rows(rec, sort="imb")]
     assert order == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     order = [sym for sym, _ in asset_rows(rec, sort="d_qual")]
@@ -72,7 +74,7 @@ def test_max_rows_truncates_with_a_note():
 
 
 def test_bar_without_assets_and_missing_blocks_renders():
-    rec = {"bar_idx": 5, "bar_ts": 5.0, "n_assets": 2, "n_present": 0, "assets": {}, "market": None,
+    rec = {"bar_idx": 5, "bar_ts": 5.0, "n_assets": 2, "n_present": 0, **columns({}), "market": None,
            "macro": None, "degraded": True}
     text = render_text(rec, width=200)
     assert "regime -" in text and "agreement -%" in text and "DEGRADED" in text
@@ -86,11 +88,12 @@ def test_real_engine_records_render_every_column():
     lines = plain_lines(rec)
     assert lines[0].startswith(f"bar {rec['bar_idx']} ")
     asset_lines = lines[2:]
-    assert [line.split()[0] for line in asset_lines] == sorted(rec["assets"])
+    assert [line.split()[0] for line in asset_lines] == rec["symbols"] == sorted(rec["symbols"])
+    view = asset_view(rec)
     for line in asset_lines:
         assert not re.search(r"=-(\s|$)", line), line  # no missing cell
         sym = line.split()[0]
-        assert f"imb={rec['assets'][sym]['signal']['imbalance']:+.3f}" in line
+        assert f"imb={view[sym]['signal']['imbalance']:+.3f}" in line
 
 
 def test_inbox_hands_over_newest_bar_and_never_blocks_the_producer():

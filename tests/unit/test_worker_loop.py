@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from obf_contract.record import asset_view
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import parse_snapshot
@@ -50,7 +51,7 @@ def test_presence_by_age_and_record_equals_engine(make_worker):
     w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))
     w.book.offer("asset_BBBUSDT_ob", payload(B0 - 2.5, 1, bid=10.0))  # older than max age 2 s
     rec = w.process_bar(tick(B0))
-    assert set(rec["assets"]) == {"AAAUSDT"}
+    assert rec["symbols"] == ["AAAUSDT"]
     assert rec["producer"]["stale_assets"] == ["BBBUSDT"] and rec["producer"]["worker_id"] == "w-test"
     expected = FeatureEngine(FeatureParams()).step(
         B0, float(B0), {"AAAUSDT": parse_snapshot("asset_AAAUSDT_ob", payload(B0 - 0.5, 1), now=math.inf)})
@@ -71,7 +72,7 @@ def test_stale_asset_is_re_read_once_and_used_when_fresher(make_worker):
     grid.inputs["asset_AAAUSDT_ob"] = payload(B0 - 0.2, 2)  # its event was dropped; the entry is fresh
     rec = w.process_bar(tick(B0))
     assert grid.get_calls == [["asset_AAAUSDT_ob"]]  # one call, only the stale asset
-    assert rec["assets"]["AAAUSDT"]["seq"] == 2 and rec["producer"]["stale_assets"] == []
+    assert asset_view(rec)["AAAUSDT"]["seq"] == 2 and rec["producer"]["stale_assets"] == []
     # The same entry again is not a new event: no reject, no double count.
     w.process_bar(tick(B0 + 3))
     stats = w.book.stats()
@@ -152,7 +153,7 @@ def test_scan_count_restart_keeps_engine_state_and_accepts_bar_zero(make_worker)
     # The histories carried on: the imbalance MA averages both bars.
     imb1 = (200 - 100) / 300
     imb2 = (160 - 100) / 260
-    assert rec["assets"]["AAAUSDT"]["signal"]["imbalance_ma5"] == pytest.approx((imb1 + imb2) / 2)
+    assert asset_view(rec)["AAAUSDT"]["signal"]["imbalance_ma5"] == pytest.approx((imb1 + imb2) / 2)
     assert grid.retention[-1] == (0 - 500, 0)  # yesterday's higher keys go
 
 
@@ -161,4 +162,4 @@ def test_explicit_assets_are_re_read_even_if_never_seen(make_worker):
     grid.inputs["asset_CCCUSDT_ob"] = payload(B0 - 0.1, 9)
     rec = w.process_bar(tick(B0))
     assert grid.get_calls == [["asset_AAAUSDT_ob", "asset_CCCUSDT_ob"]]
-    assert set(rec["assets"]) == {"CCCUSDT"} and rec["producer"]["stale_assets"] == ["AAAUSDT"]
+    assert rec["symbols"] == ["CCCUSDT"] and rec["producer"]["stale_assets"] == ["AAAUSDT"]
