@@ -15,6 +15,8 @@
 --   * ORDER BY / LIMIT work on IMap mappings without an index.
 --   * Scalar sub-queries are not supported: "latest bar" = ORDER BY __key DESC LIMIT 1.
 --   * There is no CURRENT_TIMESTAMP; ages are in the records (age_ms, bar_ts).
+--   * A JSON path may be computed ('$.signal.imbalance[' || i || ']'), and FROM takes a
+--     sub-query: how asset-history-btc reads one asset out of the columnar records.
 --
 -- Lines "-- name: <id>" name the statement that follows (used by
 -- `obf-features sql --run <id>` and the tests); the next comment line says what it shows.
@@ -24,7 +26,8 @@
 -- ---------------------------------------------------------------------------
 
 -- name: map-features
--- One bar record per bar_idx (BIGINT key), the whole record as JSON (see docs/contract.md).
+-- One bar record per bar_idx (BIGINT key), the whole record as JSON (see docs/contract.md): columnar
+-- (schema 3), every per-asset field a list in the order of $.symbols; DOLPHIN_OBF_LATEST is per asset.
 CREATE OR REPLACE MAPPING DOLPHIN_OBF_FEATURES (
     __key BIGINT,
     this JSON
@@ -181,18 +184,28 @@ ORDER BY __key DESC
 LIMIT 1;
 
 -- name: asset-history-btc
--- One asset across the last 20 bars (edit the symbol in the paths; no quotes for A-Z, 0-9 and _ as in '$.assets.BTCUSD_PERP...'; quote a symbol with - or a leading digit: '$.assets."1000SHIBUSDT"...').
+-- One asset across the last 20 bars it was present in (edit the symbol in the one place it appears, '"BTCUSDT"'; records are columnar, so its position in $.symbols picks its value in each column).
 SELECT
-    __key AS bar_idx,
-    JSON_VALUE(this, '$.assets.BTCUSDT.signal.imbalance' RETURNING DOUBLE) AS imbalance,
-    JSON_VALUE(this, '$.assets.BTCUSDT.signal.imbalance_ma5' RETURNING DOUBLE) AS imbalance_ma5,
-    JSON_VALUE(this, '$.assets.BTCUSDT.placement.depth_quality' RETURNING DOUBLE) AS depth_quality,
-    JSON_VALUE(this, '$.assets.BTCUSDT.placement.spread_proxy_bps' RETURNING DOUBLE) AS spread_proxy_bps,
-    JSON_VALUE(this, '$.assets.BTCUSDT.age_ms' RETURNING DOUBLE) AS age_ms,
-    JSON_QUERY(this, '$.assets.BTCUSDT.signal') AS signal
-FROM DOLPHIN_OBF_FEATURES
-WHERE JSON_QUERY(this, '$.assets.BTCUSDT') IS NOT NULL
-ORDER BY __key DESC
+    bar_idx,
+    JSON_VALUE(this, '$.signal.imbalance[' || i || ']' RETURNING DOUBLE) AS imbalance,
+    JSON_VALUE(this, '$.signal.imbalance_ma5[' || i || ']' RETURNING DOUBLE) AS imbalance_ma5,
+    JSON_VALUE(this, '$.placement.depth_quality[' || i || ']' RETURNING DOUBLE) AS depth_quality,
+    JSON_VALUE(this, '$.placement.spread_proxy_bps[' || i || ']' RETURNING DOUBLE) AS spread_proxy_bps,
+    JSON_VALUE(this, '$.age_ms[' || i || ']' RETURNING DOUBLE) AS age_ms,
+    JSON_VALUE(this, '$.symbols[' || i || ']') AS symbol
+FROM (
+    -- i = the number of commas before the symbol in the compact symbols array (symbols hold none)
+    SELECT bar_idx, this, CAST(CHAR_LENGTH(head) - CHAR_LENGTH(REPLACE(head, ',', '')) AS VARCHAR) AS i
+    FROM (
+        SELECT bar_idx, this, SUBSTRING(symbols FROM 1 FOR POSITION('"BTCUSDT"' IN symbols)) AS head
+        FROM (
+            SELECT __key AS bar_idx, this, CAST(JSON_QUERY(this, '$.symbols' WITH WRAPPER) AS VARCHAR) AS symbols
+            FROM DOLPHIN_OBF_FEATURES
+        )
+    )
+    WHERE head <> ''
+)
+ORDER BY bar_idx DESC
 LIMIT 20;
 
 -- name: bars-by-regime

@@ -77,7 +77,7 @@ def choose_assets(records: Sequence[Mapping[str, Any]], wanted: Sequence[str] | 
         return tuple(wanted)
     counts: Counter[str] = Counter()
     for rec in records:
-        counts.update(_symbol_index(rec))
+        counts.update(list(_symbol_index(rec)))  # the symbols, each counted once per bar
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return tuple(sym for sym, _ in ranked[:max(0, max_assets)])
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.record import asset_view
 from obf_features_worker import cli
 from obf_features_worker.dev.member import free_port
 from obf_features_worker.inspection.sql import StatementKind, apply_statements, load_statements, map_renames
@@ -109,7 +110,7 @@ def pipeline(hz_cluster: HzCluster, tmp_path_factory) -> Pipeline:
 def _check_running(name: str, rows: list[dict[str, Any]], p: Pipeline) -> None:
     """Checks that hold however far the worker got: bar records are immutable once written."""
     def same_asset(row: dict[str, Any], sym: str) -> None:
-        a = p.record(row["bar_idx"])["assets"][sym]
+        a = asset_view(p.record(row["bar_idx"]))[sym]
         for col in LATEST_SIGNAL:
             if col in row:
                 assert row[col] == a["signal"][col], (name, sym, col)
@@ -129,7 +130,7 @@ def _check_running(name: str, rows: list[dict[str, Any]], p: Pipeline) -> None:
         assert [r["symbol"] for r in rows] == sorted(SYMBOLS)
         for r in rows:
             same_asset(r, r["symbol"])
-            assert r["seq"] == p.record(r["bar_idx"])["assets"][r["symbol"]]["seq"]
+            assert r["seq"] == asset_view(p.record(r["bar_idx"]))[r["symbol"]]["seq"]
     elif name in ("latest-thin-books", "latest-strong-imbalance", "latest-stale-input"):
         assert {r["symbol"] for r in rows} <= set(SYMBOLS)
         for r in rows:
@@ -148,9 +149,10 @@ def _check_running(name: str, rows: list[dict[str, Any]], p: Pipeline) -> None:
                 assert r["cascade_regime"] == (rec["macro"] or {}).get("cascade_regime")
                 assert r["agreement_pct"] == (rec["market"] or {}).get("agreement_pct")
             if name == "asset-history-btc":
-                a = rec["assets"]["BTCUSDT"]
+                a = asset_view(rec)["BTCUSDT"]
+                assert r["symbol"] == "BTCUSDT"
                 assert r["imbalance"] == a["signal"]["imbalance"] and r["age_ms"] == a["age_ms"]
-                assert _json(r["signal"]) == a["signal"]
+                assert r["depth_quality"] == a["placement"]["depth_quality"]
             if name == "bars-degraded":
                 assert rec["degraded"] or rec["producer"]["degraded"]
     elif name == "bar-latest-record":
@@ -227,7 +229,7 @@ def known_data(hz_client, map_suffix: str) -> dict[str, Any]:
     latest: dict[str, dict[str, Any]] = {}
     for idx in sorted(records):
         rec = records[idx]
-        for sym, a in rec["assets"].items():
+        for sym, a in asset_view(rec).items():
             latest[sym] = {"symbol": sym, "bar_idx": idx, "bar_ts": rec["bar_ts"], "age_ms": a["age_ms"],
                            "seq": a["seq"], **a["placement"], **a["signal"]}
     latest["ETHUSDT"]["depth_quality"] = 0.31
@@ -293,13 +295,13 @@ def _expected(name: str, d: dict[str, Any]) -> Callable[[list[dict[str, Any]]], 
                     "producer": r["producer"], "record": r}])
     if name == "asset-history-btc":
         out = []
-        for r in [r for r in desc if "BTCUSDT" in r["assets"]][:20]:
-            a = r["assets"]["BTCUSDT"]
+        for r in [r for r in desc if "BTCUSDT" in r["symbols"]][:20]:
+            a = asset_view(r)["BTCUSDT"]
             out.append({"bar_idx": r["bar_idx"], "imbalance": a["signal"]["imbalance"],
                         "imbalance_ma5": a["signal"]["imbalance_ma5"],
                         "depth_quality": a["placement"]["depth_quality"],
                         "spread_proxy_bps": a["placement"]["spread_proxy_bps"], "age_ms": a["age_ms"],
-                        "signal": a["signal"]})
+                        "symbol": "BTCUSDT"})
         return eq(out)
     if name == "bars-by-regime":
         counts = Counter((r["macro"] or {}).get("cascade_regime") for r in records.values())
@@ -419,10 +421,11 @@ def test_watch_once_prints_the_newest_bar(pipeline: Pipeline, capsys):
     bar_idx, assets = _parse_plain(out.strip().splitlines())
     assert bar_idx >= before
     rec = pipeline.record(bar_idx)
-    assert sorted(assets) == sorted(rec["assets"]) == sorted(SYMBOLS)
+    view = asset_view(rec)
+    assert sorted(assets) == sorted(view) == sorted(SYMBOLS)
     for sym, cells in assets.items():
-        assert cells["imb"] == f"{rec['assets'][sym]['signal']['imbalance']:+.3f}"
-        assert cells["d_qual"] == f"{rec['assets'][sym]['placement']['depth_quality']:.2f}"
+        assert cells["imb"] == f"{view[sym]['signal']['imbalance']:+.3f}"
+        assert cells["d_qual"] == f"{view[sym]['placement']['depth_quality']:.2f}"
     assert f"worker {pipeline.worker_id}" in out
 
 

@@ -13,7 +13,7 @@ import pytest
 from obf_contract.record import asset_view, dumps_record, loads_record
 from obf_features_worker import cli
 from obf_features_worker.engine.params import FeatureParams
-from obf_features_worker.inspection.plot import build_figure, load_records, plot_records, regime_bands
+from obf_features_worker.inspection.plot import build_figure, choose_assets, load_records, plot_records, regime_bands
 from obf_features_worker.offline.import_binance import BandSpec, import_binance
 from obf_features_worker.offline.replay import replay_records
 from tests.conftest import SHARED_DATA
@@ -136,3 +136,13 @@ def test_cli_exit_codes_for_bad_and_empty_input(tmp_path):
     assert cli.main(["plot", "--from-file", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "m.png")]) == 2
     assert cli.main(["plot", "--from-file", str(empty), "--last", "0"]) == 2
     assert not (tmp_path / "e.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_choose_assets_ranks_by_bars_present():
+    def rec(*symbols):
+        return {"bar_idx": 1, "bar_ts": 1.0, **columns({s: {"signal": {"imbalance": 0.0}} for s in symbols})}
+
+    recs = [rec("AAA", "ZZZ"), rec("AAA", "MMM", "ZZZ"), rec("ZZZ"), rec()]
+    assert choose_assets(recs) == ("ZZZ", "AAA", "MMM")
+    assert choose_assets(recs, max_assets=1) == ("ZZZ",)
+    assert choose_assets(recs, ["MMM"]) == ("MMM",)
