@@ -33,7 +33,9 @@ from engine_adapter.features import (
     OBPlacementFeatures,
     OBSignalFeatures,
 )
+from obf_contract.record import SCHEMA_VERSION, asset_view
 from tests.cluster import HzCluster
+from tests.factories import columns
 
 T0 = 1_723_161_000.0
 SPACING = 5.0  # s between bars in the hand-written records
@@ -57,8 +59,8 @@ def record(idx: int, *, version: int = 0, assets: tuple[str, ...] = ASSETS, ts: 
                        "depth_asymmetry": imb / 4, "withdrawal_velocity": -0.001 * k},
         }
     return {
-        "schema": 2, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
-        "n_assets": len(assets), "n_present": len(assets), "assets": out,
+        "schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
+        "n_assets": len(assets), "n_present": len(assets), **columns(out),
         "market": {"median_imbalance": (idx % 10) / 20, "agreement_pct": 60.0 + version, "depth_pressure": 0.125,
                    "notional_pressure": -0.125},
         "macro": {"cascade_count": idx % 3, "cascade_regime": ("CALM", "STRESS", "CASCADE")[idx % 3],
@@ -81,11 +83,11 @@ def put(m: Any, rec: dict) -> None:
 
 
 def placement_of(rec: dict, sym: str) -> OBPlacementFeatures:
-    return OBPlacementFeatures(**rec["assets"][sym]["placement"])
+    return OBPlacementFeatures(**asset_view(rec)[sym]["placement"])
 
 
 def signal_of(rec: dict, sym: str) -> OBSignalFeatures:
-    return OBSignalFeatures(**rec["assets"][sym]["signal"])
+    return OBSignalFeatures(**asset_view(rec)[sym]["signal"])
 
 
 def config_for(cluster: HzCluster, map_name: str, **kw: Any) -> AdapterConfig:
@@ -554,19 +556,19 @@ def test_end_to_end_with_the_real_worker(hz_cluster, hz_client, map_suffix: str,
                 written = orjson.loads(features_map.get(bar_idx).to_string())
                 # Events of different keys may overtake each other: the worker may close the bar
                 # before a snapshot's event reached it. Its record names each snapshot by seq.
-                used = {sym: sent[sym, a["seq"]] for sym, a in written["assets"].items()}
+                used = {sym: sent[sym, seq] for sym, seq in zip(written["symbols"], written["seq"], strict=True)}
                 expected = engine.step(bar_idx, written["bar_ts"], used)
+                w_view, e_view = asset_view(written), asset_view(expected)
+                assert written["state"] == expected["state"]
                 for sym in used:
                     got_p, got_s = eng.get_placement(sym, bar_idx), eng.get_signal(sym, bar_idx)
-                    assert dataclasses.asdict(got_p) == written["assets"][sym]["placement"] \
-                        == expected["assets"][sym]["placement"]
-                    assert dataclasses.asdict(got_s) == written["assets"][sym]["signal"] \
-                        == expected["assets"][sym]["signal"]
+                    assert dataclasses.asdict(got_p) == w_view[sym]["placement"] == e_view[sym]["placement"]
+                    assert dataclasses.asdict(got_s) == w_view[sym]["signal"] == e_view[sym]["signal"]
                 assert dataclasses.asdict(eng.get_market(bar_idx)) == written["market"] == expected["market"]
                 assert written["macro"] == expected["macro"]
                 assert eng.get_macro(bar_idx) == macro_of(written)
                 assert eng.get_bar(bar_idx).worker_id == "e2e-test"
-            assert set(written["assets"]) == set(ASSETS)  # by the last bar every asset is in
+            assert set(written["symbols"]) == set(ASSETS)  # by the last bar every asset is in
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

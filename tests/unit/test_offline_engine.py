@@ -17,6 +17,7 @@ from obf_contract import dayfiles
 from obf_contract.record import SCHEMA_VERSION
 from obf_features_worker import cli
 from obf_features_worker.offline.replay import write_by_date
+from tests.factories import columns
 
 MIDNIGHT = 1_723_161_600.0  # 2024-08-09 00:00:00 UTC
 SPACING = 5.0
@@ -29,7 +30,7 @@ def rec(idx: int, ts: float | None = None, assets: tuple[str, ...] = ("BTCUSDT",
              "signal": {"imbalance": 0.1 * k, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                         "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}} for k, s in enumerate(assets)}
     return {"schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": MIDNIGHT + (idx - 100) * SPACING if ts is None else ts,
-            "n_assets": 2, "n_present": len(a), "assets": a,
+            "n_assets": 2, "n_present": len(a), **columns(a),
             "market": {"median_imbalance": idx / 1000, "agreement_pct": 75.0, "depth_pressure": 0.0,
                        "notional_pressure": 0.0},
             "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0,

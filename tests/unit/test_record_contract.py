@@ -8,6 +8,7 @@ import dataclasses
 from typing import get_type_hints
 
 import orjson
+import pytest
 
 from engine_adapter.features import (
     OBMacroFeatures,
@@ -34,28 +35,61 @@ def _keys(td: type) -> set[str]:
 
 
 def test_dataclasses_and_record_name_the_same_fields() -> None:
-    assert set(_fields(OBPlacementFeatures)) == _keys(R.PlacementRecord)
-    assert set(_fields(OBSignalFeatures)) == _keys(R.SignalRecord)
+    assert set(_fields(OBPlacementFeatures)) == _keys(R.PlacementRecord) == _keys(R.PlacementColumns)
+    assert set(_fields(OBSignalFeatures)) == _keys(R.SignalRecord) == _keys(R.SignalColumns)
     assert set(_fields(OBMarketFeatures)) == _keys(R.MarketRecord)
     assert set(_fields(OBMacroFeatures)) == _keys(R.MarketRecord) - {"notional_pressure"} | _keys(R.MacroRecord)
     assert _fields(OBMarketFeatures)[:3] == IN_PROCESS_MARKET
     assert _fields(OBMacroFeatures)[:6] == IN_PROCESS_MACRO
+    # The column lists the engine, asset_view and check_columns go by, in the dataclasses' order.
+    assert R.PLACEMENT_FIELDS == _fields(OBPlacementFeatures)
+    assert R.SIGNAL_FIELDS == _fields(OBSignalFeatures)
+    assert R.STATE_FIELDS == tuple(get_type_hints(R.StateColumns))
 
 
 def test_an_engine_record_has_exactly_the_schema_and_decodes_unchanged() -> None:
     rec = bar_record(12, ("BTCUSDT", "ETHUSDT", "SOLUSDT"))
     assert set(rec) == _keys(R.BarRecord) - {"producer"} and rec["schema"] == R.SCHEMA_VERSION
-    for asset in rec["assets"].values():
+    R.check_columns(rec)
+    assert rec["symbols"] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert set(rec["placement"]) == _keys(R.PlacementColumns)
+    assert set(rec["signal"]) == _keys(R.SignalColumns)
+    assert set(rec["state"]) == _keys(R.StateColumns)
+    view = R.asset_view(rec)
+    for asset in view.values():
         assert set(asset) == _keys(R.AssetRecord)
         assert set(asset["placement"]) == _keys(R.PlacementRecord)
         assert set(asset["signal"]) == _keys(R.SignalRecord)
     assert set(rec["market"]) == _keys(R.MarketRecord) and set(rec["macro"]) == _keys(R.MacroRecord)
 
     bar = decode_bar(orjson.dumps(rec))
-    for sym, asset in rec["assets"].items():
+    assert set(bar.assets) == set(rec["symbols"])
+    for sym, asset in view.items():
         assert dataclasses.asdict(bar.assets[sym].placement) == asset["placement"]
         assert dataclasses.asdict(bar.assets[sym].signal) == asset["signal"]
     assert dataclasses.asdict(bar.market) == rec["market"]
     macro = dataclasses.asdict(bar.macro)
     assert {k: macro[k] for k in rec["macro"]} == rec["macro"]
     assert {k: macro[k] for k in IN_PROCESS_MARKET} == {k: rec["market"][k] for k in IN_PROCESS_MARKET}
+
+
+@pytest.mark.parametrize("breakage", ["short-column", "unsorted", "duplicate", "n_present", "missing-group",
+                                      "not-a-list"])
+def test_check_columns_refuses_a_broken_shape(breakage: str) -> None:
+    rec = bar_record(3, ("BTCUSDT", "ETHUSDT"))
+    if breakage == "short-column":
+        rec["signal"]["imbalance"].pop()
+    elif breakage == "unsorted":
+        rec["symbols"].reverse()
+    elif breakage == "duplicate":
+        rec["symbols"][1] = rec["symbols"][0]
+    elif breakage == "n_present":
+        rec["n_present"] = 3
+    elif breakage == "missing-group":
+        del rec["state"]
+    else:
+        rec["age_ms"] = dict(enumerate(rec["age_ms"]))
+    with pytest.raises(ValueError):
+        R.check_columns(rec)
+    with pytest.raises(ValueError):
+        R.asset_view(rec)
