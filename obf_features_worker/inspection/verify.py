@@ -32,7 +32,7 @@ from typing import Any
 
 from engine_adapter.adapter import AdapterConfig, HazelcastOBEngine
 from obf_contract.keys import asset_key
-from obf_contract.record import SCHEMA_VERSION, MacroRecord, MarketRecord
+from obf_contract.record import SCHEMA_VERSION, MacroRecord, MarketRecord, check_columns
 from obf_features_worker.engine.snapshot import SnapshotRejected, parse_timestamp
 from obf_features_worker.inspection import cluster_args
 from obf_features_worker.inspection.status import worker_status
@@ -126,6 +126,10 @@ def check_record(expected: int | None, record: Mapping[str, Any] | None, newest_
         return Check("record", False, f"no record of bar {expected} ({numbering}); {hint}")
     if record.get("schema") != SCHEMA_VERSION:
         return Check("record", False, f"bar {expected} has schema {record.get('schema')!r}, expected {SCHEMA_VERSION}")
+    try:
+        check_columns(record)
+    except ValueError as exc:
+        return Check("record", False, f"bar {expected} is malformed: {exc}")
     return Check("record", True, f"bar {expected} ({numbering}) written by "
                                  f"{(record.get('producer') or {}).get('worker_id', '?')}")
 

@@ -144,7 +144,7 @@ class BarWitness:
         try:
             value = event.value
             rec = json_value(value)
-            entry = (frozenset(rec["assets"]), tuple(rec["producer"]["stale_assets"]), bool(rec["degraded"]))
+            entry = (frozenset(rec["symbols"]), tuple(rec["producer"]["stale_assets"]), bool(rec["degraded"]))
             with self._cond:
                 self.bars[int(event.key)] = entry
                 self._cond.notify_all()

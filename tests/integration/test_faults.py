@@ -28,6 +28,7 @@ from engine_adapter.features import (
     OBPlacementFeatures,
     OBSignalFeatures,
 )
+from obf_contract.record import asset_view
 from tests.cluster import HzCluster
 from tests.integration.fault_tools import ControlledFeeder, Scanner, proc_status_kb, reset_peak_rss
 from tests.integration.feeder import DEFAULT_SYMBOLS, WorkerProcess, json_value, wait_for
@@ -273,13 +274,13 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
         recs = records(hz_client, map_suffix)
         keys = sorted(recs)
         assert_contiguous(keys)
-        runs = _runs([frozenset(recs[k]["assets"]) for k in keys])
+        runs = _runs([frozenset(recs[k]["symbols"]) for k in keys])
         assert [s for s, _ in runs] == [ALL, alive, frozenset(), ALL], [(sorted(s), n) for s, n in runs]
         assert runs[2][1] >= DEGRADED_AFTER_BARS
         empty_seen = 0
         for k in keys:
             rec = recs[k]
-            present = frozenset(rec["assets"])
+            present = frozenset(rec["symbols"])
             empty_seen = empty_seen + 1 if not present else 0
             expected_degraded = empty_seen >= DEGRADED_AFTER_BARS  # the 3rd consecutive empty bar on
             assert rec["degraded"] is expected_degraded and rec["producer"]["degraded"] is expected_degraded, k
@@ -296,9 +297,9 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
             before = eng.stats().asset_defaults
             assert eng.step_live(DEFAULT_SYMBOLS, k).kind == "exact"
             bar = eng.get_bar(k)
-            assert bar is not None and bar.degraded is rec["degraded"] and bar.n_present == len(rec["assets"])
+            assert bar is not None and bar.degraded is rec["degraded"] and bar.n_present == len(rec["symbols"])
             for sym in DEFAULT_SYMBOLS:
-                a = rec["assets"].get(sym)
+                a = asset_view(rec).get(sym)
                 if a is None:
                     assert eng.get_asset(sym, k) is None
                     assert eng.get_placement(sym, k) == NEUTRAL_PLACEMENT
@@ -306,10 +307,10 @@ def test_feed_dies_for_some_assets_then_all_and_returns(hz_cluster: HzCluster, h
                 else:
                     assert eng.get_placement(sym, k) == OBPlacementFeatures(**a["placement"])
                     assert eng.get_signal(sym, k) == OBSignalFeatures(**a["signal"])
-            if not rec["assets"]:
+            if not rec["symbols"]:
                 assert eng.get_market(k) == NEUTRAL_MARKET and eng.get_macro(k) == NEUTRAL_MACRO
             # step_live counts each absent asset once, get_placement and get_signal once more each.
-            assert eng.stats().asset_defaults == before + 3 * (len(DEFAULT_SYMBOLS) - len(rec["assets"])), k
+            assert eng.stats().asset_defaults == before + 3 * (len(DEFAULT_SYMBOLS) - len(rec["symbols"])), k
         # The worker has stopped: three bars later nothing usable is left.
         res = eng.step_live(DEFAULT_SYMBOLS, keys[-1] + 3)
         assert (res.kind, res.bar_idx, res.age_bars) == ("default", None, 3)
@@ -391,7 +392,7 @@ def test_event_burst_memory_bounded_and_bars_on_time(burst_s: float, hz_cluster:
         after_bars = [k for k in keys if recs[k]["bar_ts"] > burst_to]
         assert len(burst_bars) >= burst_s / BURST_BAR_S - 1 and len(after_bars) >= 3
         lateness = {k: recs[k]["producer"]["computed_at"] - recs[k]["bar_ts"] for k in keys}
-        ages = {k: max((a["age_ms"] for a in recs[k]["assets"].values()), default=math.inf) for k in keys}
+        ages = {k: max(recs[k]["age_ms"], default=math.inf) for k in keys}
         rate = burst_events / burst_s / len(DEFAULT_SYMBOLS)
         summary = (f"burst: rate_per_asset_hz={rate:.0f} events={burst_events} bars={len(burst_bars)} "
                    f"lateness_max_s={max(lateness.values()):.3f} "

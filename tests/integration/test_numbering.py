@@ -20,10 +20,12 @@ import orjson
 from hazelcast.core import HazelcastJsonValue
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine
+from obf_contract.record import SCHEMA_VERSION
 from obf_features_worker.service.bars import ScanClock
 from obf_features_worker.service.config import load_config
 from obf_features_worker.service.worker import Worker
 from tests.cluster import HzCluster
+from tests.factories import columns
 from tests.integration.feeder import DEFAULT_SYMBOLS, TestFeeder, json_value, wait_for
 
 SCAN_KEY = "latest_eigen_scan"
@@ -177,8 +179,9 @@ def test_the_adapter_follows_removals_of_its_newest_bars(hz_cluster: HzCluster, 
     t0 = time.time()
 
     def rec(idx: int) -> str:
-        return orjson.dumps({"schema": 2, "bar_idx": idx, "bar_ts": t0 + idx, "n_assets": 0, "n_present": 0,
-                             "assets": {}, "market": None, "macro": None, "degraded": False}).decode()
+        return orjson.dumps({"schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": t0 + idx, "n_assets": 0,
+                             "n_present": 0, **columns({}), "market": None, "macro": None,
+                             "degraded": False}).decode()
 
     for i in range(1, 6):
         features.put(i, HazelcastJsonValue(rec(i)))

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from obf_contract.record import asset_view
 from obf_features_worker import cli
 from tests.cluster import HzCluster
 from tests.integration.fault_tools import ControlledFeeder
@@ -89,8 +90,8 @@ def test_poison_messages_never_silence_an_asset_and_bad_clocks_show(hz_cluster: 
             t1 = time.time()
             poison(inp, YEAR_1971, seq_before + 1000)
             rec = next_bar_after(t1)
-            assert "AAAUSDT" in rec["assets"], rec["producer"]
-            assert seq_before < rec["assets"]["AAAUSDT"]["seq"] < seq_before + 1000
+            assert "AAAUSDT" in rec["symbols"], rec["producer"]
+            assert seq_before < asset_view(rec)["AAAUSDT"]["seq"] < seq_before + 1000
             wait_for(lambda: h_now()["events"]["rejected"].get("stale_timestamp") == 1, 10, "stale_timestamp")
 
             # 2. _push_seq = 2^62 (legal): accepted as a jump, the producer's next pushes (lower seqs,
@@ -99,8 +100,8 @@ def test_poison_messages_never_silence_an_asset_and_bad_clocks_show(hz_cluster: 
             t2 = time.time()
             poison(inp, t2, 2**62)
             rec = next_bar_after(t2)
-            assert "AAAUSDT" in rec["assets"], rec["producer"]
-            assert seq_before < rec["assets"]["AAAUSDT"]["seq"] < 2**62
+            assert "AAAUSDT" in rec["symbols"], rec["producer"]
+            assert seq_before < asset_view(rec)["AAAUSDT"]["seq"] < 2**62
             wait_for(lambda: (ev := h_now()["events"]) and ev["seq_jumps"] >= 1 and ev["seq_resets"] >= 1, 10,
                      "seq jump and reset counted")
 
@@ -139,7 +140,7 @@ def test_poison_messages_never_silence_an_asset_and_bad_clocks_show(hz_cluster: 
     keys = sorted(recs)
     assert_contiguous(keys)
     # No bar after the first lost an asset: neither poison message silenced AAAUSDT for a moment.
-    assert all(recs[k]["n_present"] == 4 for k in keys[1:]), [(k, sorted(recs[k]["assets"])) for k in keys]
+    assert all(recs[k]["n_present"] == 4 for k in keys[1:]), [(k, recs[k]["symbols"]) for k in keys]
     h = h_now()
     ev = h["events"]
     assert ev["received"] == ev["accepted"] + ev["ignored"] + ev["read_echoes"] + sum(ev["rejected"].values())

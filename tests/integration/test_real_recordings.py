@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from obf_contract.record import dumps_record
+from obf_contract.record import asset_view, dumps_record
 from obf_features_worker import cli
 from obf_features_worker.engine import snapshot
 from obf_features_worker.engine.params import FeatureParams
@@ -201,13 +201,13 @@ def test_replay_features_in_range_and_finite(replayed):
     for r in recs:
         assert r["bar_ts"] == r["bar_idx"] * BAR_SECONDS
         _assert_finite(r)
-        present = set(r["assets"])
+        present = set(r["symbols"])
         assert r["n_present"] == len(present) <= r["n_assets"] <= 4
         if FUTURES_START <= r["bar_ts"] <= FUTURES_END:
             assert present == set(BOOKS), r["bar_idx"]
         elif r["bar_ts"] > FUTURES_END + 2 * BAR_SECONDS:
             assert present == {"BTCUSDT", "ETHUSDT"}, r["bar_idx"]
-        for a in r["assets"].values():
+        for a in asset_view(r).values():
             p, s = a["placement"], a["signal"]
             assert 0 <= a["age_ms"] <= 2000
             assert p["depth_1pct_usd"] > 0 and p["depth_quality"] > 0
@@ -229,7 +229,7 @@ def test_replay_matches_the_reference_book_at_chosen_instants(replayed, referenc
     checked = 0
     for sym, ref in references.items():
         for t, (b, a) in ref.depth_at.items():
-            asset = by_ts[float(t)]["assets"][sym]
+            asset = asset_view(by_ts[float(t)])[sym]
             assert asset["ts"] == t and asset["age_ms"] == 0  # the payload emitted at exactly t
             imb = asset["signal"]["imbalance"]
             expected = (b - a) / (b + a)

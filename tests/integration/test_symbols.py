@@ -16,6 +16,7 @@ from typing import Any
 from hazelcast import predicate
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine
+from obf_contract.record import asset_view
 from obf_features_worker import cli
 from obf_features_worker.dev.member import free_port
 from obf_features_worker.engine.feature_engine import FeatureEngine
@@ -86,13 +87,13 @@ def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
                 idx = health()["last_bar_idx"]
                 assert eng.wait_for_bar(idx, 10.0)
                 rec = json_value(hz_client.get_map(maps["DOLPHIN_OBF_FEATURES"]).blocking().get(idx))
-                assert set(rec["assets"]) == set(SYMBOLS)
+                assert set(rec["symbols"]) == set(SYMBOLS)
                 res = eng.step_live(list(SYMBOLS), idx)
                 assert (res.kind, res.bar_idx) == ("exact", idx)
                 for sym in SYMBOLS:
-                    assert eng.get_placement(sym, idx).depth_1pct_usd == rec["assets"][sym]["placement"][
+                    assert eng.get_placement(sym, idx).depth_1pct_usd == asset_view(rec)[sym]["placement"][
                         "depth_1pct_usd"]
-                    assert eng.get_signal(sym, idx).imbalance == rec["assets"][sym]["signal"]["imbalance"]
+                    assert eng.get_signal(sym, idx).imbalance == asset_view(rec)[sym]["signal"]["imbalance"]
 
             assert w.stop() == 0, w.log_text()[-3000:]
         log = w.log_text()
@@ -115,13 +116,13 @@ def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
     for bar_idx in sorted(records):
         rec = dict(records[bar_idx])
         rec.pop("producer")
-        snaps = {sym: feeder.snapshot(sym, a["seq"]) for sym, a in rec["assets"].items()}
+        snaps = {sym: feeder.snapshot(sym, a["seq"]) for sym, a in asset_view(rec).items()}
         assert rec == engine.step(bar_idx, rec["bar_ts"], snaps), bar_idx
     last = records[max(records)]
-    assert set(last["assets"]) == set(SYMBOLS)
+    assert set(last["symbols"]) == set(SYMBOLS)
 
-    # The latest map (key = symbol) and SQL: the mapping, a filter on an underscore symbol, and JSON
-    # paths into the bar record (a member with '_' unquoted, one with '-' or a leading digit quoted).
+    # The latest map (key = symbol) and SQL: the mapping, a filter on an underscore symbol, and the
+    # columns of the bar record read at a symbol's position.
     latest = hz_client.get_map(maps["DOLPHIN_OBF_LATEST"]).blocking()
     assert set(latest.key_set()) == set(SYMBOLS)
     reader = InspectionReader(hz_client)
@@ -133,15 +134,18 @@ def test_underscore_symbols_flow_end_to_end_and_bad_symbols_are_counted(
     (row,) = [dict(zip(names, r, strict=True)) for r in rows]
     doc = json_value(latest.get("BTCUSD_PERP"))
     assert (row["symbol"], row["bar_idx"], row["imbalance"]) == ("BTCUSD_PERP", doc["bar_idx"], doc["imbalance"])
-    paths = ("JSON_VALUE(this, '$.assets.BTCUSD_PERP.signal.imbalance' RETURNING DOUBLE) AS perp, "
-             "JSON_VALUE(this, '$.assets.\"1000PEPE-USDT\".signal.imbalance' RETURNING DOUBLE) AS pepe, "
-             "JSON_VALUE(this, '$.assets.\"ETHUSD_250328\".placement.depth_1pct_usd' RETURNING DOUBLE) AS eth")
-    features_sql = f"SELECT {paths} FROM {maps['DOLPHIN_OBF_FEATURES']} WHERE __key = ?"  # noqa: S608 - test map name
-    names, rows = reader.sql(features_sql, max(records), timeout_s=60)
-    (row,) = [dict(zip(names, r, strict=True)) for r in rows]
-    assert row == {"perp": last["assets"]["BTCUSD_PERP"]["signal"]["imbalance"],
-                   "pepe": last["assets"]["1000PEPE-USDT"]["signal"]["imbalance"],
-                   "eth": last["assets"]["ETHUSD_250328"]["placement"]["depth_1pct_usd"]}
+    # The shipped one-asset history query (a symbol's position in the columnar record) with
+    # '_', '-' and leading-digit symbols.
+    (history,) = [st for st in load_statements(rename=map_renames(
+        maps["DOLPHIN_OBF_FEATURES"], maps["DOLPHIN_OBF_HEALTH"], maps["DOLPHIN_OBF_LATEST"],
+        view_suffix=map_suffix)) if st.name == "asset-history-btc"]
+    for sym in ("BTCUSD_PERP", "1000PEPE-USDT", "ETHUSD_250328"):
+        names, rows = reader.sql(history.text.replace('"BTCUSDT"', f'"{sym}"'), timeout_s=60)
+        got = [dict(zip(names, r, strict=True)) for r in rows]
+        want = [(k, asset_view(records[k])[sym]) for k in sorted(records, reverse=True)
+                if sym in records[k]["symbols"]][:20]
+        assert [(r["bar_idx"], r["symbol"], r["imbalance"], r["depth_quality"]) for r in got] == \
+            [(k, sym, a["signal"]["imbalance"], a["placement"]["depth_quality"]) for k, a in want], sym
 
 
 def test_an_explicit_asset_list_filters_exactly_its_keys_on_the_member(hz_client, map_suffix: str) -> None:

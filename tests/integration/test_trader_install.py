@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
-from obf_contract.record import dumps_record
+from obf_contract.record import asset_view, dumps_record
 from tests.cluster import HzCluster
 from tests.factories import bar_record
 
@@ -68,8 +68,8 @@ def test_base_install_runs_the_adapter_against_a_real_member(hz_cluster: HzClust
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["kind"] == "exact"
-    assert out["imbalance"] == rec["assets"]["BTCUSDT"]["signal"]["imbalance"]
-    assert out["depth_quality"] == rec["assets"]["ETHUSDT"]["placement"]["depth_quality"]
+    assert out["imbalance"] == asset_view(rec)["BTCUSDT"]["signal"]["imbalance"]
+    assert out["depth_quality"] == asset_view(rec)["ETHUSDT"]["placement"]["depth_quality"]
     assert out["agreement_pct"] == rec["market"]["agreement_pct"]
     assert out["installed"] == [] and out["loaded"] == []
 

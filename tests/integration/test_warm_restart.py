@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from hazelcast.core import HazelcastJsonValue
 
-from obf_contract.record import dumps_record
+from obf_contract.record import asset_view, dumps_record
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
@@ -165,7 +165,7 @@ def test_sigkill_and_restart_continue_bit_identically(hz_cluster, hz_client, map
         rec = dict(recs[bar])
         producer = rec.pop("producer")
         assert dumps_record(rec) == expected[bar], f"bar {bar} differs from the uninterrupted run"
-        assert {s: a["seq"] for s, a in rec["assets"].items()} == {
+        assert {s: a["seq"] for s, a in asset_view(rec).items()} == {
             s: seq for b in bars if b <= bar for s, seq in run.published.get(b, {}).items()}
         assert producer["epoch"] is not None
     epochs = [recs[b]["producer"]["epoch"] for b in bars]

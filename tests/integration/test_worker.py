@@ -16,6 +16,7 @@ from typing import Any
 
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.record import asset_view
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from tests.cluster import HzCluster
@@ -56,7 +57,7 @@ def recompute(feeder: TestFeeder, recs: dict[int, dict[str, Any]]) -> None:
     for bar_idx in sorted(recs):
         rec = dict(recs[bar_idx])
         producer = rec.pop("producer")
-        snaps = {sym: feeder.snapshot(sym, a["seq"]) for sym, a in rec["assets"].items()}
+        snaps = {sym: feeder.snapshot(sym, a["seq"]) for sym, a in asset_view(rec).items()}
         expected = engine.step(bar_idx, rec["bar_ts"], snaps)
         assert rec == expected, f"bar {bar_idx} differs from the engine's record"
         assert producer["degraded"] == expected["degraded"]
@@ -123,7 +124,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
         assert rec["bar_ts"] == bar_idx * 2.0  # interval rule: bar_idx = close / bar_seconds
         assert rec["producer"]["worker_id"] == worker_id
         assert abs(rec["producer"]["computed_at"] - rec["bar_ts"]) < 5.0
-        assert set(rec["assets"]) <= set(DEFAULT_SYMBOLS)
+        assert set(rec["symbols"]) <= set(DEFAULT_SYMBOLS)
     # Every bar after the first has every fed asset (10 Hz feed, 2 s max age).
     assert all(recs[k]["n_present"] == len(DEFAULT_SYMBOLS) for k in keys[1:])
     recompute(feeder, recs)
@@ -133,7 +134,7 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     for sym in DEFAULT_SYMBOLS:
         doc = json_value(latest.get(sym))
         assert set(doc) == LATEST_KEYS
-        a = last["assets"][sym]
+        a = asset_view(last)[sym]
         assert (doc["symbol"], doc["bar_idx"], doc["seq"], doc["age_ms"]) == (sym, keys[-1], a["seq"], a["age_ms"])
         assert doc["imbalance"] == a["signal"]["imbalance"]
         assert doc["depth_1pct_usd"] == a["placement"]["depth_1pct_usd"]

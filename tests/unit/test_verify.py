@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from obf_contract.record import SCHEMA_VERSION
 from obf_features_worker.inspection.verify import (
     check_input,
     check_macro,
@@ -12,6 +13,7 @@ from obf_features_worker.inspection.verify import (
     check_supervisor,
     check_worker,
 )
+from tests.factories import columns
 
 NOW = 1_800_000_000.0
 
@@ -52,7 +54,7 @@ def test_input_check() -> None:
 
 
 def record(**kw: object) -> dict[str, object]:
-    rec = {"schema": 2, "bar_idx": 7, "producer": {"worker_id": "w1"},
+    rec = {"schema": SCHEMA_VERSION, "bar_idx": 7, "producer": {"worker_id": "w1"}, "n_present": 0, **columns({}),
            "market": {"median_imbalance": 0.0, "agreement_pct": 50.0, "depth_pressure": 0.0, "notional_pressure": 0.0},
            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0,
                      "depth_ref_usd": 1.0}}
@@ -66,6 +68,8 @@ def test_record_check() -> None:
     assert "numbers bars differently" in check_record(3_000, None, 7, "scan field n").reason
     assert "map is empty" in check_record(3, None, None, "given").reason
     assert "schema 1" in check_record(7, record(schema=1), 7, "given").reason
+    assert "malformed: symbols must be" in check_record(7, record(n_present=1), 7, "given").reason
+    assert "malformed: ts must be" in check_record(7, record(ts=None), 7, "given").reason
 
 
 def test_macro_check() -> None:
