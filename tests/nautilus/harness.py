@@ -11,6 +11,7 @@ from nautilus_trader.model.data import CustomData, DataType
 from nautilus_trader.model.identifiers import ClientId, TraderId
 from nautilus_trader.trading.strategy import Strategy
 
+from obf_contract.record import asset_view
 from obf_nautilus.data import OBAssetFeatures, OBBarFeatures
 
 CLOCK_CLIENT = ClientId("CLOCK")  # nobody subscribes: its data only moves the backtest clock
@@ -73,8 +74,8 @@ def assert_assets_equal_record(assets: dict[tuple[int, str], Any], rec: dict[str
     """One object per asset of the record, with exactly its placement and signal values."""
     idx = rec["bar_idx"]
     got_symbols = {sym for (i, sym) in assets if i == idx}
-    assert got_symbols == set(rec["assets"]), f"bar {idx} assets"
-    for sym, a in rec["assets"].items():
+    assert got_symbols == set(rec["symbols"]), f"bar {idx} assets"
+    for sym, a in asset_view(rec).items():
         obj = assets[idx, sym]
         assert obj.present and obj.resolution == "exact"
         for group in ("placement", "signal"):

@@ -83,7 +83,7 @@ def test_backtest_from_the_catalog_receives_every_bar_equal_to_the_records(days,
         engine.dispose()
     assert sorted(recorder.bars) == [r["bar_idx"] for r in recs]  # every bar, once, nothing else
     assert recorder.duplicates == 0 and recorder.order_errors == 0
-    assert len(recorder.assets) == sum(len(r["assets"]) for r in recs)
+    assert len(recorder.assets) == sum(len(r["symbols"]) for r in recs)
     for rec in recs:
         assert_bar_equals_record(recorder.bars[rec["bar_idx"]], rec)
         assert recorder.bars[rec["bar_idx"]].ts_event == bar_ns(rec["bar_ts"])

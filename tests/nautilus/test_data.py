@@ -20,6 +20,7 @@ from engine_adapter.features import (  # noqa: E402
     OBSignalFeatures,
     bar_from_record,
 )
+from obf_contract.record import asset_view  # noqa: E402
 from obf_nautilus import catalog, data  # noqa: E402
 from obf_nautilus.actor import OBFeaturesActor, OBFeaturesActorConfig  # noqa: E402
 from tests.integration.test_adapter import ASSETS, record  # noqa: E402
@@ -56,8 +57,8 @@ def test_to_nautilus_exact_and_absent_assets() -> None:
     assets, bar_obj = data.to_nautilus(7, Resolution("exact", 7, 7, 0, bar.bar_ts), bar, ASSETS, 5, 6)
     assert [a.symbol for a in assets] == list(ASSETS)
     for a in assets[:2]:
-        assert a.present and {k: getattr(a, f"placement_{k}") for k in rec["assets"][a.symbol]["placement"]} \
-            == rec["assets"][a.symbol]["placement"]
+        want = asset_view(rec)[a.symbol]["placement"]
+        assert a.present and {k: getattr(a, f"placement_{k}") for k in want} == want
     assert not assets[2].present and assets[2].placement_depth_quality == 1.0
     assert assets[2].placement_fill_probability == 0.5
     assert {k: getattr(bar_obj, f"macro_{k}") for k in rec["macro"]} == rec["macro"]

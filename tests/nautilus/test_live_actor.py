@@ -70,7 +70,7 @@ class Live:
     def full_bars(self) -> int:
         if self.worker.proc.poll() is not None:
             raise AssertionError(self.worker.log_text()[-2000:])
-        return sum(1 for r in self.records().values() if len(r["assets"]) == len(DEFAULT_SYMBOLS))
+        return sum(1 for r in self.records().values() if len(r["symbols"]) == len(DEFAULT_SYMBOLS))
 
     def close(self) -> None:
         self.worker.stop()
@@ -93,8 +93,8 @@ def check_published(recorder: FeatureRecorder, recs: dict[int, dict[str, Any]], 
     assert_bar_equals_record(recorder.bars[idx], rec)
     assert recorder.bars[idx].ts_event == bar_ns(rec["bar_ts"])
     # The actor publishes the configured assets; those absent from a bar come neutral, present=False.
-    assert_assets_equal_record({(idx, sym): recorder.assets[idx, sym] for sym in rec["assets"]}, rec)
-    for sym in set(DEFAULT_SYMBOLS) - set(rec["assets"]):
+    assert_assets_equal_record({(idx, sym): recorder.assets[idx, sym] for sym in rec["symbols"]}, rec)
+    for sym in set(DEFAULT_SYMBOLS) - set(rec["symbols"]):
         assert not recorder.assets[idx, sym].present and recorder.assets[idx, sym].signal_imbalance == 0.0
 
 
