@@ -123,24 +123,22 @@ class FeatureEngine:
             raise ValueError(f"snapshot for {snapshots[bad].symbol!r} passed under key {bad!r}")
         bids = [s.bid_notional for s in snaps]
         asks = [s.ask_notional for s in snaps]
-        levels = list(map(len, bids))
-        if list(map(len, asks)) != levels or min(levels) < 1 or max(levels) > MAX_LEVELS:
-            raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
 
         try:
-            slot_list = list(map(self._slots.__getitem__, symbols))
+            slots = np.fromiter(map(self._slots.__getitem__, symbols), dtype=np.int64, count=n)
         except KeyError:
             for sym in symbols:
                 if sym not in self._slots:
                     self._add_asset(sym)
-            slot_list = list(map(self._slots.__getitem__, symbols))
+            slots = np.fromiter(map(self._slots.__getitem__, symbols), dtype=np.int64, count=n)
         if self._universe_dirty:
             self._rebuild_universe()
-        slots = np.array(slot_list, dtype=np.int64)
+        # Snapshot guarantees equal bid/ask lengths in 1..MAX_LEVELS (its __post_init__).
         offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(levels, out=offsets[1:])
-        bid = _pack(bids, int(offsets[n]))
-        ask = _pack(asks, int(offsets[n]))
+        np.cumsum(np.fromiter(map(len, bids), dtype=np.int64, count=n), out=offsets[1:])
+        total = int(offsets[n])
+        bid = _pack(bids, total)
+        ask = _pack(asks, total)
         asset_out = np.empty((n, K.N_ASSET_COLS), dtype=np.float64)
         p = self.params
         K.step_bar(
@@ -166,7 +164,7 @@ class FeatureEngine:
          velocity) = asset_out[:, :K.COL_BID_USD].T.tolist()
         ts = np.fromiter((s.ts for s in snaps), dtype=np.float64, count=n)
         seq = [s.seq for s in snaps]
-        if any(q.__class__ is not int and q is not None for q in seq):
+        if not _SEQ_TYPES.issuperset(map(type, seq)):  # numpy ints from a direct caller
             seq = [None if q is None else int(q) for q in seq]
         columns: dict[str, Any] = {
             "symbols": symbols,
@@ -374,7 +372,13 @@ def _pack(sides: list[np.ndarray], total: int) -> np.ndarray:
         buf = b""
     if len(buf) == 8 * total:
         return np.frombuffer(buf, dtype=np.float64)
-    return np.concatenate(sides).astype(np.float64, copy=False)
+    packed = np.concatenate(sides).astype(np.float64, copy=False)
+    if packed.shape != (total,):
+        raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
+    return packed
+
+
+_SEQ_TYPES = frozenset((int, type(None)))
 
 
 def _empty_columns() -> dict[str, Any]:

@@ -89,12 +89,17 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         # The engine packs the bands of a bar by joining their bytes, so it relies on native
-        # float64 C-contiguous arrays: parse_snapshot's already are (no copy); anything else
-        # (a list, ints, a strided view) is converted once here, off the bar path.
+        # float64 C-contiguous arrays of equal length 1..MAX_LEVELS: parse_snapshot's already are
+        # (no copy); anything else (a list, ints, a strided view) is converted once here, off the
+        # bar path, and bad lengths are refused here rather than once per bar.
         for name in ("bid_notional", "ask_notional"):
             side = getattr(self, name)
             if side.__class__ is not np.ndarray or side.dtype != _F64 or not side.flags.c_contiguous:
                 object.__setattr__(self, name, np.ascontiguousarray(side, dtype=np.float64))
+        n = self.bid_notional.shape
+        if n != self.ask_notional.shape or len(n) != 1 or not 1 <= n[0] <= MAX_LEVELS:
+            raise ValueError(f"bid/ask notional need equal lengths in 1..{MAX_LEVELS}, got "
+                             f"{self.bid_notional.shape} / {self.ask_notional.shape}")
 
     @property
     def n_levels(self) -> int:

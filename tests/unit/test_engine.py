@@ -525,3 +525,13 @@ def test_record_carries_every_state_value_the_bar_wrote() -> None:
             market = state["market"]
             assert market["depth_ref_history"][(market["n_obs"] - 1) % 3] == rec["macro"]["depth_ref_usd"]
             assert market["prev_depth_velocity"] == rec["macro"]["depth_velocity"]
+
+
+def test_numpy_seq_and_ts_from_a_direct_caller_become_plain_values() -> None:
+    rec = Runner().step({"AAA": Snapshot("AAA", np.float64(T0 + 0.5), np.array([1.0]), np.array([2.0]),
+                                         seq=np.int64(5)),  # type: ignore[arg-type]
+                         "BBB": Snapshot("BBB", T0, np.array([1, 2]), np.array([3, 4]), seq=None)})
+    assert rec["seq"] == [5, None] and type(rec["seq"][0]) is int
+    assert rec["ts"] == [T0 + 0.5, T0] and all(type(t) is float for t in rec["ts"])
+    assert rec["placement"]["depth_1pct_usd"] == [3.0, 10.0]  # int bands become float64 (Snapshot)
+    assert loads_record(dumps_record(rec)) == rec
