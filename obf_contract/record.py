@@ -188,14 +188,11 @@ def universe_hash(symbols: Iterable[str]) -> str:
 
 def dumps_record(rec: Mapping[str, Any]) -> bytes:
     """Encode a record as compact JSON bytes with sorted keys; ValueError on NaN/inf anywhere."""
-    data = orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
-    # orjson writes NaN/inf as null, so output without any null holds none. Each None writes one
-    # null too: when the nulls written equal the Nones where a record has them (a top-level
-    # market/macro, the seq column), no NaN/inf was written, and the (C-speed) count replaces a
-    # walk. Any other null (a NaN, a None elsewhere, "null" inside a string) takes the walk.
-    if b"null" in data and data.count(b"null") != _expected_nulls(rec):
-        _check_finite(rec, "$")
-    return data
+    # orjson writes NaN/inf as null, so refuse them first. The check sums each column at C speed
+    # (_check_finite): cheaper than searching the encoded bytes for a null, which a None seq or
+    # a bar without market writes as well.
+    _check_finite(rec, "$")
+    return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
 
 
 def loads_record(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
@@ -204,13 +201,6 @@ def loads_record(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     if type(obj) is not dict:
         raise ValueError(f"record is a JSON {type(obj).__name__}, not an object")
     return obj
-
-
-def _expected_nulls(rec: Mapping[str, Any]) -> int:
-    # Nones at the places a record holds them; a lower bound of the nulls orjson writes.
-    n = sum(1 for v in rec.values() if v is None)
-    seq = rec.get("seq")
-    return n + seq.count(None) if type(seq) is list else n
 
 
 def _check_finite(obj: Any, path: str) -> None:
@@ -228,13 +218,21 @@ def _check_finite(obj: Any, path: str) -> None:
             elif tv is dict or tv is list or tv is tuple:
                 _check_finite(v, f"{path}.{k}")
     elif t is list or t is tuple:
-        # A column of numbers: a finite sum means every term is finite (NaN/inf propagate), one
-        # C-speed pass. Anything else (None, strings, nested values, an overflowing sum) is
-        # looked at value by value, which also names the offending index.
+        # A column: a finite sum means every term is finite (NaN/inf propagate), one C-speed
+        # pass; filter(None, ...) drops the Nones of a seq column (and zeros, which are finite).
+        # A column of strings joins. Anything else (nested or mixed values, an overflowing sum)
+        # is looked at value by value, which also names the offending index.
         try:
             total = sum(obj, 0.0)
         except (TypeError, OverflowError):
-            total = math.nan
+            try:
+                total = sum(filter(None, obj), 0.0)
+            except (TypeError, OverflowError):
+                try:
+                    "".join(obj)
+                    return
+                except TypeError:
+                    total = math.nan
         if total - total == 0.0:
             return
         for i, v in enumerate(obj):
