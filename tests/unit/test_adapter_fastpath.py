@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine, features
 from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_MARKET, NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL, RecordRejected
+from obf_contract.record import SCHEMA_VERSION, asset_view
+from tests.factories import columns
 
 T0 = 1_723_161_000.0  # unix s
 SPACING = 5.0  # s between bars
@@ -37,8 +39,8 @@ def record(idx: int, assets: tuple[str, ...] = ASSETS, tag: float = 0.0) -> dict
             "signal": {"imbalance": (idx % 7) / 10 - k / 100, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                        "depth_asymmetry": 0.0, "withdrawal_velocity": -k / 1000},
         }
-    return {"schema": 2, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
-            "n_present": len(assets), "assets": out,
+    return {"schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
+            "n_present": len(assets), **columns(out),
             "market": {"median_imbalance": idx / 1000, "agreement_pct": 50.0 + tag, "depth_pressure": 0.0,
                        "notional_pressure": 0.0},
             "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": idx / 100, "acceleration": 0.0,
@@ -47,11 +49,11 @@ def record(idx: int, assets: tuple[str, ...] = ASSETS, tag: float = 0.0) -> dict
 
 
 def placement_of(rec: dict[str, Any], sym: str) -> tuple[float, ...]:
-    return tuple(rec["assets"][sym]["placement"].values())
+    return tuple(asset_view(rec)[sym]["placement"].values())
 
 
 def signal_of(rec: dict[str, Any], sym: str) -> tuple[float, ...]:
-    return tuple(rec["assets"][sym]["signal"].values())
+    return tuple(asset_view(rec)[sym]["signal"].values())
 
 
 def as_tuple(features: Any) -> tuple[float, ...]:
