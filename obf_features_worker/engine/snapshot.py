@@ -69,6 +69,7 @@ class SnapshotRejected(ValueError):
 
 
 _F64 = np.dtype(np.float64)
+_UNIT_STRIDE = (8,)  # one float64 per step: C-contiguous
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -90,16 +91,19 @@ class Snapshot:
     def __post_init__(self) -> None:
         # The engine packs the bands of a bar by joining their bytes, so it relies on native
         # float64 C-contiguous arrays of equal length 1..MAX_LEVELS: parse_snapshot's already are
-        # (no copy); anything else (a list, ints, a strided view) is converted once here, off the
-        # bar path, and bad lengths are refused here rather than once per bar.
-        for name in ("bid_notional", "ask_notional"):
-            side = getattr(self, name)
-            if side.__class__ is not np.ndarray or side.dtype != _F64 or not side.flags.c_contiguous:
-                object.__setattr__(self, name, np.ascontiguousarray(side, dtype=np.float64))
-        n = self.bid_notional.shape
-        if n != self.ask_notional.shape or len(n) != 1 or not 1 <= n[0] <= MAX_LEVELS:
-            raise ValueError(f"bid/ask notional need equal lengths in 1..{MAX_LEVELS}, got "
-                             f"{self.bid_notional.shape} / {self.ask_notional.shape}")
+        # (no copy; the identity checks keep this under a microsecond); anything else (a list,
+        # ints, a strided view) is converted once here, off the bar path, and bad lengths are
+        # refused here rather than once per bar.
+        b, a = self.bid_notional, self.ask_notional
+        if (b.__class__ is not np.ndarray or a.__class__ is not np.ndarray or b.dtype is not _F64
+                or a.dtype is not _F64 or b.strides != _UNIT_STRIDE or a.strides != _UNIT_STRIDE):
+            b = np.ascontiguousarray(b, dtype=np.float64)
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            object.__setattr__(self, "bid_notional", b)
+            object.__setattr__(self, "ask_notional", a)
+        n = b.shape
+        if n != a.shape or len(n) != 1 or not 1 <= n[0] <= MAX_LEVELS:
+            raise ValueError(f"bid/ask notional need equal lengths in 1..{MAX_LEVELS}, got {b.shape} / {a.shape}")
 
     @property
     def n_levels(self) -> int:
