@@ -316,3 +316,18 @@ def test_snapshot_is_frozen() -> None:
     snap = Snapshot("BTCUSDT", 1.0, np.array([1.0]), np.array([1.0]))
     with pytest.raises(AttributeError):
         snap.ts = 2.0  # type: ignore[misc]
+
+
+def test_snapshot_holds_contiguous_float64_bands_of_equal_valid_length() -> None:
+    # The engine joins the bands' bytes, so a Snapshot never holds anything else.
+    base = np.arange(8, dtype=np.float64)
+    snap = Snapshot("BTCUSDT", 1.0, base[::2], np.array([1, 2, 3, 4]))  # a strided view, ints
+    for side in (snap.bid_notional, snap.ask_notional):
+        assert side.dtype == np.float64 and side.flags.c_contiguous
+    assert snap.bid_notional.tolist() == [0.0, 2.0, 4.0, 6.0] and snap.ask_notional.tolist() == [1.0, 2.0, 3.0, 4.0]
+    parsed = parse_snapshot("asset_BTCUSDT_ob", payload_json(1.0, [1.0, 2.0], [3.0, 4.0]), now=2.0)
+    again = Snapshot("BTCUSDT", 1.0, parsed.bid_notional, parsed.ask_notional)
+    assert again.bid_notional is parsed.bid_notional  # already right: no copy
+    for bid, ask in (([1.0], [1.0, 2.0]), ([], []), ([1.0] * (MAX_LEVELS + 1),) * 2, ([[1.0]], [[1.0]])):
+        with pytest.raises(ValueError, match="equal lengths"):
+            Snapshot("BTCUSDT", 1.0, np.array(bid), np.array(ask))
