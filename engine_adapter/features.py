@@ -26,26 +26,34 @@ its order (``median_imbalance, agreement_pct, depth_pressure, cascade_regime, de
 acceleration``), so its constructor calls work unchanged; fields of ours come after them, with
 defaults. ``OBMarketFeatures`` keeps the first three (+ ``notional_pressure``).
 
-Records are decoded once, on arrival, by ``decode_bar``; the returned objects are immutable
-and shared by every reader thread. This module imports only the stdlib and orjson.
+Records (schema 3, columnar) are decoded once, on arrival, by ``decode_bar`` into a
+``BarFeatures`` whose assets are columns (``AssetColumns``: a few arrays, no per-asset object,
+so a cache of many bars costs little memory and gives the garbage collector almost nothing to
+scan). The dataclasses the trader reads are made only for the bar being read: prepared for the
+newest bar by the cache on the inserting thread, made on demand (one asset) for others. Decoded
+bars are immutable and shared by every reader thread. This module imports only the stdlib,
+orjson and obf_contract.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Mapping
+import threading
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from sys import intern
-from types import MappingProxyType
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import orjson
 
-from obf_contract.record import SCHEMA_VERSION, asset_view  # the record schema this adapter reads
+# The record schema this adapter reads, and its columnar shape check.
+from obf_contract.record import PLACEMENT_FIELDS, SCHEMA_VERSION, SIGNAL_FIELDS, check_columns
 
 CascadeRegime = Literal["CALM", "STRESS", "CASCADE"]
+_T = TypeVar("_T")
 CASCADE_REGIMES: frozenset[str] = frozenset({"CALM", "STRESS", "CASCADE"})
 
 
@@ -137,12 +145,138 @@ class AssetFeatures:
     signal: OBSignalFeatures
 
 
+class SymbolTable:
+    """The present symbols of a bar: ``names`` (sorted tuple), ``index`` (symbol -> position) and
+    ``set``. Interned: every bar decoded with the same symbol list shares one table (and one str
+    per symbol), so a cached bar holds no per-symbol object of its own and the trader's per-bar
+    work keyed on ``set`` (identity) is done once."""
+
+    __slots__ = ("names", "index", "set")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = tuple(intern(s) for s in names)
+        self.index: dict[str, int] = {s: i for i, s in enumerate(self.names)}
+        self.set: frozenset[str] = frozenset(self.names)
+
+
+# Column order of ``AssetColumns.values``: ts, then the placement fields, then the signal fields,
+# each a block of n values (n = the bar's present assets).
+_P0, _S0, _NCOL = 1, 1 + len(PLACEMENT_FIELDS), 1 + len(PLACEMENT_FIELDS) + len(SIGNAL_FIELDS)
+NO_SEQ = -(2 ** 63)  # the seq column's "None" (a record's null or non-int seq)
+
+
+class AssetColumns(Mapping[str, AssetFeatures]):
+    """A decoded bar's assets as columns: the read-only ``BarFeatures.assets`` of a decoded bar.
+
+    Holds no per-asset object: one ``array('d')`` of ts + the nine features (8 B a value), the
+    seq column (``array('q')``, or None when every seq is null) and the age_ms column only when it
+    is not ``(bar_ts - ts) * 1000`` exactly (it is, from the worker). ``self[symbol]`` builds that
+    asset's ``AssetFeatures``; ``placement(symbol)`` / ``signal(symbol)`` one dataclass. For the
+    newest bar the cache ``prepare()``s the trader's two dicts (symbol -> dataclass) on the
+    inserting thread, so the trader's getters are one dict hit; ``release()`` drops them.
+    """
+
+    __slots__ = ("_table", "_values", "_age", "_seq", "_bar_ts", "_prepared")
+
+    def __init__(self, table: SymbolTable, values: array[float], age: array[float] | None,
+                 seq: array[int] | tuple[int | None, ...] | None, bar_ts: float) -> None:
+        self._table = table
+        self._values = values
+        self._age = age
+        self._seq = seq
+        self._bar_ts = bar_ts
+        self._prepared: tuple[dict[str, OBPlacementFeatures], dict[str, OBSignalFeatures]] | None = None
+
+    @property
+    def table(self) -> SymbolTable:
+        return self._table
+
+    def __len__(self) -> int:
+        return len(self._table.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.names)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._table.index
+
+    def __getitem__(self, symbol: str) -> AssetFeatures:
+        i = self._table.index[symbol]
+        n = len(self._table.names)
+        v = self._values
+        ts = v[i]
+        seq = self._seq
+        s = None if seq is None else seq[i]
+        return AssetFeatures(
+            ts, (self._bar_ts - ts) * 1000.0 if self._age is None else self._age[i],
+            None if s == NO_SEQ else s,
+            OBPlacementFeatures(*v[_P0 * n + i:_S0 * n:n]), OBSignalFeatures(*v[_S0 * n + i::n]))
+
+    def placement(self, symbol: str) -> OBPlacementFeatures:
+        """``symbol``'s placement features; KeyError if absent."""
+        prepared = self._prepared
+        if prepared is not None:
+            return prepared[0][symbol]
+        i = self._table.index[symbol]
+        n = len(self._table.names)
+        return OBPlacementFeatures(*self._values[_P0 * n + i:_S0 * n:n])
+
+    def signal(self, symbol: str) -> OBSignalFeatures:
+        """``symbol``'s signal features; KeyError if absent."""
+        prepared = self._prepared
+        if prepared is not None:
+            return prepared[1][symbol]
+        i = self._table.index[symbol]
+        n = len(self._table.names)
+        return OBSignalFeatures(*self._values[_S0 * n + i::n])
+
+    def prepare(self) -> None:
+        """Build the trader's symbol -> placement / signal dicts (~0.5 us an asset; not on the
+        trader's thread). Idempotent."""
+        if self._prepared is not None:
+            return
+        names, v, n = self._table.names, self._values, len(self._table.names)
+        self._prepared = (dict(zip(names, _build(OBPlacementFeatures, v, n, _P0), strict=True)),
+                          dict(zip(names, _build(OBSignalFeatures, v, n, _S0), strict=True)))
+
+    def release(self) -> None:
+        """Drop the prepared dicts (a reader holding them keeps a consistent copy)."""
+        self._prepared = None
+
+    @property
+    def prepared(self) -> tuple[Mapping[str, OBPlacementFeatures], Mapping[str, OBSignalFeatures]] | None:
+        """The prepared (placement, signal) dicts, or None."""
+        return self._prepared
+
+    def nbytes(self) -> int:
+        """Bytes of the column buffers (for tests and measurements)."""
+        total = self._values.itemsize * len(self._values)
+        for col in (self._age, self._seq):
+            if isinstance(col, array):
+                total += col.itemsize * len(col)
+        return total
+
+
+def _build(cls: type[_T], values: array[float], n: int, first: int) -> list[_T]:
+    """``n`` objects of the frozen slotted dataclass ``cls``, field k of object i from
+    ``values[(first + k) * n + i]``. Column by column through the slot descriptors (C-level loops)
+    rather than ``n`` calls of the frozen ``__init__`` (one ``object.__setattr__`` a field): the
+    same objects (equal, same hash) in about a third of the time."""
+    objs = list(map(object.__new__, repeat(cls, n)))
+    slots = vars(cls)
+    for k, name in enumerate(slots["__slots__"]):
+        setter = slots[name].__set__
+        deque(map(setter, objs, values[(first + k) * n:(first + k + 1) * n]), maxlen=0)
+    return objs
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class BarFeatures:
     """A decoded bar record: every asset present in bar ``bar_idx`` plus the market/macro view.
 
     bar_ts: unix s (bar close). ``market`` / ``macro`` are None when no asset was present.
-    ``assets`` is read-only. ``degraded``: the worker flagged its input as degraded.
+    ``assets`` is read-only (for a decoded bar an ``AssetColumns``: each lookup builds that
+    asset's ``AssetFeatures``). ``degraded``: the worker flagged its input as degraded.
     ``symbols``: the keys of ``assets``; consecutive bars with the same assets share one object.
     """
 
@@ -165,6 +299,65 @@ class BarFeatures:
             object.__setattr__(self, "symbols", frozenset(self.assets))
 
 
+def placement_of(bar: BarFeatures, symbol: str) -> OBPlacementFeatures | None:
+    """``symbol``'s placement features in ``bar``, or None if absent (one object made, at most)."""
+    assets = bar.assets
+    try:
+        if isinstance(assets, AssetColumns):
+            return assets.placement(symbol)
+        return assets[symbol].placement
+    except KeyError:
+        return None
+
+
+def signal_of(bar: BarFeatures, symbol: str) -> OBSignalFeatures | None:
+    """``symbol``'s signal features in ``bar``, or None if absent (one object made, at most)."""
+    assets = bar.assets
+    try:
+        if isinstance(assets, AssetColumns):
+            return assets.signal(symbol)
+        return assets[symbol].signal
+    except KeyError:
+        return None
+
+
+class _FieldView(Mapping[str, Any]):
+    """symbol -> one feature group of a bar, made on lookup (a bar without prepared dicts)."""
+
+    __slots__ = ("_get", "_keys")
+
+    def __init__(self, get: Callable[[str], Any], keys: Mapping[str, Any] | frozenset[str]) -> None:
+        self._get = get
+        self._keys = keys
+
+    def __getitem__(self, symbol: str) -> Any:
+        return self._get(symbol)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._keys
+
+
+def trader_maps(bar: BarFeatures) -> tuple[Mapping[str, OBPlacementFeatures], Mapping[str, OBSignalFeatures], bool]:
+    """What the trader's getters read for ``bar``: (symbol -> placement, symbol -> signal, prepared).
+    The bar's prepared dicts (one dict hit a lookup) when it has them, else views that make one
+    asset's object per lookup. KeyError for an absent symbol either way."""
+    assets = bar.assets
+    if isinstance(assets, AssetColumns):
+        prepared = assets.prepared
+        if prepared is not None:
+            return prepared[0], prepared[1], True
+        index = assets.table.index
+        return _FieldView(assets.placement, index), _FieldView(assets.signal, index), False
+    return (_FieldView(lambda s: assets[s].placement, assets),
+            _FieldView(lambda s: assets[s].signal, assets), False)
+
+
 class RecordRejected(ValueError):
     """A bar record the adapter cannot use; ``reason`` is a short counter key."""
 
@@ -183,7 +376,9 @@ def decode_bar(data: bytes | bytearray | memoryview | str) -> BarFeatures:
 
 
 def bar_from_record(rec: Any) -> BarFeatures:
-    """Build ``BarFeatures`` from a decoded record dict (docs/contract.md); RecordRejected if malformed."""
+    """Build ``BarFeatures`` from a decoded record dict (schema 3, docs/contract.md); RecordRejected
+    if malformed. Every per-asset problem (the columnar shape, a value that is not a finite
+    number) is reason "assets"."""
     if type(rec) is not dict:
         raise RecordRejected("not_object", f"record is a {type(rec).__name__}")
     schema = rec.get("schema")
@@ -195,20 +390,12 @@ def bar_from_record(rec: Any) -> BarFeatures:
     bar_ts = rec.get("bar_ts")
     if not _is_number(bar_ts) or not math.isfinite(bar_ts) or bar_ts <= 0:
         raise RecordRejected("bar_ts", f"bar_ts {bar_ts!r} is not a positive unix time")
-    # Interim (issue 14, columnar helper): schema 3 read through the per-asset view until the
-    # adapter's columnar decode lands; keeps decode_bar's signature and results.
+    bar_ts = float(bar_ts)
     try:
-        raw_assets = asset_view(rec)
+        check_columns(rec)
+        assets = _columns(rec, bar_ts)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordRejected("assets", str(exc)) from None
-    if type(raw_assets) is not dict:
-        raise RecordRejected("assets", "assets is not an object")
-    assets = _assets_bulk(raw_assets)
-    if assets is None:  # something is off: the per-value checks say what
-        try:
-            assets = {intern(sym): _asset(sym, a) for sym, a in raw_assets.items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RecordRejected("assets", str(exc)) from None
     try:
         market = _market(rec.get("market"))
     except (KeyError, TypeError, ValueError) as exc:
@@ -227,28 +414,41 @@ def bar_from_record(rec: Any) -> BarFeatures:
     worker_id = producer.get("worker_id")
     computed_at = producer.get("computed_at")
     n_assets = rec.get("n_assets")
-    n_present = rec.get("n_present")
+    n_present = len(assets)
     return BarFeatures(
         bar_idx=bar_idx,
-        bar_ts=float(bar_ts),
-        n_assets=n_assets if type(n_assets) is int else len(assets),
-        n_present=n_present if type(n_present) is int else len(assets),
-        assets=MappingProxyType(assets),
+        bar_ts=bar_ts,
+        n_assets=n_assets if type(n_assets) is int else n_present,
+        n_present=n_present,
+        assets=assets,
         market=market,
         macro=macro,
         degraded=bool(rec.get("degraded")) or bool(producer.get("degraded")),
-        worker_id=worker_id if type(worker_id) is str else None,
+        worker_id=intern(worker_id) if type(worker_id) is str else None,
         computed_at=float(computed_at) if _is_number(computed_at) else None,
-        symbols=_shared_symbols(assets),
+        symbols=assets.table.set,
         universe_size=u_size if type(u_size) is int else None,
-        universe_hash=u_hash if type(u_hash) is str else None,
+        universe_hash=intern(u_hash) if type(u_hash) is str else None,
     )
 
 
-# The last distinct symbol set decoded. Bars usually hold the same assets as the bar before:
-# they then share one frozenset (and, through sys.intern, one str per symbol), so the trader's
-# per-bar work keyed on it is done once and its lookups touch memory that stays in the CPU cache.
-_last_symbols: frozenset[str] = frozenset()
+# Recently decoded symbol lists -> their shared table (bars of one worker nearly always hold the
+# same list; a few entries cover a changing universe and seeds decoding older bars meanwhile).
+_TABLES: dict[tuple[str, ...], SymbolTable] = {}
+_TABLES_MAX = 8
+_tables_lock = threading.Lock()
+
+
+def symbol_table(symbols: list[str] | tuple[str, ...]) -> SymbolTable:
+    """The shared table of a (sorted, distinct) symbol list."""
+    key = tuple(symbols)
+    with _tables_lock:
+        table = _TABLES.get(key)
+        if table is None:
+            table = _TABLES[key] = SymbolTable(key)
+            while len(_TABLES) > _TABLES_MAX:
+                del _TABLES[next(iter(_TABLES))]
+        return table
 
 
 def _is_number(x: object) -> TypeGuard[int | float]:
@@ -256,14 +456,53 @@ def _is_number(x: object) -> TypeGuard[int | float]:
     return type(x) in (int, float)
 
 
-def _shared_symbols(assets: dict[str, Any]) -> frozenset[str]:
-    global _last_symbols
-    last = _last_symbols  # one read: another decoding thread may replace it meanwhile
-    if last == assets.keys():
-        return last
-    symbols = frozenset(assets)
-    _last_symbols = symbols
-    return symbols
+_FLOAT_ONLY = frozenset({float})
+
+
+def _columns(rec: dict[str, Any], bar_ts: float) -> AssetColumns:
+    """The per-asset columns of a record that passed ``check_columns``; TypeError/ValueError
+    naming the first value that is not a finite number."""
+    placement, signal = rec["placement"], rec["signal"]
+    names = ["ts", *(f"placement.{f}" for f in PLACEMENT_FIELDS), *(f"signal.{f}" for f in SIGNAL_FIELDS), "age_ms"]
+    cols: list[list[Any]] = [rec["ts"], *(placement[f] for f in PLACEMENT_FIELDS),
+                             *(signal[f] for f in SIGNAL_FIELDS), rec["age_ms"]]
+    types: set[type] = set()
+    for col in cols:
+        types.update(map(type, col))
+    # What the worker writes: all floats, all finite (a NaN or inf anywhere makes a column sum
+    # non-finite; so may an overflow, then the per-value check below accepts the record).
+    if not types <= _FLOAT_ONLY or any(t - t != 0.0 for t in map(sum, cols)):
+        symbols = rec["symbols"]
+        for name, col in zip(names, cols, strict=True):
+            for sym, v in zip(symbols, col, strict=True):
+                # bool is an int subclass: refuse it explicitly, it is never a feature value.
+                if type(v) is not float and type(v) is not int:
+                    raise TypeError(f"{name} of {sym} is {v!r}, not a number")
+                if not math.isfinite(v):
+                    raise ValueError(f"{name} of {sym} is not finite")
+    table = symbol_table(rec["symbols"])
+    # From one list: array() then sizes its buffer exactly (fromlist/extend over-allocate).
+    values = array("d", list(chain.from_iterable(cols[:_NCOL])))  # ints become floats here
+    n = len(table.names)
+    raw_age = cols[_NCOL]
+    # age_ms is (bar_ts - ts) * 1000 from the worker: then it is not stored (1/11 of the bar).
+    derived = [(bar_ts - t) * 1000.0 for t in values[:n]]
+    age = None if derived == raw_age else array("d", raw_age)
+    return AssetColumns(table, values, age, _seq_column(rec["seq"]), bar_ts)
+
+
+def _seq_column(seq: list[Any]) -> array[int] | tuple[int | None, ...] | None:
+    """The seq column: None if no seq is an int, else ``array('q')`` with ``NO_SEQ`` for the
+    others (a non-int seq reads as None, as before); a tuple if one does not fit in 64 bits."""
+    kinds = set(map(type, seq))
+    if int not in kinds:
+        return None
+    if kinds != {int}:
+        seq = [s if type(s) is int else None for s in seq]
+    try:
+        return array("q", seq if kinds == {int} else [NO_SEQ if s is None else s for s in seq])
+    except OverflowError:
+        return tuple(seq)
 
 
 def _num(obj: Mapping[str, Any], name: str) -> float:
@@ -275,80 +514,6 @@ def _num(obj: Mapping[str, Any], name: str) -> float:
     if v - v != 0.0:  # NaN or inf (cannot come from JSON, but from a hand-built dict)
         raise ValueError(f"{name} is not finite")
     return v
-
-
-_STR, _DICT, _FLOAT = {str}, {dict}, {float}
-_ASSET_HEAD = operator.itemgetter("ts", "age_ms", "placement", "signal")
-_PLACEMENT_VALUES = operator.itemgetter("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps")
-_SIGNAL_VALUES = operator.itemgetter("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry",
-                                     "withdrawal_velocity")
-
-
-def _assets_bulk(raw: dict[Any, Any]) -> dict[str, AssetFeatures] | None:
-    """Every asset of a well-formed record in one pass of C-level checks, or None if any value
-    is not a finite float in the right place (then ``_asset`` checks one by one and names it).
-
-    Accepts exactly what the per-asset path accepts with all values floats (what the worker
-    writes); about half the decode cost of checking value by value.
-    """
-    if not raw:
-        return {}
-    values = raw.values()
-    if set(map(type, raw)) != _STR or set(map(type, values)) != _DICT:
-        return None
-    try:
-        heads = list(map(_ASSET_HEAD, values))
-        ts_age = [h[:2] for h in heads]
-        placements = [h[2] for h in heads]
-        signals = [h[3] for h in heads]
-        if set(map(type, placements)) != _DICT or set(map(type, signals)) != _DICT:
-            return None
-        p_values = list(map(_PLACEMENT_VALUES, placements))
-        s_values = list(map(_SIGNAL_VALUES, signals))
-    except (KeyError, TypeError):
-        return None
-    flat = list(chain.from_iterable(ts_age))
-    flat += chain.from_iterable(p_values)
-    flat += chain.from_iterable(s_values)
-    if set(map(type, flat)) != _FLOAT:
-        return None
-    total = sum(flat)
-    if total - total != 0.0:  # a NaN or inf anywhere makes the sum non-finite (so may overflow)
-        return None
-    out = {}
-    for sym, a, (ts, age_ms), pv, sv in zip(raw, values, ts_age, p_values, s_values):
-        seq = a.get("seq")
-        out[intern(sym)] = AssetFeatures(ts, age_ms, seq if type(seq) is int else None,
-                                 OBPlacementFeatures(*pv), OBSignalFeatures(*sv))
-    return out
-
-
-def _asset(symbol: Any, a: Any) -> AssetFeatures:
-    if type(symbol) is not str or type(a) is not dict:
-        raise TypeError(f"asset {symbol!r} is not an object keyed by symbol")
-    p = a["placement"]
-    s = a["signal"]
-    if type(p) is not dict or type(s) is not dict:
-        raise TypeError(f"asset {symbol}: placement/signal must be objects")
-    seq = a.get("seq")
-    return AssetFeatures(
-        ts=_num(a, "ts"),
-        age_ms=_num(a, "age_ms"),
-        seq=seq if type(seq) is int else None,
-        placement=OBPlacementFeatures(
-            depth_1pct_usd=_num(p, "depth_1pct_usd"),
-            depth_quality=_num(p, "depth_quality"),
-            fill_probability=_num(p, "fill_probability"),
-            spread_proxy_bps=_num(p, "spread_proxy_bps"),
-        ),
-        signal=OBSignalFeatures(
-            imbalance=_num(s, "imbalance"),
-            imbalance_ma5=_num(s, "imbalance_ma5"),
-            imbalance_persistence=_num(s, "imbalance_persistence"),
-            depth_asymmetry=_num(s, "depth_asymmetry"),
-            withdrawal_velocity=_num(s, "withdrawal_velocity"),
-        ),
-    )
 
 
 def _market(m: Any) -> OBMarketFeatures | None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from obf_contract.keys import asset_key
-from obf_contract.record import PLACEMENT_FIELDS, SIGNAL_FIELDS
+from obf_contract.record import PLACEMENT_FIELDS, SCHEMA_VERSION, SIGNAL_FIELDS
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
@@ -60,3 +60,12 @@ def columns(assets: Mapping[str, Mapping[str, Any]], *, ref_depth: Mapping[str, 
         "state": {"ref_depth_usd": [refs.get(s, a.get("placement", {}).get("depth_1pct_usd")) for s, a in
                                     zip(symbols, rows)]},
     }
+
+
+def columnar_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema 3 record from one written per asset (``"assets": {symbol: AssetRecord}``, the
+    shape ``asset_view`` gives; ``columns`` builds its columns): for tests that hand-pick
+    per-asset values. Every other key is kept."""
+    out = {k: v for k, v in rec.items() if k != "assets"}
+    out.update(schema=SCHEMA_VERSION, n_present=len(rec["assets"]), **columns(rec["assets"]))
+    return out
