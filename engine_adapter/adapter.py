@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from hazelcast.client import HazelcastClient
@@ -45,6 +45,9 @@ from engine_adapter.features import (
     OBMarketFeatures,
     OBPlacementFeatures,
     OBSignalFeatures,
+    placement_of,
+    signal_of,
+    trader_maps,
 )
 from engine_adapter.grid import FeatureMapReader, GridStats
 
@@ -479,9 +482,11 @@ class HazelcastOBEngine:
     def get_bar(self, timestamp_or_idx: Any = None) -> BarFeatures | None:
         """The whole decoded bar that answers ``timestamp_or_idx``, or None (default).
 
-        The bulk accessor: ``bar.assets[symbol].placement`` / ``.signal``, ``bar.market``,
-        ``bar.macro`` (None when no asset was present: use the NEUTRAL_* values then). Cheapest
-        way to read many assets; ``bar.assets`` is read-only and shared, never copy it per call.
+        The bulk accessor: ``bar.assets[symbol].placement`` / ``.signal`` (with the snapshot's ts,
+        age_ms, seq), ``bar.market``, ``bar.macro`` (None when no asset was present: use the
+        NEUTRAL_* values then). ``bar.assets`` is read-only and shared, never copy it per call: for
+        the newest bar a lookup is a dict hit (its objects are prepared when it arrives); for an
+        older bar each lookup makes that asset's objects (a few us).
         """
         cur = self._view(timestamp_or_idx)
         if cur is not None:
@@ -506,11 +511,11 @@ class HazelcastOBEngine:
         try:
             cur = self._fast[timestamp_or_idx]
         except (KeyError, TypeError):  # not the current bar (TypeError: unhashable, refused below)
-            a = self._asset(asset, timestamp_or_idx)
-            return NEUTRAL_PLACEMENT if a is None else a.placement
+            p = self._asset(asset, timestamp_or_idx, True)
+            return NEUTRAL_PLACEMENT if p is None else p
         cur.hits += 1
         try:
-            return cur.assets[asset].placement
+            return cur.placement[asset]
         except KeyError:
             cur.absent += cur.bar is not None
             return NEUTRAL_PLACEMENT
@@ -520,11 +525,11 @@ class HazelcastOBEngine:
         try:
             cur = self._fast[timestamp_or_idx]
         except (KeyError, TypeError):  # not the current bar (TypeError: unhashable, refused below)
-            a = self._asset(asset, timestamp_or_idx)
-            return NEUTRAL_SIGNAL if a is None else a.signal
+            s = self._asset(asset, timestamp_or_idx, False)
+            return NEUTRAL_SIGNAL if s is None else s
         cur.hits += 1
         try:
-            return cur.assets[asset].signal
+            return cur.signal[asset]
         except KeyError:
             cur.absent += cur.bar is not None
             return NEUTRAL_SIGNAL
@@ -547,16 +552,26 @@ class HazelcastOBEngine:
             return NEUTRAL_MACRO
         return bar.macro
 
-    def _asset(self, asset: str, key: Any) -> AssetFeatures | None:
+    def _asset(self, asset: str, key: Any, placement: bool) -> Any:
+        """``asset``'s placement (else signal) features in the bar answering ``key``, or None
+        (an absent asset of a usable bar is counted). Made on demand for a bar not prepared."""
         cur = self._view(key)
-        bar = cur.bar if cur is not None else self._lookup(key)[1]
-        if bar is None:
-            return None
-        a = bar.assets.get(asset)
-        if a is None:
+        if cur is not None:
+            if cur.bar is None:
+                return None
+            try:
+                return cur.placement[asset] if placement else cur.signal[asset]
+            except KeyError:
+                got = None
+        else:
+            bar = self._lookup(key)[1]
+            if bar is None:
+                return None
+            got = placement_of(bar, asset) if placement else signal_of(bar, asset)
+        if got is None:
             with self._lock:
                 self._asset_defaults += 1
-        return a
+        return got
 
     def _view(self, key: Any) -> _CurrentBar | None:
         """The memoised current bar if ``key`` names it (None, or its bar_idx), re-resolved if the
@@ -582,7 +597,7 @@ class HazelcastOBEngine:
         cache = self._cache
         version = cache.version
         res, bar = cache.resolve(idx, count=False)
-        cur = _CurrentBar(idx, res, bar)
+        cur = _CurrentBar(idx, res, bar, self._cur)
         with self._lock:
             old, self._cur = self._cur, cur
             self._memo_lookups[old.kind] += old.hits
@@ -691,21 +706,35 @@ class HazelcastOBEngine:
 
 
 class _CurrentBar:
-    """One resolution of the trader's current bar, plus the lookups answered from it."""
+    """One resolution of the trader's current bar, plus the lookups answered from it.
 
-    __slots__ = ("idx", "res", "bar", "kind", "assets", "symbols", "hits", "absent")
+    placement / signal: symbol -> the trader's dataclass: the bar's prepared dicts (one dict hit)
+    when it has them, else views that make one asset's object per lookup (a bar that is not the
+    newest, e.g. a fallback). A memo of the same bar keeps its predecessor's prepared dicts: the
+    cache releases them once a newer bar arrives, while the trader may still read this one."""
 
-    def __init__(self, idx: int | None, res: Resolution, bar: BarFeatures | None) -> None:
+    __slots__ = ("idx", "res", "bar", "kind", "placement", "signal", "prepared", "symbols", "hits", "absent")
+
+    def __init__(self, idx: int | None, res: Resolution, bar: BarFeatures | None,
+                 prev: _CurrentBar | None = None) -> None:
         self.idx = idx
         self.res = res
         self.bar = bar
         self.kind = res.kind
-        self.assets: Mapping[str, AssetFeatures] = bar.assets if bar is not None else {}
+        self.placement: Mapping[str, OBPlacementFeatures]
+        self.signal: Mapping[str, OBSignalFeatures]
+        if bar is None:
+            self.placement, self.signal, self.prepared = _NO_ASSETS, _NO_ASSETS, True
+        elif prev is not None and prev.bar is bar and prev.prepared:
+            self.placement, self.signal, self.prepared = prev.placement, prev.signal, True
+        else:
+            self.placement, self.signal, self.prepared = trader_maps(bar)
         self.symbols: frozenset[str] = bar.symbols if bar is not None else frozenset()
         self.hits = 0  # lookups answered from this memo (unlocked increments)
         self.absent = 0  # of those, for an asset absent from a usable bar
 
 
+_NO_ASSETS: Mapping[str, Any] = MappingProxyType({})
 _NO_CURRENT = _CurrentBar(None, Resolution(DEFAULT, None, None, None), None)  # before step_live
 _NO_FAST: dict[Any, _CurrentBar] = {}  # shared and never mutated: "no memo"
 _BAD_STEP_RES = Resolution(DEFAULT, None, None, None)  # a refused key

@@ -2,9 +2,13 @@
 
 Pure (no I/O): the grid listener thread inserts ``BarFeatures``, the trader thread resolves
 lookups. Every operation holds one short lock; lookups are a dict get (exact bar) or a bisect
-(fallback), so they cost microseconds. ``version`` changes whenever the contents do and the
-``on_change`` hook is called, so a caller may memoise a resolution and re-use it lock-free
-until then (the adapter does this for the trader's current bar).
+(fallback), so they cost microseconds. Cached bars hold their assets as columns (no per-asset
+object, see ``engine_adapter.features``); the newest bar alone is *prepared* (its trader-facing
+objects built), on the inserting thread before the lock (``insert``) or right after
+(``insert_many``, which seeds use), and a bar stops being prepared once a newer one is.
+``version`` changes whenever the contents do and the ``on_change`` hook is called, so a caller
+may memoise a resolution and re-use it lock-free until then (the adapter does this for the
+trader's current bar).
 
 Resolution of a lookup key (``timestamp_or_idx``):
 
@@ -49,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from engine_adapter.features import BarFeatures
+from engine_adapter.features import AssetColumns, BarFeatures
 from obf_contract.timestamps import BadTimestamp, parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -153,6 +157,24 @@ def _iso_seconds(text: str) -> float:
         raise ValueError(f"timestamp_or_idx string {text[:40]!r}: {exc}") from None
 
 
+def _prepare(bar: BarFeatures) -> None:
+    assets = bar.assets
+    if isinstance(assets, AssetColumns):
+        assets.prepare()
+
+
+def _release(bar: BarFeatures) -> None:
+    assets = bar.assets
+    if isinstance(assets, AssetColumns):
+        assets.release()
+
+
+def _is_prepared(bar: BarFeatures) -> bool:
+    # A hand-built bar (assets a mapping of AssetFeatures) has its objects already.
+    assets = bar.assets
+    return not isinstance(assets, AssetColumns) or assets.prepared is not None
+
+
 class BarCache:
     """The newest ``capacity`` bars by bar_idx, plus lookup counters and arrival notification.
 
@@ -185,6 +207,7 @@ class BarCache:
         self._truncated = 0
         # bar_idx lookups resolve only to bars with a newer bar_ts (the trader's numbering went back)
         self._trader_floor: float | None = None
+        self._prepared: BarFeatures | None = None  # the newest bar, when its objects are built
         # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
         # an int attribute read is atomic, and a reader that sees an old value only re-resolves.
         self.version = 0
@@ -193,22 +216,64 @@ class BarCache:
     # -- writers (listener / seed threads) -------------------------------------------------
 
     def insert(self, bar: BarFeatures, source: str = "listener", *, replace: bool = True) -> bool:
-        """Insert or (if ``replace``) overwrite one bar; True if the cache changed. Never raises."""
+        """Insert or (if ``replace``) overwrite one bar; True if the cache changed. Never raises.
+
+        A bar that will be the newest is prepared first, on the calling thread outside the lock
+        (the listener's: the trader then finds its objects ready)."""
+        with self._cond:
+            newest = (self._order[-1], self._ts[-1]) if self._order else None
+        if newest is None or bar.bar_idx >= newest[0] or bar.bar_ts > newest[1]:
+            _prepare(bar)
         with self._cond:
             changed = self._insert_locked(bar, source, replace)
+            self._track_prepared_locked()
+            if bar is not self._prepared:
+                _release(bar)  # not (or no longer) the newest
             if changed:
                 self._changed_locked()
         return changed
 
     def insert_many(self, bars: list[BarFeatures], source: str) -> int:
-        """Insert the bars not cached yet (seeding never overwrites a listener update); count inserted."""
+        """Insert the bars not cached yet (seeding never overwrites a listener update); count
+        inserted. If the newest bar changed, it is then prepared on the calling thread."""
         n = 0
         with self._cond:
             for bar in bars:
                 n += self._insert_locked(bar, source, False)
+            self._track_prepared_locked()
             if n:
                 self._changed_locked()
+        if n:
+            self.prepare_newest()
         return n
+
+    def prepare_newest(self) -> bool:
+        """Prepare the newest bar if it is not (outside the lock, on the calling thread; never the
+        trader's); True if it was. A memo of the current bar made meanwhile is dropped (version)."""
+        with self._cond:
+            bar = self._bars[self._order[-1]] if self._order else None
+            if bar is None or bar is self._prepared:
+                return False
+        _prepare(bar)
+        with self._cond:
+            if not self._order or self._bars[self._order[-1]] is not bar:
+                if bar is not self._prepared:
+                    _release(bar)
+                return False
+            self._track_prepared_locked()
+            self.version += 1
+            self._changed_locked()
+        return True
+
+    def _track_prepared_locked(self) -> None:
+        # Only the newest bar keeps its prepared objects: every other bar is columns only.
+        bar = self._bars[self._order[-1]] if self._order else None
+        old = self._prepared
+        if bar is old:
+            return
+        if old is not None:
+            _release(old)
+        self._prepared = bar if bar is not None and _is_prepared(bar) else None
 
     def _changed_locked(self) -> None:
         # version was bumped by _insert_locked before the hook runs: a reader that installs a
@@ -330,6 +395,7 @@ class BarCache:
             if not dropped:
                 return False
             self._removed += dropped
+            self._track_prepared_locked()
             self.version += 1
             self._changed_locked()
         return True

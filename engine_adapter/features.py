@@ -41,7 +41,7 @@ import math
 import threading
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from sys import intern
@@ -172,8 +172,9 @@ class AssetColumns(Mapping[str, AssetFeatures]):
     seq column (``array('q')``, or None when every seq is null) and the age_ms column only when it
     is not ``(bar_ts - ts) * 1000`` exactly (it is, from the worker). ``self[symbol]`` builds that
     asset's ``AssetFeatures``; ``placement(symbol)`` / ``signal(symbol)`` one dataclass. For the
-    newest bar the cache ``prepare()``s the trader's two dicts (symbol -> dataclass) on the
-    inserting thread, so the trader's getters are one dict hit; ``release()`` drops them.
+    newest bar the cache ``prepare()``s the trader's dicts (symbol -> placement / signal /
+    AssetFeatures) on the inserting thread, so the trader's getters and ``self[symbol]`` are one
+    dict hit; ``release()`` drops them once a newer bar is prepared.
     """
 
     __slots__ = ("_table", "_values", "_age", "_seq", "_bar_ts", "_prepared")
@@ -185,7 +186,8 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         self._age = age
         self._seq = seq
         self._bar_ts = bar_ts
-        self._prepared: tuple[dict[str, OBPlacementFeatures], dict[str, OBSignalFeatures]] | None = None
+        self._prepared: tuple[dict[str, OBPlacementFeatures], dict[str, OBSignalFeatures],
+                              dict[str, AssetFeatures]] | None = None
 
     @property
     def table(self) -> SymbolTable:
@@ -201,6 +203,9 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         return symbol in self._table.index
 
     def __getitem__(self, symbol: str) -> AssetFeatures:
+        prepared = self._prepared
+        if prepared is not None:
+            return prepared[2][symbol]
         i = self._table.index[symbol]
         n = len(self._table.names)
         v = self._values
@@ -231,13 +236,21 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         return OBSignalFeatures(*self._values[_S0 * n + i::n])
 
     def prepare(self) -> None:
-        """Build the trader's symbol -> placement / signal dicts (~0.5 us an asset; not on the
-        trader's thread). Idempotent."""
+        """Build the trader's symbol -> placement / signal / AssetFeatures dicts (~1 us an asset;
+        not on the trader's thread). Idempotent."""
         if self._prepared is not None:
             return
         names, v, n = self._table.names, self._values, len(self._table.names)
-        self._prepared = (dict(zip(names, _build(OBPlacementFeatures, v, n, _P0), strict=True)),
-                          dict(zip(names, _build(OBSignalFeatures, v, n, _S0), strict=True)))
+        placement = _build(OBPlacementFeatures, n, (v[k * n:(k + 1) * n] for k in range(_P0, _S0)))
+        signal = _build(OBSignalFeatures, n, (v[k * n:(k + 1) * n] for k in range(_S0, _NCOL)))
+        ts = v[:n]
+        age = [(self._bar_ts - t) * 1000.0 for t in ts] if self._age is None else self._age
+        seq = self._seq
+        seqs: Iterable[int | None] = repeat(None, n) if seq is None else \
+            [None if s == NO_SEQ else s for s in seq]
+        assets = _build(AssetFeatures, n, (ts, age, seqs, placement, signal))
+        self._prepared = (dict(zip(names, placement, strict=True)), dict(zip(names, signal, strict=True)),
+                          dict(zip(names, assets, strict=True)))
 
     def release(self) -> None:
         """Drop the prepared dicts (a reader holding them keeps a consistent copy)."""
@@ -246,7 +259,8 @@ class AssetColumns(Mapping[str, AssetFeatures]):
     @property
     def prepared(self) -> tuple[Mapping[str, OBPlacementFeatures], Mapping[str, OBSignalFeatures]] | None:
         """The prepared (placement, signal) dicts, or None."""
-        return self._prepared
+        prepared = self._prepared
+        return None if prepared is None else (prepared[0], prepared[1])
 
     def nbytes(self) -> int:
         """Bytes of the column buffers (for tests and measurements)."""
@@ -257,16 +271,15 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         return total
 
 
-def _build(cls: type[_T], values: array[float], n: int, first: int) -> list[_T]:
-    """``n`` objects of the frozen slotted dataclass ``cls``, field k of object i from
-    ``values[(first + k) * n + i]``. Column by column through the slot descriptors (C-level loops)
-    rather than ``n`` calls of the frozen ``__init__`` (one ``object.__setattr__`` a field): the
-    same objects (equal, same hash) in about a third of the time."""
+def _build(cls: type[_T], n: int, columns: Iterable[Iterable[Any]]) -> list[_T]:
+    """``n`` objects of the frozen slotted dataclass ``cls``, field k of object i = ``columns[k][i]``.
+    Column by column through the slot descriptors (C-level loops) rather than ``n`` calls of the
+    frozen ``__init__`` (one ``object.__setattr__`` a field): the same objects (equal, same
+    hash) in about a third of the time."""
     objs = list(map(object.__new__, repeat(cls, n)))
     slots = vars(cls)
-    for k, name in enumerate(slots["__slots__"]):
-        setter = slots[name].__set__
-        deque(map(setter, objs, values[(first + k) * n:(first + k + 1) * n]), maxlen=0)
+    for name, col in zip(slots["__slots__"], columns, strict=True):
+        deque(map(slots[name].__set__, objs, col), maxlen=0)
     return objs
 
 

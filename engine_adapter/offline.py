@@ -53,6 +53,8 @@ from engine_adapter.features import (
     OBSignalFeatures,
     RecordRejected,
     decode_bar,
+    placement_of,
+    signal_of,
 )
 from engine_adapter.grid import GridStats
 from obf_contract.cluster import FEATURES_MAP, check_map_name
@@ -254,25 +256,26 @@ class OfflineOBEngine:
         """True if bar ``bar_idx`` is loaded (never waits: nothing arrives later)."""
         return bar_idx in self._cache
 
-    def _asset(self, asset: str, key: Any) -> AssetFeatures | None:
+    def _asset(self, asset: str, key: Any, placement: bool) -> Any:
+        # One dataclass made for the asset asked about (only the newest loaded bar is prepared).
         bar = self._resolved(key)[1]
         if bar is None:
             return None
-        a = bar.assets.get(asset)
-        if a is None:
+        got = placement_of(bar, asset) if placement else signal_of(bar, asset)
+        if got is None:
             with self._lock:
                 self._asset_defaults += 1
-        return a
+        return got
 
     def get_placement(self, asset: str, timestamp_or_idx: Any = None) -> OBPlacementFeatures:
         """Placement features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
-        a = self._asset(asset, timestamp_or_idx)
-        return NEUTRAL_PLACEMENT if a is None else a.placement
+        p = self._asset(asset, timestamp_or_idx, True)
+        return NEUTRAL_PLACEMENT if p is None else p
 
     def get_signal(self, asset: str, timestamp_or_idx: Any = None) -> OBSignalFeatures:
         """Signal features of ``asset`` at a bar_idx or unix timestamp (None = current bar); neutral if none."""
-        a = self._asset(asset, timestamp_or_idx)
-        return NEUTRAL_SIGNAL if a is None else a.signal
+        s = self._asset(asset, timestamp_or_idx, False)
+        return NEUTRAL_SIGNAL if s is None else s
 
     def get_market(self, asset_or_key: Any = None, timestamp_or_idx: Any = None) -> OBMarketFeatures:
         """Cross-asset features: ``get_market(key)`` or ``get_market(asset, key)`` (asset ignored)."""

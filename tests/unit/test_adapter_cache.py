@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from engine_adapter.cache import BarCache, parse_key
 from engine_adapter.features import BarFeatures, bar_from_record
-from obf_contract.record import SCHEMA_VERSION
-from tests.factories import columns
+from tests.factories import columnar_record
 
 T0 = 1_723_161_000.0  # unix s
 SPACING = 5.0  # s between consecutive bars in these tests
@@ -23,17 +22,17 @@ SPACING = 5.0  # s between consecutive bars in these tests
 
 def bar(idx: int, ts: float | None = None, imbalance: float = 0.0) -> BarFeatures:
     """A one-asset bar; ``imbalance`` tags it so a test can tell two versions apart."""
-    return bar_from_record({
-        "schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
+    return bar_from_record(columnar_record({
+        "bar_idx": idx, "bar_ts": T0 + idx * SPACING if ts is None else ts,
         "n_assets": 1, "n_present": 1,
-        **columns({"BTCUSDT": {
+        "assets": {"BTCUSDT": {
             "ts": T0, "age_ms": 0.0, "seq": idx,
             "placement": {"depth_1pct_usd": 1.0, "depth_quality": 1.0, "fill_probability": 0.5,
                           "spread_proxy_bps": 1.0},
             "signal": {"imbalance": imbalance, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
-                       "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}}}),
+                       "depth_asymmetry": 0.0, "withdrawal_velocity": 0.0}}},
         "market": None, "macro": None, "degraded": False,
-    })
+    }))
 
 
 def cache_with(*indices: int, capacity: int = 100, stale_after_bars: int = 2) -> BarCache:

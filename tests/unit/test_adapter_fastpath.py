@@ -5,6 +5,7 @@ decode -> BarCache.insert -> on_change path."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -20,8 +21,8 @@ from hypothesis import strategies as st
 
 from engine_adapter import AdapterConfig, HazelcastOBEngine, features
 from engine_adapter.features import NEUTRAL_MACRO, NEUTRAL_MARKET, NEUTRAL_PLACEMENT, NEUTRAL_SIGNAL, RecordRejected
-from obf_contract.record import SCHEMA_VERSION, asset_view
-from tests.factories import columns
+from obf_contract.record import asset_view
+from tests.factories import columnar_record
 
 T0 = 1_723_161_000.0  # unix s
 SPACING = 5.0  # s between bars
@@ -39,13 +40,12 @@ def record(idx: int, assets: tuple[str, ...] = ASSETS, tag: float = 0.0) -> dict
             "signal": {"imbalance": (idx % 7) / 10 - k / 100, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
                        "depth_asymmetry": 0.0, "withdrawal_velocity": -k / 1000},
         }
-    return {"schema": SCHEMA_VERSION, "bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets),
-            "n_present": len(assets), **columns(out),
+    return columnar_record({"bar_idx": idx, "bar_ts": T0 + idx * SPACING, "n_assets": len(assets), "assets": out,
             "market": {"median_imbalance": idx / 1000, "agreement_pct": 50.0 + tag, "depth_pressure": 0.0,
                        "notional_pressure": 0.0},
             "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": idx / 100, "acceleration": 0.0,
                       "depth_ref_usd": 1000.0},
-            "degraded": False}
+            "degraded": False})
 
 
 def placement_of(rec: dict[str, Any], sym: str) -> tuple[float, ...]:
@@ -248,7 +248,7 @@ def test_step_live_counts_each_missing_occurrence(stub: StubClient) -> None:
     assert eng.stats().asset_defaults == 4
 
 
-# -- bulk decode of a record's assets -----------------------------------------------------------------
+# -- columnar decode: fast checks vs value-by-value, prepared vs on-demand objects ----------------------
 
 FIELDS_OF = {"placement": ("depth_1pct_usd", "depth_quality", "fill_probability", "spread_proxy_bps"),
              "signal": ("imbalance", "imbalance_ma5", "imbalance_persistence", "depth_asymmetry",
@@ -257,45 +257,100 @@ FAULTS = st.sampled_from([math.nan, math.inf, -math.inf, 3, True, None, "1", [],
 
 
 @st.composite
-def raw_assets(draw: st.DrawFn) -> dict[Any, Any]:
-    """Finite float records, then (usually) one fault: a bad value or a bad structure somewhere."""
+def columnar(draw: st.DrawFn) -> dict[str, Any]:
+    """A schema 3 record of finite floats, then (usually) one fault: a bad value or a bad structure."""
     finite = st.floats(-1e6, 1e6)
-    out: dict[Any, Any] = {}
-    for sym in draw(st.lists(st.sampled_from(ASSETS + ("XRPUSDT", "ADAUSDT")), unique=True, min_size=1, max_size=5)):
-        a: dict[str, Any] = {"ts": draw(finite), "age_ms": draw(finite),
-                             "seq": draw(st.one_of(st.none(), st.integers(0, 99), st.booleans()))}
-        for group, names in FIELDS_OF.items():
-            a[group] = {n: draw(finite) for n in names}
-        out[sym] = a
-    if draw(st.integers(0, 3)) > 0:
-        a = out[draw(st.sampled_from(sorted(out)))]
-        where = draw(st.sampled_from(["ts", "age_ms", "placement", "signal", "missing", "group", "asset"]))
+    syms = sorted(draw(st.lists(st.sampled_from(ASSETS + ("XRPUSDT", "ADAUSDT")), unique=True, max_size=5)))
+    n = len(syms)
+    col = st.lists(finite, min_size=n, max_size=n)
+    rec: dict[str, Any] = {
+        "schema": 3, "bar_idx": 1, "bar_ts": T0, "n_present": n, "symbols": syms,
+        "ts": draw(col), "age_ms": draw(col),
+        "seq": draw(st.lists(st.one_of(st.none(), st.integers(0, 99), st.booleans()), min_size=n, max_size=n)),
+        "placement": {f: draw(col) for f in FIELDS_OF["placement"]},
+        "signal": {f: draw(col) for f in FIELDS_OF["signal"]},
+        "state": {"ref_depth_usd": draw(col)}, "market": None, "macro": None}
+    if n and draw(st.integers(0, 3)) > 0:
+        i = draw(st.integers(0, n - 1))
+        where = draw(st.sampled_from(["ts", "age_ms", "placement", "signal", "short", "group"]))
         if where in FIELDS_OF:
-            a[where][draw(st.sampled_from(FIELDS_OF[where]))] = draw(FAULTS)
-        elif where == "missing":
-            del a[draw(st.sampled_from(["ts", "placement", "signal"]))]
+            rec[where][draw(st.sampled_from(FIELDS_OF[where]))][i] = draw(FAULTS)
+        elif where == "short":
+            del rec[draw(st.sampled_from(["ts", "age_ms", "seq"]))][i]
         elif where == "group":
-            a[draw(st.sampled_from(sorted(FIELDS_OF)))] = draw(st.sampled_from([None, [], "x"]))
-        elif where == "asset":
-            out[next(iter(out))] = draw(st.sampled_from([None, [], "x", 1.0]))
+            rec[draw(st.sampled_from(sorted(FIELDS_OF)))] = draw(st.sampled_from([None, [], "x"]))
         else:
-            a[where] = draw(FAULTS)
+            rec[where][i] = draw(FAULTS)
+    return rec
+
+
+def _expected_assets(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-asset objects a record must decode to, checked value by value (None: rejected)."""
+    try:
+        rows = asset_view(rec)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    out = {}
+    for sym, a in rows.items():
+        values = [a["ts"], a["age_ms"], *a["placement"].values(), *a["signal"].values()]
+        if any(type(v) not in (int, float) or not math.isfinite(v) for v in values):
+            return None
+        out[sym] = features.AssetFeatures(
+            float(a["ts"]), float(a["age_ms"]), a["seq"] if type(a["seq"]) is int else None,
+            features.OBPlacementFeatures(*map(float, a["placement"].values())),
+            features.OBSignalFeatures(*map(float, a["signal"].values())))
     return out
 
 
-@given(raw_assets())
-def test_bulk_asset_decode_equals_the_checked_path(raw: dict[Any, Any]) -> None:
-    rec = {"schema": 2, "bar_idx": 1, "bar_ts": T0, "assets": raw, "market": None, "macro": None}
-    try:
-        expected: Any = {sym: features._asset(sym, a) for sym, a in raw.items()}
-    except (KeyError, TypeError, ValueError):
-        expected = RecordRejected
-    if expected is RecordRejected:
+@given(columnar())
+def test_columnar_decode_equals_the_value_by_value_reading(rec: dict[str, Any]) -> None:
+    expected = _expected_assets(rec)
+    if expected is None:
         with pytest.raises(RecordRejected) as info:
             features.bar_from_record(rec)
         assert info.value.reason == "assets"
-    else:
-        assert dict(features.bar_from_record(rec).assets) == expected
+        return
+    bar = features.bar_from_record(rec)
+    assert dict(bar.assets) == expected  # made on demand, asset by asset
+    for sym, a in expected.items():
+        assert features.placement_of(bar, sym) == a.placement and features.signal_of(bar, sym) == a.signal
+    assert isinstance(bar.assets, features.AssetColumns)
+    bar.assets.prepare()  # the newest bar's objects, built column by column
+    assert dict(bar.assets) == expected
+    placement, signal = bar.assets.prepared  # type: ignore[misc]
+    assert placement == {s: a.placement for s, a in expected.items()}
+    assert signal == {s: a.signal for s, a in expected.items()}
+    assert all(type(v) is float for a in bar.assets.values() for v in (*dataclasses.astuple(a.placement),
+                                                                       *dataclasses.astuple(a.signal), a.ts, a.age_ms))
+    assert bar.symbols == frozenset(expected) and bar.n_present == len(expected)
+
+
+def test_age_ms_is_stored_only_when_it_is_not_derived_from_ts() -> None:
+    rec = record(3)
+    derived = features.bar_from_record(rec).assets
+    rec["age_ms"] = [a + 1.0 for a in rec["age_ms"]]
+    stored = features.bar_from_record(rec).assets
+    assert isinstance(derived, features.AssetColumns) and isinstance(stored, features.AssetColumns)
+    assert stored.nbytes() == derived.nbytes() + 8 * len(ASSETS)
+    for sym in ASSETS:
+        assert stored[sym].age_ms == derived[sym].age_ms + 1.0
+
+
+def test_only_the_newest_cached_bar_keeps_prepared_objects(stub: StubClient) -> None:
+    eng = engine(stub)
+    for idx in (1, 2, 3):
+        deliver(stub, record(idx))
+    bars = [eng.get_bar(i) for i in (1, 2, 3)]
+    assert [b.assets.prepared is not None for b in bars] == [False, False, True]  # type: ignore[union-attr]
+    eng.step_live(list(ASSETS), 3)
+    held = eng.get_placement("BTCUSDT")
+    deliver(stub, record(4))  # bar 3 released by the cache; the trader still reads it, prepared
+    assert bars[2].assets.prepared is None  # type: ignore[union-attr]
+    assert eng.get_placement("BTCUSDT") is held
+    assert eng.get_bar(4).assets.prepared is not None  # type: ignore[union-attr]
+    deliver(stub, record(2, tag=1.0))  # a rewrite of an older bar is not prepared
+    assert eng.get_bar(2).assets.prepared is None  # type: ignore[union-attr]
+    assert eng.get_placement("SOLUSDT", 2).depth_1pct_usd == 2003.0  # made on demand
 
 
 def test_consecutive_bars_with_the_same_assets_share_their_symbol_set(stub: StubClient) -> None:
