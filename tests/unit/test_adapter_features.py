@@ -22,7 +22,7 @@ from engine_adapter.features import (
     bar_from_record,
     decode_bar,
 )
-from obf_contract.record import dumps_record
+from obf_contract.record import PLACEMENT_FIELDS, SIGNAL_FIELDS, asset_view, dumps_record
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.snapshot import Snapshot
 
@@ -30,23 +30,19 @@ T0 = 1_723_161_000.0
 
 # A record written by hand (not produced by any code under test), numbers chosen to be exact in binary.
 HAND_RECORD = """{
- "schema": 2, "bar_idx": 42, "bar_ts": 1723161210.5, "n_assets": 3, "n_present": 2,
- "assets": {
-  "BTCUSDT": {"ts": 1723161210.25, "age_ms": 250.0, "seq": 7,
-   "placement": {"depth_1pct_usd": 1500000.0, "depth_quality": 1.25, "fill_probability": 0.5555555555555556,
-                 "spread_proxy_bps": 3.5},
-   "signal": {"imbalance": 0.25, "imbalance_ma5": 0.125, "imbalance_persistence": 0.75,
-              "depth_asymmetry": -0.5, "withdrawal_velocity": -0.0625}},
-  "ETHUSDT": {"ts": 1723161209, "age_ms": 1500, "seq": null,
-   "placement": {"depth_1pct_usd": 2000, "depth_quality": 1, "fill_probability": 0.5, "spread_proxy_bps": 0},
-   "signal": {"imbalance": -0.5, "imbalance_ma5": -0.25, "imbalance_persistence": -1,
-              "depth_asymmetry": 0, "withdrawal_velocity": 0}}
- },
+ "schema": 3, "bar_idx": 42, "bar_ts": 1723161210.5, "n_assets": 3, "n_present": 2,
+ "symbols": ["BTCUSDT", "ETHUSDT"],
+ "ts": [1723161210.25, 1723161209], "age_ms": [250.0, 1500], "seq": [7, null],
+ "placement": {"depth_1pct_usd": [1500000.0, 2000], "depth_quality": [1.25, 1],
+               "fill_probability": [0.5555555555555556, 0.5], "spread_proxy_bps": [3.5, 0]},
+ "signal": {"imbalance": [0.25, -0.5], "imbalance_ma5": [0.125, -0.25], "imbalance_persistence": [0.75, -1],
+            "depth_asymmetry": [-0.5, 0], "withdrawal_velocity": [-0.0625, 0]},
+ "state": {"ref_depth_usd": [1200000.0, 2000.0]},
  "market": {"median_imbalance": -0.125, "agreement_pct": 50.0, "depth_pressure": -0.25,
             "notional_pressure": 0.375},
  "macro": {"cascade_count": 1, "cascade_regime": "STRESS", "depth_velocity": -0.25, "acceleration": 0.5,
            "depth_ref_usd": 1750000.0},
- "degraded": false, "universe": {"configured": true, "size": 3, "hash": "0123456789abcdef"},
+ "degraded": false, "universe": {"configured": true, "size": 3, "hash": "0123456789abcdef"}, "gap_bars": 0,
  "producer": {"worker_id": "w-1", "computed_at": 1723161210.75, "stale_assets": ["SOLUSDT"], "degraded": false}
 }"""
 
@@ -121,7 +117,9 @@ def test_decoded_assets_are_read_only() -> None:
 
 
 def test_empty_bar_has_no_market_and_degraded_from_producer() -> None:
-    rec = {"schema": 2, "bar_idx": 3, "bar_ts": T0, "n_assets": 2, "n_present": 0, "assets": {},
+    rec = {"schema": 3, "bar_idx": 3, "bar_ts": T0, "n_assets": 2, "n_present": 0, "symbols": [],
+           "ts": [], "age_ms": [], "seq": [], "placement": {f: [] for f in PLACEMENT_FIELDS},
+           "signal": {f: [] for f in SIGNAL_FIELDS}, "state": {"ref_depth_usd": []},
            "market": None, "macro": None, "degraded": False,
            "producer": {"worker_id": "w", "computed_at": T0, "degraded": True}}
     bar = bar_from_record(rec)
@@ -142,8 +140,9 @@ def test_decode_a_genuine_engine_record() -> None:
     assert rec is not None
     bar = decode_bar(dumps_record(rec))
     assert bar.bar_idx == rec["bar_idx"] and bar.bar_ts == rec["bar_ts"]
-    assert set(bar.assets) == set(rec["assets"])
-    for sym, a in rec["assets"].items():
+    rows = asset_view(rec)
+    assert list(bar.assets) == list(rows) == rec["symbols"]
+    for sym, a in rows.items():
         got = bar.assets[sym]
         assert dataclasses.asdict(got.placement) == a["placement"]
         assert dataclasses.asdict(got.signal) == a["signal"]
@@ -176,18 +175,30 @@ _DELETE = object()
     (b"{not json", "not_json"),
     (b"[1, 2]", "not_object"),
     (_mutated(("schema",), 1), "schema"),  # the schema before the in-process formulas
-    (_mutated(("schema",), 3), "schema"),
+    (_mutated(("schema",), 4), "schema"),
     (_mutated(("schema",), True), "schema"),
     (_mutated(("bar_idx",), -1), "bar_idx"),
     (_mutated(("bar_idx",), "42"), "bar_idx"),
     (_mutated(("bar_idx",), 42.0), "bar_idx"),
     (_mutated(("bar_ts",), _DELETE), "bar_ts"),
     (_mutated(("bar_ts",), 0), "bar_ts"),
-    (_mutated(("assets",), []), "assets"),
-    (_mutated(("assets", "BTCUSDT", "placement"), _DELETE), "assets"),
-    (_mutated(("assets", "BTCUSDT", "signal", "imbalance"), "0.25"), "assets"),
-    (_mutated(("assets", "BTCUSDT", "signal", "imbalance"), True), "assets"),
-    (_mutated(("assets", "BTCUSDT", "placement", "depth_quality"), None), "assets"),
+    (_mutated(("schema",), 2), "schema"),  # per-asset objects (before issue 14)
+    (_mutated(("symbols",), {"BTCUSDT": 0, "ETHUSDT": 1}), "assets"),
+    (_mutated(("symbols",), ["ETHUSDT", "BTCUSDT"]), "assets"),  # not sorted
+    (_mutated(("symbols",), ["BTCUSDT", "BTCUSDT"]), "assets"),  # not distinct
+    (_mutated(("symbols",), ["BTCUSDT", 7]), "assets"),
+    (_mutated(("n_present",), 3), "assets"),
+    (_mutated(("ts",), [1723161210.25]), "assets"),  # one value short
+    (_mutated(("seq",), _DELETE), "assets"),
+    (_mutated(("placement",), _DELETE), "assets"),
+    (_mutated(("placement",), [[1.0, 2.0]]), "assets"),
+    (_mutated(("state",), _DELETE), "assets"),  # schema 3 carries the state column
+    (_mutated(("placement", "depth_quality"), _DELETE), "assets"),
+    (_mutated(("signal", "imbalance"), ["0.25", -0.5]), "assets"),
+    (_mutated(("signal", "imbalance"), [True, -0.5]), "assets"),
+    (_mutated(("placement", "depth_quality"), [1.25, None]), "assets"),
+    (_mutated(("age_ms",), [250.0, "1500"]), "assets"),
+    (_mutated(("ts",), [None, 1723161209.0]), "assets"),
     (_mutated(("market",), [1, 2, 3]), "market"),
     (_mutated(("market", "agreement_pct"), _DELETE), "market"),
     (_mutated(("market", "notional_pressure"), _DELETE), "market"),
@@ -206,10 +217,40 @@ def test_unusable_records_are_rejected_with_a_reason(data: bytes, reason: str) -
 
 def test_non_finite_values_in_a_hand_built_dict_are_rejected() -> None:
     rec = orjson.loads(HAND_RECORD)
-    rec["assets"]["BTCUSDT"]["placement"]["depth_quality"] = math.inf
-    with pytest.raises(RecordRejected) as info:
-        bar_from_record(rec)
-    assert info.value.reason == "assets"
+    for group, field in (("placement", "depth_quality"), ("signal", "imbalance"), (None, "ts"), (None, "age_ms")):
+        for bad in (math.inf, -math.inf, math.nan):
+            rec = orjson.loads(HAND_RECORD)
+            col = rec[field] if group is None else rec[group][field]
+            col[1] = bad
+            with pytest.raises(RecordRejected) as info:
+                bar_from_record(rec)
+            assert info.value.reason == "assets", (group, field, bad)
+
+
+def test_a_huge_but_finite_column_is_accepted() -> None:
+    # The fast check sums each column; an overflow to inf falls back to the per-value check.
+    rec = orjson.loads(HAND_RECORD)
+    rec["placement"]["depth_1pct_usd"] = [1.5e308, 1.5e308]
+    assert decode_bar(orjson.dumps(rec)).assets["ETHUSDT"].placement.depth_1pct_usd == 1.5e308
+
+
+def test_seq_reads_as_before() -> None:
+    # An int is kept (64-bit or not), anything else reads as None; no seq at all stores nothing.
+    rec = orjson.loads(HAND_RECORD)
+    for seqs, want in (([7, None], [7, None]), ([None, None], [None, None]), ([7, True], [7, None]),
+                       ([7, 1.5], [7, None]), ([2 ** 70, 3], [2 ** 70, 3]), ([-5, 0], [-5, 0])):
+        rec["seq"] = seqs
+        bar = bar_from_record(rec)
+        assert [bar.assets[s].seq for s in ("BTCUSDT", "ETHUSDT")] == want, seqs
+        bar.assets.prepare()  # type: ignore[attr-defined]
+        assert [bar.assets[s].seq for s in ("BTCUSDT", "ETHUSDT")] == want, seqs
+
+
+def test_consecutive_bars_share_one_symbol_table() -> None:
+    a, b = decode_bar(HAND_RECORD), decode_bar(HAND_RECORD)
+    assert a.symbols is b.symbols
+    assert a.assets.table is b.assets.table  # type: ignore[attr-defined]
+    assert next(iter(a.assets)) is next(iter(b.assets))  # one str per symbol
 
 
 def test_unknown_producer_fields_are_tolerated() -> None:
