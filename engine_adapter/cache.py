@@ -163,10 +163,9 @@ def _prepare(bar: BarFeatures) -> None:
         assets.prepare()
 
 
-def _release(bar: BarFeatures) -> None:
+def _release(bar: BarFeatures) -> object:
     assets = bar.assets
-    if isinstance(assets, AssetColumns):
-        assets.release()
+    return assets.release() if isinstance(assets, AssetColumns) else None
 
 
 def _is_prepared(bar: BarFeatures) -> bool:
@@ -208,6 +207,7 @@ class BarCache:
         # bar_idx lookups resolve only to bars with a newer bar_ts (the trader's numbering went back)
         self._trader_floor: float | None = None
         self._prepared: BarFeatures | None = None  # the newest bar, when its objects are built
+        self._retired: object = None  # the objects of the bar prepared before it (see _track_prepared_locked)
         # Bumped (under the lock) by every insert, replace and eviction. Read without the lock:
         # an int attribute read is atomic, and a reader that sees an old value only re-resolves.
         self.version = 0
@@ -272,7 +272,10 @@ class BarCache:
         if bar is old:
             return
         if old is not None:
-            _release(old)
+            # The trader's memo may still hold the released objects and would free them (~1,200
+            # objects, tens of us) on its thread when it moves to the new bar. Kept here until the
+            # next release instead, so they are freed on an inserting thread.
+            self._retired = _release(old)
         self._prepared = bar if bar is not None and _is_prepared(bar) else None
 
     def _changed_locked(self) -> None:

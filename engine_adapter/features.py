@@ -252,9 +252,11 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         self._prepared = (dict(zip(names, placement, strict=True)), dict(zip(names, signal, strict=True)),
                           dict(zip(names, assets, strict=True)))
 
-    def release(self) -> None:
-        """Drop the prepared dicts (a reader holding them keeps a consistent copy)."""
-        self._prepared = None
+    def release(self) -> object:
+        """Drop the prepared dicts (a reader holding them keeps a consistent copy); returns them
+        (None if there were none), so the caller chooses the thread that frees them."""
+        prepared, self._prepared = self._prepared, None
+        return prepared
 
     @property
     def prepared(self) -> tuple[Mapping[str, OBPlacementFeatures], Mapping[str, OBSignalFeatures]] | None:
