@@ -3,8 +3,9 @@
 ``FeatureMapReader`` keeps a ``BarCache`` filled from the bar map (``DOLPHIN_OBF_FEATURES``):
 
 * an entry listener (added + updated, values included) decodes each record once, on arrival,
-  into ``BarFeatures``; it runs on the client's reactor thread, so it only decodes and
-  inserts, never blocks and never lets an exception escape; removals are passed on to
+  into ``BarFeatures`` (columns); it runs on the client's reactor thread, so it only decodes and
+  inserts (the insert of a new newest bar builds the trader's objects of that bar first, so
+  ``step_live`` finds them ready), never blocks and never lets an exception escape; removals are passed on to
   ``BarCache.key_removed`` (the worker removes the keys of a previous bar numbering);
 * a seed at start reads the newest ``seed_bars`` bars already in the map;
 * after a reconnect (lifecycle CONNECTED following DISCONNECTED) a worker thread re-seeds the

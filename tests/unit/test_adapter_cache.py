@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
+import tracemalloc
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine_adapter.cache import BarCache, parse_key
-from engine_adapter.features import BarFeatures, bar_from_record
+from engine_adapter.features import BarFeatures, bar_from_record, decode_bar
 from tests.factories import columnar_record
 
 T0 = 1_723_161_000.0  # unix s
@@ -427,3 +430,76 @@ def test_trader_restarted_without_a_previous_bar_ts_keeps_the_old_call() -> None
     assert not c.trader_restarted(0)  # the same floor again: no change
     empty = BarCache(10, 2)
     assert not empty.trader_restarted(0)
+
+
+# -- columns only: the cache's objects and bytes per bar (issue 14) ------------------------------
+
+
+def wide_texts(n_bars: int, n_assets: int) -> list[bytes]:
+    syms = [f"A{k:04d}USDT" for k in range(n_assets)]
+    out = []
+    for idx in range(1, n_bars + 1):
+        bar_ts = T0 + idx * SPACING
+        out.append(orjson.dumps(columnar_record({
+            "bar_idx": idx, "bar_ts": bar_ts, "n_assets": n_assets,
+            "assets": {s: {"ts": bar_ts - 0.25 - k / 1e4, "age_ms": (bar_ts - (bar_ts - 0.25 - k / 1e4)) * 1000.0,
+                           "seq": idx * 1000 + k,
+                           "placement": {"depth_1pct_usd": 1e5 + k + idx, "depth_quality": 1.0 + k / 1e3,
+                                         "fill_probability": 0.5, "spread_proxy_bps": 2.0},
+                           "signal": {"imbalance": k / n_assets, "imbalance_ma5": 0.0, "imbalance_persistence": 0.0,
+                                      "depth_asymmetry": 0.0, "withdrawal_velocity": -0.001}}
+                       for k, s in enumerate(syms)},
+            "market": {"median_imbalance": 0.0, "agreement_pct": 50.0, "depth_pressure": 0.0,
+                       "notional_pressure": 0.0},
+            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0,
+                      "depth_ref_usd": 1e5},
+            "degraded": False})))
+    return out
+
+
+def test_cached_bars_hold_no_per_asset_objects() -> None:
+    n_bars, n_assets = 40, 200
+    texts = wide_texts(n_bars, n_assets)
+    decode_bar(texts[0])  # the shared symbol table exists before counting
+    cache = BarCache(n_bars, 2)
+    gc.collect()
+    before = len(gc.get_objects())
+    for t in texts:
+        assert cache.insert(decode_bar(t))
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    # A handful of objects a bar (the bar, its columns, market, macro, two arrays), plus the
+    # trader's objects of the newest bar and of the one prepared before it (3 per asset each).
+    assert grown <= n_bars * 8 + 2 * (3 * n_assets + 10), grown
+    assert cache.newest().assets.prepared is not None  # type: ignore[union-attr]
+    assert all(cache.get(i).assets.prepared is None for i in range(1, n_bars))  # type: ignore[union-attr]
+
+
+def test_a_cached_bar_costs_about_its_columns_in_memory() -> None:
+    n_bars, n_assets = 30, 300
+    texts = wide_texts(n_bars, n_assets)
+    decode_bar(texts[0])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bars = [decode_bar(t) for t in texts]
+        per_bar = (tracemalloc.get_traced_memory()[0] - before) / n_bars
+    finally:
+        tracemalloc.stop()
+    # ts + nine features + seq at 8 B each (age_ms is derived from ts), plus ~1 kB of objects.
+    assert 11 * 8 * n_assets <= per_bar <= 11 * 8 * n_assets + 1500, per_bar
+    assert all(b.assets.nbytes() == 11 * 8 * n_assets for b in bars)  # type: ignore[attr-defined]
+
+
+def test_seeded_bars_prepare_the_newest_and_drop_the_memo_version() -> None:
+    texts = wide_texts(5, 3)
+    changes = []
+    cache = BarCache(10, 2, on_change=lambda: changes.append(1))
+    bars = [decode_bar(t) for t in texts]
+    version = cache.version
+    assert cache.insert_many(bars[1:], "seed") == 4
+    assert [b.assets.prepared is not None for b in bars] == [False] * 4 + [True]  # type: ignore[attr-defined]
+    assert cache.version >= version + 2 and len(changes) == 2  # the inserts, then the preparation
+    assert cache.insert(bars[0], "listener")  # an older bar: not prepared, the newest stays so
+    assert bars[0].assets.prepared is None and bars[4].assets.prepared is not None  # type: ignore[attr-defined]
+    assert cache.prepare_newest() is False  # nothing to do
