@@ -15,6 +15,7 @@ its own asset list differs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -266,6 +267,102 @@ class FeatureEngine:
         self._imb_hist = grown(self._imb_hist)
         self._depth_hist = grown(self._depth_hist)
 
+    # -- changelog: advance the state by a record ------------------------------------------
+
+    def apply_record(self, record: Mapping[str, Any]) -> None:
+        """Advance the state by one schema-3 record exactly as ``step()`` did when it produced it
+        (snapshot + changelog: a checkpoint's state, then the records written since).
+
+        The record must continue this state: ``bar_idx - 1 - gap_bars`` is the last bar (``gap_bars``
+        0 when there is none), its ``n_assets`` / ``universe`` / ``degraded`` are what this state
+        gives, and each present asset's ``state.ref_depth_usd`` is its EMA update from this
+        state's reference and the record's depth (a record of another lineage, e.g. a cold-started
+        writer, is refused here). ValueError, with the state unchanged, otherwise. Pure (no I/O);
+        the values may be lists (decoded JSON) or numpy arrays.
+        """
+        if record.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"record schema {record.get('schema')!r} is not {SCHEMA_VERSION}")
+        bar_idx = record.get("bar_idx")
+        gap = record.get("gap_bars")
+        if type(bar_idx) is not int or type(gap) is not int or gap < 0:
+            raise ValueError(f"record bar_idx / gap_bars must be ints (gap >= 0), got {bar_idx!r} / {gap!r}")
+        last = self.last_bar_idx
+        if (last is None and gap != 0) or (last is not None and bar_idx - 1 - gap != last):
+            raise ValueError(f"record of bar {bar_idx} (gap_bars {gap}) does not follow the last bar {last}")
+        symbols = record.get("symbols")
+        n = record.get("n_present")
+        if not isinstance(symbols, list) or type(n) is not int or len(symbols) != n:
+            raise ValueError("record symbols must be a list of n_present names")
+        if any(type(s) is not str or SYMBOL_RE.fullmatch(s) is None for s in symbols) or \
+                any(a >= b for a, b in zip(symbols, symbols[1:])):
+            raise ValueError("record symbols must be valid distinct symbols in sorted order")
+        new = [s for s in symbols if s not in self._slots]
+        n_assets = len(self._symbols) + len(new)
+        if record.get("n_assets") != n_assets:
+            raise ValueError(f"record n_assets {record.get('n_assets')!r} != {n_assets} assets after this bar")
+        members = self.universe if self.universe is not None else tuple(sorted([*self._symbols, *new]))
+        universe = {"configured": self.universe is not None, "size": len(members), "hash": universe_hash(members)}
+        if record.get("universe") != universe:
+            raise ValueError(f"record universe {record.get('universe')!r} differs from this state's {universe}")
+
+        if n == 0:
+            streak = self._empty_streak + 1
+            degraded = self.degraded or streak >= self.params.degraded_after_bars
+            if record.get("degraded") is not degraded:
+                raise ValueError(f"record degraded {record.get('degraded')!r}, this state gives {degraded}")
+            for sym in new:  # none: an empty bar names no asset
+                self._add_asset(sym)
+            self._empty_streak = streak
+            self.degraded = degraded
+            self.last_bar_idx = bar_idx
+            self._gap_bars = gap
+            return
+
+        if record.get("degraded") is not False:
+            raise ValueError("a record with assets present must say degraded false")
+        depth = _record_column(record, "placement", "depth_1pct_usd", n)
+        imbalance = _record_column(record, "signal", "imbalance", n)
+        ref = _record_column(record, "state", "ref_depth_usd", n)
+        macro = record.get("macro")
+        if not isinstance(macro, Mapping):
+            raise ValueError("a record with assets present must have a macro block")
+        depth_ref = _record_number(macro, "depth_ref_usd")
+        velocity = _record_number(macro, "depth_velocity")
+        # The EMA reference is the one state value a record carries rather than implies: check it
+        # continues this state (bit for bit, the kernel's formula), so a record of another lineage
+        # is refused instead of silently mixed in.
+        known = np.fromiter((self._slots.get(s, -1) for s in symbols), dtype=np.int64, count=n)
+        seen = known >= 0
+        prev_n = np.where(seen, self._n_obs[np.where(seen, known, 0)], 0)
+        prev_ref = np.where(seen, self._ref_depth[np.where(seen, known, 0)], 0.0)
+        a = self.params.ema_alpha
+        expected = np.where(prev_n == 0, depth, (1.0 - a) * prev_ref + a * depth)
+        if not np.array_equal(expected, ref):
+            bad = int(np.flatnonzero(expected != ref)[0])
+            raise ValueError(f"record ref_depth_usd of {symbols[bad]} ({ref[bad]!r}) does not continue this "
+                             f"state's EMA ({expected[bad]!r})")
+
+        for sym in new:  # sorted: the slots step() assigned
+            self._add_asset(sym)
+        slots = np.fromiter((self._slots[s] for s in symbols), dtype=np.int64, count=n)
+        t = self._n_obs[slots]
+        self._imb_hist[slots, t % self._imb_hist.shape[1]] = imbalance
+        self._depth_hist[slots, t % self._depth_hist.shape[1]] = depth
+        self._n_obs[slots] = t + 1
+        self._ref_depth[slots] = ref
+        m = int(self._market_n[0])
+        self._market_hist[m % self._market_hist.shape[0]] = depth_ref
+        self._market_n[0] = m + 1
+        self._prev_velocity[0] = velocity
+        self._empty_streak = 0
+        self.degraded = False
+        self.last_bar_idx = bar_idx
+        self._gap_bars = gap
+
+    def copy(self) -> FeatureEngine:
+        """An independent engine in the same state (a standby steps a copy of its leader's state)."""
+        return copy.deepcopy(self)
+
     # -- state export / import -------------------------------------------------------------
 
     def export_state(self) -> dict[str, Any]:
@@ -386,6 +483,29 @@ def _empty_columns() -> dict[str, Any]:
     return {"symbols": [], "ts": [], "age_ms": [], "seq": [],
             "placement": {f: [] for f in PLACEMENT_FIELDS}, "signal": {f: [] for f in SIGNAL_FIELDS},
             "state": {f: [] for f in STATE_FIELDS}}
+
+
+def _record_column(record: Mapping[str, Any], group: str, name: str, n: int) -> np.ndarray:
+    """``record[group][name]`` as float64[n] of finite numbers; ValueError otherwise."""
+    block = record.get(group)
+    values = block.get(name) if isinstance(block, Mapping) else None
+    if values is None or isinstance(values, (str, bytes)) or len(values) != n:
+        raise ValueError(f"record {group}.{name} must be a list of {n} numbers")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"record {group}.{name} must be a list of {n} numbers") from None
+    if arr.shape != (n,) or not np.isfinite(arr).all():
+        raise ValueError(f"record {group}.{name} must be {n} finite numbers")
+    return arr
+
+
+def _record_number(block: Mapping[str, Any], name: str) -> float:
+    value = block.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"record macro.{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def normalise_universe(universe: Iterable[str] | None) -> tuple[str, ...] | None:
