@@ -111,7 +111,8 @@ class FakeCluster:
 class FakeGrid:
     """One worker's connection to a ``FakeCluster`` (its own by default).
 
-    ``kill_at=(op, bar_idx or None)`` raises ``Killed`` in that call; ``offline`` (alias
+    ``kill_at=(op, bar_idx or None)`` raises ``Killed`` in that call, ``kill_at_op=n`` in the n-th
+    call (``ops`` logs every call: the crash model test kills at each one); ``offline`` (alias
     ``failing``) makes every call fail like a lost connection (``GridError``). Records what the
     worker did: ``write_calls`` (bars, in call order), ``get_calls`` (re-read keys), ``latest``
     and ``health`` (decoded documents); ``bars`` is the features map decoded."""
@@ -119,6 +120,8 @@ class FakeGrid:
     def __init__(self, cluster: FakeCluster | None = None) -> None:
         self.c = cluster if cluster is not None else FakeCluster()
         self.kill_at: tuple[str, int | None] | None = None
+        self.ops: list[tuple[str, int | None]] = []  # every grid call, in order: (name, bar or None)
+        self.kill_at_op: int | None = None  # raise Killed on entering the grid call numbered so (1-based)
         self.offline = False
         self.connected = False  # as the real Grid before connect(); tests driving process_bar need not connect
         self.closed = False
@@ -149,6 +152,9 @@ class FakeGrid:
         return self.c.retention
 
     def _op(self, name: str, bar: int | None = None) -> None:
+        self.ops.append((name, bar))
+        if self.kill_at_op is not None and len(self.ops) == self.kill_at_op:
+            raise Killed(f"{name} (op {self.kill_at_op})")
         if self.kill_at is not None and self.kill_at[0] == name and self.kill_at[1] in (None, bar):
             raise Killed(name)
         if self.offline:
@@ -203,6 +209,15 @@ class FakeGrid:
     def has_bar(self, bar_idx: int) -> bool:
         self._op("has_bar", bar_idx)
         return bar_idx in self.c.features
+
+    def get_records(self, bar_idxs: Iterable[int]) -> dict[int, Any]:
+        keys = [int(b) for b in bar_idxs]
+        self._op("get_records", keys[-1] if keys else None)
+        return {k: HazelcastJsonValue(self.c.features[k]) for k in keys if k in self.c.features}
+
+    def bar_keys_between(self, low_exclusive: int, high_exclusive: int) -> list[int]:
+        self._op("bar_keys")
+        return sorted(k for k in self.c.features if low_exclusive < k < high_exclusive)
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         self._op("retention")

@@ -245,6 +245,8 @@ class WorkerGrid(Protocol):
     def write_bar(self, bar_idx: int, record_json: str) -> None: ...
     def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool: ...
     def has_bar(self, bar_idx: int) -> bool: ...
+    def get_records(self, bar_idxs: Iterable[int]) -> dict[int, Any]: ...
+    def bar_keys_between(self, low_exclusive: int, high_exclusive: int) -> list[int]: ...
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None: ...
     def put_latest(self, entries: Mapping[str, str]) -> None: ...
     def put_health(self, doc_json: str) -> None: ...
@@ -373,6 +375,21 @@ class Grid(_Connection):
     def has_bar(self, bar_idx: int) -> bool:
         """One call: is there a record under ``bar_idx`` (a data-loss probe, ``republish``)?"""
         return bool(self._wait(self._map(self.config.features_map).contains_key(int(bar_idx)), f"probe bar {bar_idx}"))
+
+    def get_records(self, bar_idxs: Iterable[int]) -> dict[int, Any]:
+        """One call (get_all): the raw records of ``bar_idxs`` present in the features map, by bar
+        (the changelog a successor applies after a checkpoint, ``service.changelog``)."""
+        keys = [int(b) for b in bar_idxs]
+        if not keys:
+            return {}
+        found = self._wait(self._map(self.config.features_map).get_all(keys), "read records")
+        return {int(k): v for k, v in found.items()}
+
+    def bar_keys_between(self, low_exclusive: int, high_exclusive: int) -> list[int]:
+        """One call (key_set with a predicate): the bar keys strictly between the two, ascending."""
+        pred = P.and_(P.greater("__key", int(low_exclusive)), P.less("__key", int(high_exclusive)))
+        keys = self._wait(self._map(self.config.features_map).key_set(pred), "read bar keys")
+        return sorted(int(k) for k in keys)
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         """One call: remove every bar key ``<= low_exclusive`` or ``> high_inclusive``."""

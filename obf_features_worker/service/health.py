@@ -104,6 +104,7 @@ class HealthStats:
     cold_start_reason: str | None = None
     restored_from_bar: int | None = None
     restore_gap_bars: int | None = None
+    restore_replayed_records: int | None = None
     republished_records: int = 0
     compute_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     bar_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
@@ -150,6 +151,7 @@ class HealthStats:
             "cold_start_reason": self.cold_start_reason,
             "restored_from_bar": self.restored_from_bar,
             "restore_gap_bars": self.restore_gap_bars,
+            "restore_replayed_records": self.restore_replayed_records,
             "republished_records": self.republished_records,
             "producer_clock": dict(book_stats.get("producer_clock") or {}),
         }

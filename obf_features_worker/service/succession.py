@@ -16,6 +16,8 @@ from typing import Any
 
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.checkpoint import Checkpoint, CheckpointRejected
+from obf_features_worker.engine.feature_engine import FeatureEngine
+from obf_features_worker.service import changelog
 from obf_features_worker.service.bars import ScanRejected, scan_bar_idx
 from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.service.grid import GridError, WorkerGrid, json_text
@@ -31,10 +33,19 @@ COLD_UNAVAILABLE = "unavailable"
 
 @dataclass(frozen=True, slots=True)
 class Adopt:
-    """Continue from ``checkpoint`` before stepping the bar; ``first``: the warm restart."""
+    """Continue from the leader's state before stepping the bar; ``first``: the warm restart.
+
+    engine: the state after ``bar_idx`` (closing at ``bar_ts``, unix s), the worker's own copy:
+    ``checkpoint`` plus the ``replayed`` records written after it (``service.changelog``).
+    seqs: the last ``_push_seq`` per symbol of that state."""
 
     checkpoint: Checkpoint
     first: bool
+    engine: FeatureEngine
+    bar_idx: int
+    bar_ts: float
+    seqs: dict[str, int]
+    replayed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,16 @@ class Succession:
         self.startup_checkpoint: Checkpoint | None = None
         self._last_cp_text: str | None = None
         self._cp_refusal: str | None = None
+        # The leader's state as this worker follows it: the checkpoint read last plus the records
+        # applied since (None until one is adopted). _broken: its chain broke; the next
+        # checkpoint (another text) restarts it.
+        self._follow: FeatureEngine | None = None
+        self._follow_cp: Checkpoint | None = None
+        self._follow_ts = 0.0
+        self._follow_seqs: dict[str, int] = {}
+        self._follow_replayed = 0
+        self._broken: str | None = None
+        self._prepared_text: str | None = None
 
     def begin(self) -> LeaderLease:
         """Contend for the lease (epochs above the newest valid checkpoint's) and arm the
@@ -104,6 +125,8 @@ class Succession:
         prev, self.epoch = self.epoch, status.epoch
         lost = prev if prev is not None and status.epoch != prev else None
         acquired = status.epoch if status.epoch is not None and status.epoch != prev else None
+        if acquired is not None:
+            self._follow = None  # I write now; should I follow again, it restarts from the checkpoint
         return TermChange(lost, acquired, status.holder)
 
     def peek_checkpoint(self) -> Checkpoint | None:
@@ -134,8 +157,9 @@ class Succession:
             return None
 
     def scan_to_catch_up(self) -> Any:
-        """Scan clock with a field: the current scan value if the previous process checkpointed
-        the bar before it but not it (it died while closing it), else None."""
+        """Scan clock with a field: the current scan value if the previous process's state (its
+        checkpoint plus its records since) ends at the bar before it (it died while closing it),
+        else None."""
         cfg = self.config
         cp = self.startup_checkpoint
         if cfg.scan_field is None or cp is None:
@@ -145,45 +169,101 @@ class Succession:
             idx = scan_bar_idx(value, cfg.scan_field) if value is not None else None
         except (GridError, ScanRejected):
             return None
-        if idx is not None and cp.bar_idx < idx <= cp.bar_idx + cfg.checkpoint_max_age_bars:
-            log.info("closing the current scan the previous process did not checkpoint bar_idx=%d checkpoint_bar=%d",
-                     idx, cp.bar_idx)
+        if idx is None or idx <= cp.bar_idx:
+            return None
+        try:
+            raw = self.grid.get_checkpoint()
+        except GridError:
+            return None
+        text = json_text(raw)
+        self._start_following(cp, text)
+        self._catch_up(idx)  # the records up to the scan's bar: its own, if it was written
+        last = self._follow_last()
+        if last is not None and last < idx <= last + cfg.checkpoint_max_age_bars:
+            log.info("closing the current scan the previous process did not finish bar_idx=%d state_bar=%d "
+                     "checkpoint_bar=%d", idx, last, cp.bar_idx)
             return value
         return None
 
     def adoption(self, bar_idx: int, own_last_bar: int | None) -> Adopt | StartCold | None:
-        """Before stepping ``bar_idx``: continue from the checkpoint in the state map if it is at
-        least as new as my state (``own_last_bar``) and recent. At the first bar this is the
-        warm-restart decision (``Adopt(first=True)`` or ``StartCold``); None: keep my state."""
-        cfg = self.config
+        """Before stepping ``bar_idx``: continue from the leader's state (its checkpoint plus the
+        records written since, followed bar by bar) if it is at least as new as my own state
+        (``own_last_bar``). At the first bar this is the warm-restart decision (``Adopt(first=True)``
+        or ``StartCold``); None: keep my state. The checkpoint is read at the first bar and again
+        only while the records do not continue the state followed (a break: its next version
+        restarts it), so a standby's steady cost is one ``get_all`` of the leader's last record."""
         first = self.restore_pending
         self.restore_pending = False
+        if first or self._follow is None or self._broken is not None:
+            try:
+                raw = self.grid.get_checkpoint()
+            except GridError as exc:
+                return StartCold(COLD_UNAVAILABLE, str(exc)) if first else None
+            text = json_text(raw)
+            if first or text != self._last_cp_text:
+                refused = self._read_checkpoint(raw, text, bar_idx, first)
+                if refused is not None:
+                    return refused if first else None
+        if self._follow is None:
+            return None
         try:
-            raw = self.grid.get_checkpoint()
+            self._catch_up(bar_idx)
         except GridError as exc:
-            return StartCold(COLD_UNAVAILABLE, str(exc)) if first else None
-        text = json_text(raw)
-        if not first and text is not None and text == self._last_cp_text:
-            return None  # unchanged since the last look
+            # The state stays where the records read so far took it; the next bar reads on.
+            log.warning("leader records unreadable, state at bar=%s error=%s", self._follow_last(), exc)
+        last = self._follow_last()
+        assert self._follow_cp is not None and last is not None  # noqa: S101 - narrows the type; holds with _follow
+        if not first and own_last_bar is not None and last < own_last_bar:
+            return None  # my own state is newer (the leader is behind or gone)
+        return Adopt(self._follow_cp, first, self._follow.copy(), last, self._follow_ts, dict(self._follow_seqs),
+                     self._follow_replayed)
+
+    def _read_checkpoint(self, raw: Any, text: str | None, bar_idx: int, first: bool) -> StartCold | None:
+        """Decode the checkpoint and follow it from its bar (a StartCold if refused)."""
         self._last_cp_text = text
-        # A (re)starting worker continues from the newest state whatever its age: the bars it
-        # missed are missing, the histories and EMA references go on (cold only without state, or
-        # under other parameters / schema). A standby adopts only recent checkpoints.
-        max_age = WARM_RESTART_MAX_AGE_BARS if first else cfg.checkpoint_max_age_bars
         try:
-            cp = checkpoint.decode(raw, params=cfg.params, now_bar_idx=bar_idx, max_age_bars=max_age,
-                                   universe=cfg.assets)
+            # A (re)starting worker continues from the newest state whatever its age (the bars it
+            # missed are missing; cold only without state, or under other parameters / schema).
+            cp = checkpoint.decode(raw, params=self.config.params, now_bar_idx=bar_idx,
+                                   max_age_bars=WARM_RESTART_MAX_AGE_BARS, universe=self.config.assets)
         except CheckpointRejected as exc:
             refused_before, self._cp_refusal = self._cp_refusal, exc.reason
-            if first:
-                return StartCold(exc.reason, exc.detail)
-            if exc.reason != refused_before:
+            if not first and exc.reason != refused_before:
                 log.info("standby: leader checkpoint not adopted reason=%s detail=%s", exc.reason, exc.detail)
-            return None
+            return StartCold(exc.reason, exc.detail)
         self._cp_refusal = None
-        if own_last_bar is not None and cp.bar_idx < own_last_bar:
-            return None  # my own state is newer (the leader is behind or gone)
-        return Adopt(cp, first)
+        if self._follow_cp is not None and self._follow is not None and text == self._prepared_text \
+                and self._follow_cp.bar_idx == cp.bar_idx:
+            return None  # already followed from this very checkpoint (scan catch-up at start)
+        self._start_following(cp, text)
+        return None
+
+    def _start_following(self, cp: Checkpoint, text: str | None) -> None:
+        self._follow = cp.restore_engine()
+        self._follow_cp = cp
+        self._follow_ts = cp.bar_ts
+        self._follow_seqs = dict(cp.seqs)
+        self._follow_replayed = 0
+        self._broken = None
+        self._prepared_text = text
+        self._last_cp_text = text
+
+    def _catch_up(self, bar_idx: int) -> None:
+        """Apply the leader's records after the followed state and before ``bar_idx``."""
+        assert self._follow is not None  # noqa: S101 - narrows the type; callers check
+        result = changelog.catch_up(self._follow, self.grid, before_bar=bar_idx, seqs=self._follow_seqs,
+                                    max_records=self.config.retain_bars)
+        if result.applied:
+            self._follow_replayed += result.applied
+            assert result.bar_ts is not None  # noqa: S101 - holds when a record was applied
+            self._follow_ts = result.bar_ts
+        if result.stopped is not None and result.stopped != self._broken:
+            log.warning("changelog catch-up stopped reason=%s state_bar=%s detail=%s: the bars after it are a "
+                        "restore gap until the next checkpoint", result.stopped, self._follow_last(), result.detail)
+        self._broken = result.stopped
+
+    def _follow_last(self) -> int | None:
+        return None if self._follow is None else self._follow.last_bar_idx
 
     def wrote_checkpoint(self, text: str) -> None:
         """My own checkpoint is in the map: the next adoption look sees it as unchanged."""

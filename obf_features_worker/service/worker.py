@@ -129,7 +129,12 @@ class Worker:
         self._write_outage = False
         self._limiter = RateLimiter(30.0)
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
-        self._checkpoint_due = False  # the engine or the backlog changed since the last checkpoint
+        # Checkpoint cadence (docs/reliability.md): every checkpoint_every_bars bars stepped (at
+        # most retain_bars, so retention never removes a record a successor needs after it), and
+        # at once after a takeover, a re-publish, or a bar whose record is still in the backlog.
+        self._checkpoint_every = min(config.checkpoint_every_bars, config.retain_bars)
+        self._bars_since_checkpoint = 0
+        self._checkpoint_now = False
         self._engine_bar_ts: float | None = None
         self._numbering_restarted = False
         self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
@@ -175,6 +180,7 @@ class Worker:
         self.succession.begin()
         if self._tick_lease():  # start the lease's clock now, not at the first bar
             self._write_cycle(None)
+            self._checkpoint_if_due(None)
         if isinstance(self.clock, ScanClock) and (value := self.succession.scan_to_catch_up()) is not None:
             self.clock.trigger(value)
 
@@ -289,6 +295,7 @@ class Worker:
         if self.lease is not None and now - self._last_lease_tick >= self._lease_interval() * _DUE_TOLERANCE:
             if self._tick_lease():
                 self._write_cycle(None)
+                self._checkpoint_if_due(None)
         if self.role != role or now - self._last_health_put >= self.config.health_interval_s * _DUE_TOLERANCE:
             self.put_health()
 
@@ -297,6 +304,9 @@ class Worker:
         if self.grid.connected:
             if self.backlog:
                 self._write_cycle(None)
+            # A clean stop leaves the newest state: the next process has no record to replay.
+            self._checkpoint_now = self._bars_since_checkpoint > 0 or self._checkpoint_now
+            self._checkpoint_if_due(None)
             self.put_health()  # the role this worker stopped in, state "stopping"
         self.close()
         log.info("worker stopped rc=%d reason=%s bars_written=%d write_failures=%d backlog=%d", rc,
@@ -347,7 +357,7 @@ class Worker:
                               "stale_assets": stale, "degraded": bool(self.engine.degraded), "epoch": None}
         self._engine_bar_ts = tick.bar_ts
         self._enqueue(tick.bar_idx, PendingRecord(record, self._epoch_now()))
-        self._checkpoint_due = True
+        self._bars_since_checkpoint += 1
         self.health.compute_ms.add(compute_ms)
         written = self._write_cycle(tick)
         self._finish_bar(tick, record, written, compute_ms, present, stale, known)
@@ -374,6 +384,7 @@ class Worker:
                     bar_idx=tick.bar_idx, bar_ts=tick.bar_ts)
             if self.config.write_latest and self.may_write(tick):
                 self._put_latest(record)
+        self._checkpoint_if_due(tick)
 
         h = self.health
         h.state = "degraded" if self.engine.degraded else "running"
@@ -469,21 +480,36 @@ class Worker:
                        dropped, self.backlog.dropped)
 
     def _write_cycle(self, tick: BarTick | None) -> list[int]:
-        """As leader: the checkpoint (when due), then the backlog oldest first, then retention.
-        Returns the bars written now. With a lease, records are only written after the
-        checkpoint that carries them, so a crash in between loses none."""
+        """As leader: the backlog oldest first, then retention. Returns the bars written now.
+        The checkpoint is not part of it: it comes after the records (``_checkpoint_if_due``)."""
         if self.lease is not None:
             self._sync_term()
-        if not (self.backlog or self._checkpoint_due) or not self.may_write(tick):
+        if not self.backlog or not self.may_write(tick):
             return []
-        epoch = self._epoch_now()
-        if self.lease is not None and self._checkpoint_due and self.engine.last_bar_idx is not None:
-            self._write_checkpoint(epoch)
-        written = self._flush(tick, epoch)
+        written = self._flush(tick, self._epoch_now())
+        if self.backlog:
+            # A record is still not written: the next checkpoint carries it (whoever leads next
+            # writes it if absent), so take that checkpoint now rather than in k bars.
+            self._checkpoint_now = True
         if written:
             self._retain(max(written))
             self._repair_lost_records(max(written))
         return written
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """A checkpoint is due: ``checkpoint_every_bars`` bars stepped since the last (or
+        ``retain_bars``, if fewer), or at once (new term, re-publish, a record left in the backlog)."""
+        return self.engine.last_bar_idx is not None and (
+            self._checkpoint_now or self._bars_since_checkpoint >= self._checkpoint_every)
+
+    def _checkpoint_if_due(self, tick: BarTick | None) -> None:
+        """As leader with a lease, after the bar's record and LATEST: the checkpoint, when due. Off
+        the path from bar close to record; a crash before it leaves the records since the last
+        checkpoint, which a successor applies (``service.changelog``)."""
+        if self.lease is None or not self.checkpoint_due or not self.may_write(tick):
+            return
+        self._write_checkpoint(self._epoch_now())
 
     def _repair_lost_records(self, just_written: int) -> None:
         """After a reconnect and every few bars: if the grid lost my records (a single member
@@ -492,7 +518,7 @@ class Worker:
             return
         try:
             if self.republisher.check_and_repair(self.grid, skip=just_written):
-                self._checkpoint_due = True
+                self._checkpoint_now = True
                 self.health.republished_records = self.republisher.republished
         except GridError as exc:
             self._warn("republish", "lost-record check failed error=%s", exc)
@@ -518,7 +544,8 @@ class Worker:
             self.checkpoint_failures += 1
             self._warn("checkpoint", "checkpoint write failed failures=%d error=%s", self.checkpoint_failures, exc)
             return False
-        self._checkpoint_due = False
+        self._checkpoint_now = False
+        self._bars_since_checkpoint = 0
         self.succession.wrote_checkpoint(text)
         return True
 
@@ -608,8 +635,9 @@ class Worker:
 
     def _on_acquired(self, epoch: int) -> None:
         """A new term: the last leader's checkpoint may hold records it never confirmed written
-        (it died between its checkpoint and its records); they join the backlog, written if absent."""
-        self._checkpoint_due = True
+        (its writes failed before it died); they join the backlog, written if absent. My first
+        checkpoint is due at once: it carries my epoch for the next leader's seed."""
+        self._checkpoint_now = True
         cp = self.succession.previous_records(epoch)
         if cp is None:
             log.info("leader epoch=%d: no previous checkpoint; back-filling backlog=%d", epoch, len(self.backlog))
@@ -624,7 +652,8 @@ class Worker:
 
     def _adopt_checkpoint(self, tick: BarTick) -> None:
         """Before stepping ``tick``: apply the succession's decision (warm restart at the first
-        bar, a standby following its leader's checkpoint)."""
+        bar, a standby following its leader afterwards): the leader's checkpoint plus its records
+        since (``service.changelog``)."""
         decision = self.succession.adoption(tick.bar_idx, self.engine.last_bar_idx)
         if isinstance(decision, StartCold):
             self.health.cold_start_reason = decision.reason
@@ -635,20 +664,24 @@ class Worker:
         if decision is None:
             return
         cp = decision.checkpoint
-        self.engine = cp.restore_engine()
-        self._engine_bar_ts = cp.bar_ts
-        # My records of bars up to the checkpoint's are the leader's to write (or already written);
-        # records taken from a checkpoint at a takeover stay until written.
-        self.backlog.drop_covered(cp.bar_idx)
+        self.engine = decision.engine
+        self._engine_bar_ts = decision.bar_ts
+        self._bars_since_checkpoint = decision.bar_idx - cp.bar_idx  # bars the checkpoint in the map lags
+        # My records of bars up to the adopted state's are the leader's, in the map (read back) or in
+        # its checkpoint; records taken from a checkpoint at a takeover stay until written.
+        self.backlog.drop_covered(decision.bar_idx)
         if decision.first:
-            self.book.import_seqs(cp.seqs)
-            self.health.restored_from_bar = cp.bar_idx
-            self.health.restore_gap_bars = max(0, tick.bar_idx - cp.bar_idx - 1)
+            self.book.import_seqs(decision.seqs)
+            self.health.restored_from_bar = decision.bar_idx
+            self.health.restore_gap_bars = max(0, tick.bar_idx - decision.bar_idx - 1)
+            self.health.restore_replayed_records = decision.replayed
             self.health.cold_start_reason = None
-            log.info("warm restart from_bar=%d writer=%s epoch=%s next_bar=%d gap_bars=%d", cp.bar_idx, cp.worker_id,
+            log.info("warm restart from_bar=%d checkpoint_bar=%d replayed_records=%d writer=%s epoch=%s "
+                     "next_bar=%d gap_bars=%d", decision.bar_idx, cp.bar_idx, decision.replayed, cp.worker_id,
                      cp.epoch, tick.bar_idx, self.health.restore_gap_bars)
         else:
-            log.debug("standby adopted checkpoint bar=%d writer=%s epoch=%s", cp.bar_idx, cp.worker_id, cp.epoch)
+            log.debug("standby follows the leader state_bar=%d checkpoint_bar=%d writer=%s epoch=%s",
+                      decision.bar_idx, cp.bar_idx, cp.worker_id, cp.epoch)
 
     def _put_latest(self, record: dict[str, Any]) -> None:
         try:
