@@ -6,12 +6,13 @@ disappears) is the shape fixed in docs/operations.md:
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
 "event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar",
-"restore_gap_bars", "republished_records", "producer_clock": {...}}`` (``producer_clock``:
+"restore_gap_bars", "restore_replayed_records", "republished_records", "producer_clock": {...}}`` (``producer_clock``:
 ``ProducerClocks.summary()``).
 
-``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the
-checkpoint bar the worker continued from at start (warm restart, whatever its age), with
-``restore_gap_bars`` the bars between it and the first bar stepped (missed); ``cold_start_reason``:
+``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the last
+bar of the state the worker continued from at start (warm restart, whatever its age): the
+checkpoint's plus ``restore_replayed_records`` records written after it (``service.changelog``),
+with ``restore_gap_bars`` the bars between it and the first bar stepped (missed); ``cold_start_reason``:
 why it started cold instead (``checkpoint.REJECT_REASONS``); all null until the first bar decides.
 ``republished_records``: records written back after the grid lost them (``republish``).
 """

@@ -177,7 +177,7 @@ class Succession:
             return None
         text = json_text(raw)
         self._start_following(cp, text)
-        self._catch_up(idx)  # the records up to the scan's bar: its own, if it was written
+        self._catch_up(idx + 1)  # the records up to the scan's bar: its own, if it was written
         last = self._follow_last()
         if last is not None and last < idx <= last + cfg.checkpoint_max_age_bars:
             log.info("closing the current scan the previous process did not finish bar_idx=%d state_bar=%d "
@@ -213,7 +213,7 @@ class Succession:
             log.warning("leader records unreadable, state at bar=%s error=%s", self._follow_last(), exc)
         last = self._follow_last()
         assert self._follow_cp is not None and last is not None  # noqa: S101 - narrows the type; holds with _follow
-        if not first and own_last_bar is not None and last < own_last_bar:
+        if own_last_bar is not None and last < own_last_bar:
             return None  # my own state is newer (the leader is behind or gone)
         return Adopt(self._follow_cp, first, self._follow.copy(), last, self._follow_ts, dict(self._follow_seqs),
                      self._follow_replayed)

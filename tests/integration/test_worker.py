@@ -27,7 +27,8 @@ HEALTH_KEYS = {
     "worker_id", "host", "pid", "version", "state", "role", "started_at", "updated_at", "clock", "bar_seconds",
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
     "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
-    "restored_from_bar", "restore_gap_bars", "republished_records", "producer_clock",
+    "restored_from_bar", "restore_gap_bars", "restore_replayed_records", "republished_records",
+    "producer_clock",
 }
 LATEST_KEYS = {
     "symbol", "bar_idx", "bar_ts", "age_ms", "seq", "depth_1pct_usd", "depth_quality", "fill_probability",

@@ -12,6 +12,7 @@ import pytest
 from obf_features_worker.service.republish import RecentRecords, Republisher
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, WorkerFactory
+from tests.schema3 import shim
 from tests.unit.test_worker_standby import (
     B0,
     BAR_S,
@@ -23,6 +24,11 @@ from tests.unit.test_worker_standby import (
     run_bar,
     without_producer,
 )
+
+
+@pytest.fixture(autouse=True)
+def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
+    shim(monkeypatch)  # columnar records (with state.ref_depth_usd) until the engine builds them
 
 
 @pytest.fixture
@@ -104,7 +110,9 @@ def test_a_restart_after_a_long_gap_continues_from_the_state_whatever_its_age(st
     for i in range(20, 26):
         run_bar([w2], clock, i)
     doc = grid2.health[-1]
+    # its last checkpoint plus the records written since: the state of bar 9
     assert (doc["restored_from_bar"], doc["restore_gap_bars"], doc["cold_start_reason"]) == (B0 + 9, 10, None)
+    assert doc["restore_replayed_records"] >= 1
     assert w2.config.checkpoint_max_age_bars < 10
     # The histories and the EMA references continued: the records are those of one engine that
     # stepped bars 0..9 and then 20..25, not those of a cold engine.

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
+from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
@@ -16,6 +17,12 @@ from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.succession import COLD_UNAVAILABLE, Adopt, StartCold, Succession
 from tests.fakes import FakeClock, FakeCluster, FakeGrid
+from tests.schema3 import columnar, shim
+
+
+@pytest.fixture(autouse=True)
+def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
+    shim(monkeypatch)
 
 B0 = 1_000_000
 
@@ -72,16 +79,34 @@ def test_losing_the_lease_is_reported_once_with_the_holder() -> None:
     assert s.tick().lost is None
 
 
-def test_first_bar_adopts_a_recent_checkpoint_then_only_changes() -> None:
+def _empty_record(engine: FeatureEngine, bar: int) -> str:
+    return dumps_record(columnar(engine.step(bar, float(bar), {}), engine)).decode()
+
+
+def test_first_bar_adopts_the_checkpoint_then_follows_the_records() -> None:
     text = cp_text(B0)
     s, grid, _ = make(text)
     s.begin()
     decision = s.adoption(B0 + 1, None)
     assert isinstance(decision, Adopt) and decision.first and decision.checkpoint.bar_idx == B0
-    assert s.adoption(B0 + 2, B0 + 1) is None  # the same text: not looked at again
-    grid.c.checkpoint = HazelcastJsonValue(cp_text(B0 + 2))
-    later = s.adoption(B0 + 3, B0 + 2)
-    assert isinstance(later, Adopt) and not later.first and later.checkpoint.bar_idx == B0 + 2
+    assert (decision.bar_idx, decision.replayed) == (B0, 0)
+    leader = decision.engine.copy()
+    grid.c.features[B0 + 1] = _empty_record(leader, B0 + 1)
+    grid.c.checkpoint = HazelcastJsonValue(cp_text(B0 + 5))  # not read: the records continue the state
+    grid.ops.clear()
+    later = s.adoption(B0 + 2, B0 + 1)
+    assert isinstance(later, Adopt) and not later.first and (later.bar_idx, later.replayed) == (B0 + 1, 1)
+    assert later.checkpoint.bar_idx == B0 and later.engine.export_state() == leader.export_state()
+    assert later.engine is not leader and [op[0] for op in grid.ops] == ["get_records"]
+    assert s.adoption(B0 + 3, B0 + 2) is None  # no record 2 yet: my own state is newer
+    # A record that does not continue the state (another writer started cold): the chain breaks,
+    # the checkpoint is read again, and its next version restarts the state followed.
+    cold = FeatureEngine()
+    cold.step(B0 + 1, float(B0 + 1), {})
+    grid.c.features[B0 + 2] = dumps_record(columnar(cold.step(B0 + 2, float(B0 + 2), {}), cold)).decode()
+    assert s.adoption(B0 + 4, B0 + 3) is None
+    fresh = s.adoption(B0 + 6, B0 + 5)
+    assert isinstance(fresh, Adopt) and (fresh.checkpoint.bar_idx, fresh.bar_idx) == (B0 + 5, B0 + 5)
 
 
 def test_my_own_newer_state_is_kept() -> None:

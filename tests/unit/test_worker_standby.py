@@ -1,6 +1,7 @@
 """Warm restart and hot standby in the worker's bar logic, in-process over an in-memory grid:
-a crash at every point of the leader's bar (before its checkpoint, between checkpoint and record,
-after the record), takeover by a standby, back-fill without double writes, cold-start reasons,
+a crash at points of the leader's bar (before its record, after the record and LATEST, in the
+checkpoint; every grid call: ``test_crash_model``), takeover by a standby that follows the
+leader's checkpoint plus its records, back-fill without double writes, cold-start reasons,
 retention with a lease, and unreadable input values.
 
 Several ``Worker`` objects share one ``FakeCluster`` (the features map, the state map with the
@@ -34,8 +35,14 @@ from obf_features_worker.service.grid import UnreadableValue
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
+from tests.schema3 import shim
 
 BAR_S = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
+    shim(monkeypatch)  # columnar records (with state.ref_depth_usd) until the engine builds them
 B0 = int(time.time()) - 10_000  # bar indices in the past: snapshot timestamps pass the future check
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
 
@@ -149,7 +156,7 @@ def run_bar(workers: list[Worker], clock: FakeClock, i: int) -> None:
     clock.t += BAR_S
 
 
-def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(start: Start) -> None:
+def test_standby_takes_over_after_the_leader_dies_before_its_record(start: Start) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w1, g1 = start(cluster, clock, "w1")
@@ -166,7 +173,9 @@ def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(
     assert w1.role == "leader" and w2.role == "standby"
     # Before its lease, w1 kept its bars; on acquiring it back-filled them: nothing is missing.
     assert sorted(cluster.features) == [B0 + i for i in range(10)]
-    g1.kill_at = ("write_bar", B0 + 10)  # checkpoint of bar 10 written, its record not
+    cp_bar = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"]
+    assert cp_bar < B0 + 9  # the standby follows the records written since the checkpoint
+    g1.kill_at = ("write_bar", B0 + 10)  # dies with record 10 unwritten
     offer(w2, 10)
     with pytest.raises(Killed):
         offer(w1, 10)
@@ -174,20 +183,37 @@ def test_standby_takes_over_after_the_leader_dies_between_checkpoint_and_record(
     w2.process_bar(tick(10))
     clock.t += BAR_S
     assert B0 + 10 not in cluster.features
-    assert orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] == B0 + 10
     taken_at = None
     for i in range(11, 25):
         run_bar([w2], clock, i)
         if taken_at is None and w2.role == "leader":
             taken_at = i
-    # lease ttl 3 s = 3 bars after w1's last refresh (bar 10, before its death) + one bar
+    # lease ttl 3 s = 3 bars after w1's last refresh (bar 9, before its death) + one bar
     assert taken_at is not None and taken_at <= 10 + 3 + 1
     producers = check_records(cluster, 0, 24)
-    # Bar 10 is w1's record, written by w2 from w1's checkpoint; w2's own bars carry epoch 2.
-    assert producers[B0 + 10]["worker_id"] == "w1" and producers[B0 + 10]["epoch"] == 1
-    assert {producers[B0 + i]["worker_id"] for i in range(11, 25)} == {"w2"}
-    assert {producers[B0 + i]["epoch"] for i in range(11, 25)} == {2}
+    # Bars 10.. are w2's (bar 10 back-filled from its own backlog), with epoch 2.
+    assert {producers[B0 + i]["worker_id"] for i in range(10, 25)} == {"w2"}
+    assert {producers[B0 + i]["epoch"] for i in range(10, 25)} == {2}
     assert w2.health.document(0.0, {}, 0)["epoch"] == 2
+
+
+def test_a_standby_adopts_the_checkpoint_once_then_reads_one_record_per_bar(start: Start) -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, _ = start(cluster, clock, "w1")
+    w2, g2 = start(cluster, clock, "w2")
+    for i in range(8):
+        run_bar([w1, w2], clock, i)
+    assert w2.role == "standby"
+    n_cp_reads = g2.ops.count(("get_checkpoint", None))
+    first = len(g2.ops)
+    for i in range(8, 20):
+        run_bar([w1, w2], clock, i)
+    steady = g2.ops[first:]
+    assert ("get_checkpoint", None) not in steady  # the leader's checkpoints are not re-read ...
+    assert [op for op in steady if op[0] == "get_records"] == [("get_records", B0 + i - 1) for i in range(8, 20)]
+    assert n_cp_reads >= 1  # ... after the one adopted at the first bar
+    assert w2.engine.export_state() == w1.engine.export_state()
 
 
 def test_every_health_document_shows_the_role_of_its_moment(start: Start) -> None:
@@ -257,39 +283,49 @@ def test_a_standby_takes_over_within_ttl_and_one_bar_of_the_leaders_crash(start:
     assert w2.health.document(0.0, {}, 0)["role"] == "leader"
 
 
-@pytest.mark.parametrize("kill_at", ["put_checkpoint", "write_bar", "put_latest", "before_bar"])
+@pytest.mark.parametrize("kill_at", ["write_bar", "put_latest", "put_checkpoint", "before_bar"])
 def test_warm_restart_is_bit_identical_whatever_the_crash_point(start: Start, kill_at: str) -> None:
     clock = FakeClock()
     cluster = FakeCluster(clock)
-    kw = {"clock": "scan", "scan_field": "n"}
+    kw = {"clock": "scan", "scan_field": "n", "checkpoint_every_bars": 4}
     w1, g1 = start(cluster, clock, "w1", **kw)
     for i in range(12):
         cluster.scan_value = json.dumps({"n": B0 + i})
         run_bar([w1], clock, i)
-    cluster.scan_value = json.dumps({"n": B0 + 12})
-    g1.kill_at = (kill_at, B0 + 12) if kill_at != "before_bar" else None
-    offer(w1, 12)
-    if kill_at != "before_bar":  # else: killed after the scan of bar 12 was published, before it closed
+    cp_bar = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] - B0
+    # A bar whose checkpoint is due (w1 took the lease at bar 3, checkpointed it and every 4th since)
+    last = next(b for b in range(12, 20) if (b - cp_bar) % 4 == 0)
+    for i in range(12, last):
+        cluster.scan_value = json.dumps({"n": B0 + i})
+        run_bar([w1], clock, i)
+    cluster.scan_value = json.dumps({"n": B0 + last})
+    g1.kill_at = (kill_at, B0 + last) if kill_at != "before_bar" else None
+    offer(w1, last)
+    if kill_at != "before_bar":  # else: killed after the scan of the bar was published, before it closed
         with pytest.raises(Killed):
-            w1.process_bar(tick(12))
+            w1.process_bar(tick(last))
     clock.t += BAR_S
-    # The new process: same snapshots still in the input map, the scan key still at bar 12.
+    cp_now = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] - B0
+    assert cp_now == last - 4  # the bar's checkpoint never came
+    # The new process: same snapshots still in the input map, the scan key still at the bar.
     w2, _ = start(cluster, clock, "w1", **kw)
-    offer(w2, 12)
+    offer(w2, last)
     caught_up = w2.clock.poll()  # type: ignore[union-attr]
-    if kill_at in ("put_checkpoint", "before_bar"):
-        # Checkpoint of bar 11 only: the scan the previous process did not finish is closed again.
-        assert caught_up is not None and caught_up.bar_idx == B0 + 12
-        w2.process_bar(tick(12))  # bar_ts of a scan is its receipt time: here the test's own
+    if kill_at in ("write_bar", "before_bar"):
+        # The state (checkpoint + records) ends at the bar before: the scan is closed again.
+        assert caught_up is not None and caught_up.bar_idx == B0 + last
+        w2.process_bar(tick(last))  # bar_ts of a scan is its receipt time: here the test's own
         clock.t += BAR_S
     else:
         assert caught_up is None
-    for i in range(13, 22):
+    for i in range(last + 1, last + 10):
         cluster.scan_value = json.dumps({"n": B0 + i})
         run_bar([w2], clock, i)
-    assert w2.health.restored_from_bar == B0 + 11 + (kill_at in ("write_bar", "put_latest"))
+    recorded = last if kill_at in ("put_latest", "put_checkpoint") else last - 1
+    assert w2.health.restored_from_bar == B0 + recorded
+    assert w2.health.restore_replayed_records == recorded - (last - 4)
     assert w2.health.cold_start_reason is None and w2.role == "leader"
-    check_records(cluster, 0, 21)
+    check_records(cluster, 0, last + 9)
 
 
 def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars(start: Start) -> None:
@@ -305,9 +341,9 @@ def test_a_deposed_leaders_backlog_never_overwrites_the_new_leaders_bars(start: 
         run_bar([w1, w2], clock, i)
     assert w2.role == "leader" and w1.role == "standby"
     assert [b - B0 for b in w1.backlog.bars()] == list(range(6, 16))
-    # w2 dies at bar 16 before its checkpoint, and the checkpoint it left is then damaged: w1
+    # w2 dies at bar 16 before its record, and the checkpoint it left is then damaged: w1
     # cannot tell from it which bars w2 wrote, and keeps its whole backlog.
-    g2.kill_at = ("put_checkpoint", B0 + 16)
+    g2.kill_at = ("write_bar", B0 + 16)
     offer(w2, 16)
     with pytest.raises(Killed):
         w2.process_bar(tick(16))
