@@ -3,9 +3,11 @@
 A checkpoint holds the engine state (``FeatureEngine.export_state()``), the last accepted
 ``_push_seq`` per asset (``SnapshotBook.export_seqs()``), the last bar (``bar_idx``, ``bar_ts``),
 the engine parameters, the writer's ``worker_id`` and lease ``epoch``, ``written_at``, the bar
-records the writer had not yet confirmed written (``records``: the checkpoint is written before
-the records, so a successor writes them if a crash came in between) and a SHA-256 checksum of the
-canonical body. Pure: encoding and decoding only, no grid I/O.
+records the writer had not yet confirmed written (``records``: normally none, the checkpoint
+comes after the records; those whose writes failed, which a successor writes if absent) and a
+SHA-256 checksum of the canonical body. The records written after the checkpoint bring its state
+to the writer's (snapshot + changelog, ``service.changelog``). Pure: encoding and decoding only,
+no grid I/O.
 
 Wire format (UTF-8 JSON object)::
 
@@ -72,7 +74,7 @@ class Checkpoint:
     seqs: symbol -> last accepted ``_push_seq`` (0 .. 2^63-1). epoch: the writer's lease epoch
     (None when it ran without a lease). engine_state: ``FeatureEngine.export_state()``.
     records: bar_idx -> bar record JSON text, the records the writer had computed but not yet
-    seen written to the features map when it wrote this checkpoint (usually just ``bar_idx``'s).
+    seen written to the features map when it wrote this checkpoint (usually none).
     """
 
     worker_id: str

@@ -2,8 +2,9 @@
 
 Pure data (no grid, no lease): bounded to ``retain_bars`` entries (the oldest dropped first),
 sorted by bar, one entry per bar (a newer entry for a bar replaces the older). The worker's
-write cycle (``service.worker``) writes it oldest first and pops what it wrote; the checkpoint
-carries every entry's payload so a crash between the checkpoint and the records loses none.
+write cycle (``service.worker``) writes it oldest first and pops what it wrote; a checkpoint
+written while entries remain (their writes failed) carries their payloads, so whoever leads next
+writes them if absent.
 """
 
 from __future__ import annotations

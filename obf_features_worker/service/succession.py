@@ -1,9 +1,10 @@
 """Succession: who writes, and from which state (docs/reliability.md).
 
 The leader lease (its epochs continue from the checkpoint's), the term this worker holds, the
-checkpoint-adoption decision before a bar (the warm-restart decision at the first bar; a standby
-following its leader afterwards) and the records a previous leader left unconfirmed (the
-back-fill at a takeover). This module reads the grid and decides; the worker applies the
+adoption decision before a bar (the warm-restart decision at the first bar; a standby following
+its leader afterwards: the leader's checkpoint, then its records applied bar by bar,
+``service.changelog``) and the records a previous leader left unconfirmed (the back-fill at a
+takeover). This module reads the grid and decides; the worker applies the
 decisions (engine, backlog, health) and does every write.
 """
 

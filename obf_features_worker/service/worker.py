@@ -14,13 +14,16 @@ Writes that fail (cluster away) never stop the worker: records wait in a bounded
 Warm restart and hot standby (docs/reliability.md). Once connected (``before_first_bar``) the
 worker contends for the leader lease in the state map; every shared write (records, LATEST,
 retention, checkpoint) is gated on ``may_write`` = holding the lease; health is always written.
-Per bar, the leader writes its checkpoint first, *then* the records: the checkpoint carries the
-records not yet confirmed written, so a crash between the two writes loses nothing (whoever
-leads next writes them if absent). Before stepping a bar, a standby (and every worker at its
-first bar) adopts the leader's checkpoint when it is at least as new as its own state, so its
-histories are the leader's; it steps the bar itself and keeps its own records in the backlog
-until the leader's checkpoint covers them. On taking the lease it writes the previous leader's
-unconfirmed records and back-fills its own (``put_if_absent``: never over another writer's bar).
+Per bar, the leader writes the record (and LATEST) first; the checkpoint comes after, every
+``checkpoint_every_bars`` bars (snapshot + changelog): a successor restores the checkpoint and
+applies the records written since (``service.changelog``), so a crash anywhere loses no state.
+A record whose write failed is carried by the next checkpoint (taken at once then). Before
+stepping a bar, a standby (and every worker at its first bar) takes the leader's state (its
+checkpoint once, then its records bar by bar, ``service.succession``) when it is at least as new
+as its own, so its histories are the leader's; it steps the bar itself and keeps its own records
+in the backlog until the leader's records cover them. On taking the lease it writes the previous
+leader's unconfirmed records and back-fills its own (``put_if_absent``: never over another
+writer's bar).
 A ``Worker`` driven through ``process_bar`` alone (unit tests) has no lease: a sole writer. The
 lease, the term and the adoption decisions are ``service.succession``'s; this module applies them.
 

@@ -4,8 +4,9 @@
   are re-published from the worker's memory and the checkpoint is back, so the map is whole again
   (before the change: every bar written before the restart was gone for good).
 - A worker SIGKILLed and restarted after more bars than ``--checkpoint-max-age-bars``: it continues
-  from the checkpoint in the grid (no cold start while state exists) and says how many bars it
-  missed (before the change: a cold start, histories and EMA references reset).
+  from the checkpoint in the grid plus the records written since (no cold start while state
+  exists) and says how many bars it missed (before the change: a cold start, histories and EMA
+  references reset).
 
 Synchronisation is on the grid with deadlines; the member outage and the worker's downtime are the
 scenarios' own waits and say so.
@@ -92,22 +93,27 @@ def test_a_restart_after_a_long_gap_continues_from_the_grids_state(hz_cluster: H
             a.stop(signal.SIGKILL)
         cp_bar = checkpoint_bar(hz_client, map_suffix)
         assert cp_bar is not None
+        # The state a successor rebuilds: the checkpoint plus the records written after it.
+        state_bar = max(hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().key_set())
+        assert state_bar >= cp_bar
         # Down for 4 bars (the scenario): more than --checkpoint-max-age-bars, and past the lease ttl.
         time.sleep(4 * BAR_S)
         with WorkerProcess([*args, "--worker-id", ids[1]], env, tmp_path, name="b") as b:
             h = wait_for(lambda: (h := health(hz_client, map_suffix, ids[1])) and h["last_bar_idx"] is not None and h,
                          40, "the restarted worker's first bar")
             assert h["cold_start_reason"] is None, (h["cold_start_reason"], b.log_text()[-2000:])
-            assert h["restored_from_bar"] == cp_bar
+            assert h["restored_from_bar"] == state_bar
+            assert h["restore_replayed_records"] == state_bar - cp_bar
             gap = h["restore_gap_bars"]
             assert gap is not None and gap >= 3, gap
             assert f"gap_bars={gap}" in b.log_text()
-            first = cp_bar + gap + 1  # the first bar the restarted worker stepped: its record says so
+            first = state_bar + gap + 1  # the first bar the restarted worker stepped: its record says so
             raw = wait_for(lambda: hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().get(first),
                            20, "the restarted worker's first record")
             assert json_value(raw)["gap_bars"] == gap
             assert b.stop() == 0, b.log_text()[-3000:]
-        summary = f"worker restarted after 4 bars down: restored_from_bar={cp_bar} gap_bars={gap} (max age 2)"
+        summary = (f"worker restarted after 4 bars down: checkpoint_bar={cp_bar} restored_from_bar={state_bar} "
+                   f"gap_bars={gap} (max age 2)")
         print(summary)
         record_property("warm_restart_after_gap", summary)
         assert gap <= 4 + 10  # the bars down, plus the second process's start-up

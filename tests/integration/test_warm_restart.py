@@ -1,8 +1,9 @@
 """Warm restart against a real member: a worker SIGKILLed mid-run and restarted continues from its
-checkpoint, and every record, before and after each restart, is bit-identical to the record an
-uninterrupted engine computes over the same snapshots. Covered crash points: between two bars,
-between the checkpoint and the record of a bar (the record is only in the checkpoint), and
-after a scan arrived but before its checkpoint (the restarted worker closes that scan again).
+checkpoint plus the records written since (snapshot + changelog), and every record, before and
+after each restart, is bit-identical to the record an uninterrupted engine computes over the same
+snapshots. Covered crash points: between two bars, after a bar's record but before the checkpoint
+that would cover it (several records to replay), and after a scan arrived but before its record
+(the restarted worker closes that scan again). The checkpoint comes every 4 bars, after the record.
 Refused checkpoints (other engine parameters, corrupt bytes) mean a cold start, never a crash.
 
 The test is the scan clock: it publishes the snapshots of a bar, waits until the worker has
@@ -36,7 +37,7 @@ SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT")
 SCAN_KEY = "latest_eigen_scan"
 # 0.25 s heartbeats: health (and its event counts) is refreshed 4x a second while waiting.
 BASE_ARGS = ["--clock", "scan", "--scan-key", SCAN_KEY, "--scan-field", "scan_number", "--bar-seconds", "0.25",
-             "--max-age-s", "3600"]
+             "--max-age-s", "3600", "--checkpoint-every-bars", "4"]
 
 
 class Run:
@@ -92,6 +93,10 @@ class Run:
         v = self.features.get(bar)
         return None if v is None else json_value(v)
 
+    def checkpoint_bar(self) -> int:
+        """The bar of the checkpoint in the state map (the test's own, unvalidated read)."""
+        return int(orjson.loads(self.state.get(CHECKPOINT_KEY).to_string())["body"]["bar_idx"])
+
     def kill(self) -> None:
         assert self.worker is not None
         self.worker.stop(signal.SIGKILL)
@@ -124,28 +129,31 @@ def test_sigkill_and_restart_continue_bit_identically(hz_cluster, hz_client, map
         for bar in range(100, 109):
             run.close_bar(bar, symbols_for(bar))
         assert run.health()["role"] == "leader"
-        # 2. SIGKILL between two bars; the restarted worker continues from bar 108's checkpoint.
+        # 2. SIGKILL between two bars; the restarted worker continues from bar 108: its last
+        # checkpoint plus the records written since.
+        cp_bar = run.checkpoint_bar()
         run.kill()
         run.start("wr2")
         for bar in range(109, 115):
             run.close_bar(bar, symbols_for(bar))
         h = run.health()
         assert (h["restored_from_bar"], h["cold_start_reason"], h["role"]) == (108, None, "leader")
-        # 3. Crash between the checkpoint of bar 114 and its record: the map then lacks the record.
+        assert h["restore_replayed_records"] == 108 - cp_bar
+        checkpoint_old = run.state.get(CHECKPOINT_KEY).to_string()
+        old_bar = run.checkpoint_bar()
+        assert old_bar < 114
+        # 3. Crash after the record of bar 114, before the checkpoint that would cover it (the grid
+        # is rewound to the older checkpoint): the records since are replayed.
         run.kill()
-        run.features.delete(114)
+        run.state.set(CHECKPOINT_KEY, HazelcastJsonValue(checkpoint_old))
         run.start("wr3")
-        assert run.record(114) is None
         for bar in range(115, 119):
             run.close_bar(bar, symbols_for(bar))
-            if bar == 117:  # the checkpoint is written before the record: this is bar 117's
-                checkpoint_117 = run.state.get(CHECKPOINT_KEY).to_string()
-        assert run.record(114) is not None  # written from the checkpoint by the next leader
-        assert run.health()["restored_from_bar"] == 114
-        # 4. Crash after scan 118 arrived, before its checkpoint: the grid then holds bar 117's
-        # checkpoint and no record 118, and the scan key still says 118.
+        h = run.health()
+        assert (h["restored_from_bar"], h["restore_replayed_records"]) == (114, 114 - old_bar)
+        # 4. Crash after scan 118 arrived, before its record: the grid then holds no record 118,
+        # the scan key still says 118, and the state (checkpoint + records) ends at 117.
         run.kill()
-        run.state.set(CHECKPOINT_KEY, HazelcastJsonValue(checkpoint_117))
         run.features.delete(118)
         run.start("wr4")
         wait_for(lambda: run.record(118), 20, "bar 118 closed again by the restarted worker")
@@ -209,16 +217,18 @@ def test_refused_checkpoints_start_cold_without_crashing(hz_cluster, hz_client, 
 def test_checkpoint_in_the_grid_is_the_engine_state_after_the_bar(hz_cluster, hz_client, map_suffix: str,
                                                                   tmp_path: Path):
     """What a standby or a restarted worker restores is exactly the leader's state after the
-    bar it names, with the bar's record among the unconfirmed records at the time."""
+    bar it names; it comes after that bar's record (every bar here: --checkpoint-every-bars 1),
+    so it carries no unconfirmed record."""
     run = Run(hz_cluster, hz_client, map_suffix, tmp_path)
     try:
-        run.start("cp1")
+        run.start("cp1", "--checkpoint-every-bars", "1")
         for bar in range(100, 104):
             rec = run.close_bar(bar)
+        wait_for(lambda: run.checkpoint_bar() == 103, 10, "the checkpoint of bar 103, after its record")
         raw = run.state.get(CHECKPOINT_KEY).to_string()
         cp = checkpoint.decode(raw, params=FeatureParams(), now_bar_idx=103, max_age_bars=0)
         assert cp.worker_id == run.worker_id and cp.bar_idx == 103 and cp.epoch == rec["producer"]["epoch"]
-        assert orjson.loads(cp.records[103])["bar_idx"] == 103
+        assert cp.records == {}
         engine = FeatureEngine(FeatureParams())
         latest = {}
         for bar in range(100, 104):
