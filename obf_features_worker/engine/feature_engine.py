@@ -361,7 +361,16 @@ class FeatureEngine:
 
     def copy(self) -> FeatureEngine:
         """An independent engine in the same state (a standby steps a copy of its leader's state)."""
-        return copy.deepcopy(self)
+        other = FeatureEngine.__new__(FeatureEngine)
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                value = value.copy()
+            elif type(value) in (dict, list, set):
+                value = type(value)(value)  # of immutable items: symbols, slots, universe info
+            elif not isinstance(value, (int, float, str, tuple, FeatureParams, type(None))):
+                value = copy.deepcopy(value)
+            setattr(other, name, value)
+        return other
 
     # -- state export / import -------------------------------------------------------------
 
@@ -556,3 +565,4 @@ def _int_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     if (arr < 0).any():
         raise StateMismatch(f"state {name} holds negative counts")
     return arr.astype(np.int64)
+
