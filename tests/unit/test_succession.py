@@ -109,6 +109,17 @@ def test_first_bar_adopts_the_checkpoint_then_follows_the_records() -> None:
     assert isinstance(fresh, Adopt) and (fresh.checkpoint.bar_idx, fresh.bar_idx) == (B0 + 5, B0 + 5)
 
 
+def test_a_state_of_another_numbering_is_dropped_not_adopted() -> None:
+    s, grid, _ = make(cp_text(B0))
+    s.begin()
+    assert isinstance(s.adoption(B0 + 1, None), Adopt)
+    # The scan count restarted (bar 3 < B0): the state followed is not before it.
+    assert s.adoption(3, None) is None
+    grid.c.checkpoint = HazelcastJsonValue(cp_text(2))  # the leader's first checkpoint of the new numbering
+    again = s.adoption(4, None)
+    assert isinstance(again, Adopt) and again.bar_idx == 2
+
+
 def test_my_own_newer_state_is_kept() -> None:
     s, _, _ = make(cp_text(B0))
     s.begin()
