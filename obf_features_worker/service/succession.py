@@ -214,11 +214,11 @@ class Succession:
             log.warning("leader records unreadable, state at bar=%s error=%s", self._follow_last(), exc)
         last = self._follow_last()
         assert self._follow_cp is not None and last is not None  # noqa: S101 - narrows the type; holds with _follow
-        if last >= bar_idx:
+        if last > bar_idx:
             # A state of another numbering (the scan count restarted at midnight): never adopted;
             # the leader's next checkpoint, of the new numbering, restarts the state followed.
-            log.info("leader state bar=%d is not before bar=%d (bar numbering restarted): not followed", last,
-                     bar_idx)
+            # (A checkpoint of this very bar is the leader's being faster: adopted, the bar skipped.)
+            log.info("leader state bar=%d is after bar=%d (bar numbering restarted): not followed", last, bar_idx)
             self._follow = None
             return None
         if own_last_bar is not None and last < own_last_bar:

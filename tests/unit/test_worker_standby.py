@@ -444,3 +444,9 @@ def test_reliability_settings_from_flags_and_env_fail_fast() -> None:
         config_from_args(build_parser().parse_args(["--bar-seconds", "2", "--lease-ttl-s", "4"]), {})
     with pytest.raises(ConfigError, match="OBF_CHECKPOINT_MAX_AGE_BARS"):
         config_from_args(build_parser().parse_args([]), {"OBF_CHECKPOINT_MAX_AGE_BARS": "-1"})
+    assert config_from_args(build_parser().parse_args([]), {}).checkpoint_every_bars == 10
+    assert config_from_args(build_parser().parse_args([]),
+                            {"OBF_CHECKPOINT_EVERY_BARS": "4"}).checkpoint_every_bars == 4
+    for bad in ("0", "1.5", "100001"):
+        with pytest.raises(ConfigError, match="--checkpoint-every-bars"):
+            config_from_args(build_parser().parse_args(["--checkpoint-every-bars", bad]), {})
