@@ -15,14 +15,9 @@ from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.snapshot import parse_payload, payload_json
 from obf_features_worker.service import changelog
 from tests.fakes import FakeGrid
-from tests.schema3 import columnar, shim
 
 B0 = 1_000_000
 
-
-@pytest.fixture(autouse=True)
-def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
-    shim(monkeypatch)
 
 
 def snaps(i: int) -> dict[str, Any]:
@@ -37,7 +32,7 @@ def writer(bars: list[int], grid: FakeGrid, skip_write: tuple[int, ...] = ()) ->
     engine = FeatureEngine()
     states = {}
     for i in bars:
-        rec = columnar(engine.step(B0 + i, float(B0 + i), snaps(i)), engine)
+        rec = engine.step(B0 + i, float(B0 + i), snaps(i))
         if i not in skip_write:
             grid.c.features[B0 + i] = dumps_record(rec).decode()
         states[i] = orjson.dumps(engine.export_state(), option=orjson.OPT_SORT_KEYS)
@@ -96,7 +91,7 @@ def test_an_unreadable_or_foreign_record_stops_the_chain(bad: str, reason: str) 
     elif bad == "cold":  # a writer that started cold at bar 3: follows bar 2 by number only
         cold = FeatureEngine()
         cold.step(B0 + 2, float(B0 + 2), {})
-        grid.c.features[B0 + 3] = dumps_record(columnar(cold.step(B0 + 3, float(B0 + 3), snaps(3)), cold)).decode()
+        grid.c.features[B0 + 3] = dumps_record(cold.step(B0 + 3, float(B0 + 3), snaps(3))).decode()
     else:
         grid.c.features[B0 + 3] = bad
     engine = restored(states, 0)

@@ -16,7 +16,6 @@ from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_payload, payload_json
 from tests.hypothesis_profiles import scaled
-from tests.schema3 import columnar
 
 POOL = ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT", "FFFUSDT")
 B0 = 340_000_000
@@ -59,9 +58,9 @@ def state_bytes(engine: FeatureEngine) -> bytes:
     return orjson.dumps(engine.export_state(), option=orjson.OPT_SORT_KEYS)
 
 
-def wire(record: Any, engine: FeatureEngine) -> dict[str, Any]:
+def wire(record: Any) -> dict[str, Any]:
     """What a successor reads back from the grid: the record through its JSON codec."""
-    return loads_record(dumps_record(columnar(record, engine)))
+    return loads_record(dumps_record(record))
 
 
 @settings(max_examples=scaled(2))
@@ -76,7 +75,7 @@ def test_checkpoint_plus_records_is_the_writers_state(feed: list[tuple[int, floa
     for k, (bar_idx, bar_ts, snaps) in enumerate(feed):
         if k == cut:
             state_at_cut = orjson.loads(orjson.dumps(a.export_state()))  # as a checkpoint holds it
-        records.append(wire(a.step(bar_idx, bar_ts, snaps), a))
+        records.append(wire(a.step(bar_idx, bar_ts, snaps)))
     if state_at_cut is None:
         state_at_cut = orjson.loads(orjson.dumps(a.export_state()))
     b = FeatureEngine.from_state(state_at_cut, params, universe=universe)
@@ -87,8 +86,7 @@ def test_checkpoint_plus_records_is_the_writers_state(feed: list[tuple[int, floa
     nxt = feed[-1][0] + 1
     snaps = {s: parse_payload(s, payload_json(nxt * BAR_S, [1e5, 2e5], [3e5, 1e5], seq=1), now=nxt * BAR_S)
              for s in POOL[:3]}
-    assert dumps_record(columnar(b.step(nxt, nxt * BAR_S, snaps), b)) == dumps_record(
-        columnar(a.step(nxt, nxt * BAR_S, snaps), a))
+    assert dumps_record(b.step(nxt, nxt * BAR_S, snaps)) == dumps_record(a.step(nxt, nxt * BAR_S, snaps))
 
 
 def _feed3() -> list[tuple[int, float, dict[str, Snapshot]]]:
@@ -103,7 +101,7 @@ def _feed3() -> list[tuple[int, float, dict[str, Snapshot]]]:
 def test_a_record_of_another_lineage_or_out_of_order_is_refused_and_changes_nothing() -> None:
     feed = _feed3()
     a = FeatureEngine()
-    recs = [wire(a.step(*bar), a) for bar in feed]
+    recs = [wire(a.step(*bar)) for bar in feed]
     b = FeatureEngine()
     b.step(*feed[0])
     before = state_bytes(b)
@@ -112,7 +110,7 @@ def test_a_record_of_another_lineage_or_out_of_order_is_refused_and_changes_noth
     # A cold writer's first record at bar 1 follows bar 0 by number but not by state: its EMA
     # reference is its own first depth.
     cold = FeatureEngine()
-    cold_rec = wire(cold.step(*feed[1]), cold)
+    cold_rec = wire(cold.step(*feed[1]))
     with pytest.raises(ValueError, match="EMA"):
         b.apply_record(cold_rec)
     bad = dict(recs[1], universe={"configured": False, "size": 9, "hash": "0" * 16})

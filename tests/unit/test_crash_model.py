@@ -18,7 +18,6 @@ import pytest
 
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
-from tests.schema3 import shim
 from tests.unit.test_worker_standby import B0, BAR_S, FEED, ClockedWorker, check_records, config, offer, tick
 
 EVERY = 3  # checkpoint_every_bars: short, so the crash bars include a checkpoint bar
@@ -26,10 +25,6 @@ KILL_BARS = (11, 12, 13)
 END = 24
 KW: dict[str, Any] = {"clock": "scan", "scan_field": "n", "checkpoint_every_bars": EVERY}
 
-
-@pytest.fixture(autouse=True)
-def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
-    shim(monkeypatch)
 
 
 def _start(workers: WorkerFactory, cluster: FakeCluster, clock: FakeClock, worker_id: str) -> tuple[Worker, FakeGrid]:

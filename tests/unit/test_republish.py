@@ -12,7 +12,6 @@ import pytest
 from obf_features_worker.service.republish import RecentRecords, Republisher
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, WorkerFactory
-from tests.schema3 import shim
 from tests.unit.test_worker_standby import (
     B0,
     BAR_S,
@@ -24,11 +23,6 @@ from tests.unit.test_worker_standby import (
     run_bar,
     without_producer,
 )
-
-
-@pytest.fixture(autouse=True)
-def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
-    shim(monkeypatch)  # columnar records (with state.ref_depth_usd) until the engine builds them
 
 
 @pytest.fixture

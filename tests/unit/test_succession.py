@@ -17,12 +17,6 @@ from obf_features_worker.service.config import WorkerConfig
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.succession import COLD_UNAVAILABLE, Adopt, StartCold, Succession
 from tests.fakes import FakeClock, FakeCluster, FakeGrid
-from tests.schema3 import columnar, shim
-
-
-@pytest.fixture(autouse=True)
-def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
-    shim(monkeypatch)
 
 B0 = 1_000_000
 
@@ -80,7 +74,7 @@ def test_losing_the_lease_is_reported_once_with_the_holder() -> None:
 
 
 def _empty_record(engine: FeatureEngine, bar: int) -> str:
-    return dumps_record(columnar(engine.step(bar, float(bar), {}), engine)).decode()
+    return dumps_record(engine.step(bar, float(bar), {})).decode()
 
 
 def test_first_bar_adopts_the_checkpoint_then_follows_the_records() -> None:
@@ -103,7 +97,7 @@ def test_first_bar_adopts_the_checkpoint_then_follows_the_records() -> None:
     # the checkpoint is read again, and its next version restarts the state followed.
     cold = FeatureEngine()
     cold.step(B0 + 1, float(B0 + 1), {})
-    grid.c.features[B0 + 2] = dumps_record(columnar(cold.step(B0 + 2, float(B0 + 2), {}), cold)).decode()
+    grid.c.features[B0 + 2] = dumps_record(cold.step(B0 + 2, float(B0 + 2), {})).decode()
     assert s.adoption(B0 + 4, B0 + 3) is None
     fresh = s.adoption(B0 + 6, B0 + 5)
     assert isinstance(fresh, Adopt) and (fresh.checkpoint.bar_idx, fresh.bar_idx) == (B0 + 5, B0 + 5)

@@ -35,14 +35,9 @@ from obf_features_worker.service.grid import UnreadableValue
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
-from tests.schema3 import shim
 
 BAR_S = 1.0
 
-
-@pytest.fixture(autouse=True)
-def _schema3(monkeypatch: pytest.MonkeyPatch) -> None:
-    shim(monkeypatch)  # columnar records (with state.ref_depth_usd) until the engine builds them
 B0 = int(time.time()) - 10_000  # bar indices in the past: snapshot timestamps pass the future check
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
 
