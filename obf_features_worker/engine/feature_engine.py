@@ -134,12 +134,15 @@ class FeatureEngine:
             slots = np.fromiter(map(self._slots.__getitem__, symbols), dtype=np.int64, count=n)
         if self._universe_dirty:
             self._rebuild_universe()
-        # Snapshot guarantees equal bid/ask lengths in 1..MAX_LEVELS (its __post_init__).
+        # Snapshot guarantees equal bid/ask lengths in 1..MAX_LEVELS (its __post_init__). The
+        # join touches every array first (fresh objects, mostly not in cache); the lengths are
+        # read right after, while they are.
+        bid = _pack(bids)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, bids), dtype=np.int64, count=n), out=offsets[1:])
-        total = int(offsets[n])
-        bid = _pack(bids, total)
-        ask = _pack(asks, total)
+        ask = _pack(asks)
+        if bid.shape[0] != offsets[n] or ask.shape[0] != offsets[n]:
+            raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
         asset_out = np.empty((n, K.N_ASSET_COLS), dtype=np.float64)
         p = self.params
         K.step_bar(
@@ -468,20 +471,14 @@ class FeatureEngine:
         return engine
 
 
-def _pack(sides: list[np.ndarray], total: int) -> np.ndarray:
+def _pack(sides: list[np.ndarray]) -> np.ndarray:
     """One float64 array of the snapshots' bands, in order. Snapshot holds native float64
     C-contiguous arrays (its __post_init__), whose bytes join at a fraction of np.concatenate's
-    per-array cost; the length check and np.concatenate cover anything unexpected."""
+    per-array cost; np.concatenate covers anything unexpected."""
     try:
-        buf = b"".join(sides)  # type: ignore[arg-type]  # ndarrays are bytes-like (buffer protocol)
-    except (TypeError, BufferError):
-        buf = b""
-    if len(buf) == 8 * total:
-        return np.frombuffer(buf, dtype=np.float64)
-    packed = np.concatenate(sides).astype(np.float64, copy=False)
-    if packed.shape != (total,):
-        raise ValueError(f"every snapshot needs equal bid/ask lengths in 1..{MAX_LEVELS}")
-    return packed
+        return np.frombuffer(b"".join(sides), dtype=np.float64)  # type: ignore[arg-type]  # ndarrays are bytes-like
+    except (TypeError, BufferError, ValueError):  # not a buffer, a strided view, not whole float64s
+        return np.concatenate(sides).astype(np.float64, copy=False)
 
 
 _SEQ_TYPES = frozenset((int, type(None)))

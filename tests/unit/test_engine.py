@@ -535,3 +535,12 @@ def test_numpy_seq_and_ts_from_a_direct_caller_become_plain_values() -> None:
     assert rec["ts"] == [T0 + 0.5, T0] and all(type(t) is float for t in rec["ts"])
     assert rec["placement"]["depth_1pct_usd"] == [3.0, 10.0]  # int bands become float64 (Snapshot)
     assert loads_record(dumps_record(rec)) == rec
+
+
+def test_bands_that_cannot_be_joined_as_bytes_give_the_same_record() -> None:
+    # Snapshot makes its bands contiguous float64; should one not be (set behind its back), the
+    # engine's packing falls back to np.concatenate with the same result.
+    plain = books(AAA=([1.0, 2.0, 3.0], [3.0, 1.0, 0.5]), BBB=([5.0], [4.0]))
+    odd = books(AAA=([1.0, 2.0, 3.0], [3.0, 1.0, 0.5]), BBB=([5.0], [4.0]))
+    object.__setattr__(odd["AAA"], "bid_notional", np.array([1.0, 9.0, 2.0, 9.0, 3.0])[::2])  # strided view
+    assert Runner().step(plain) == Runner().step(odd)
