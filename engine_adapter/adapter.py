@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -45,6 +46,7 @@ from engine_adapter.features import (
     OBMarketFeatures,
     OBPlacementFeatures,
     OBSignalFeatures,
+    SymbolTable,
     placement_of,
     signal_of,
     trader_maps,
@@ -244,9 +246,10 @@ class HazelcastOBEngine:
         # Counts of replaced memos (their hits / absent), folded in under _lock.
         self._memo_lookups: dict[str, int] = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
         self._memo_asset_defaults = 0
-        # step_live's last (assets, bar symbols, missing): bars usually share their symbol set
-        # (BarFeatures.symbols), so the count is done again only when either changes.
-        self._missing_memo: tuple[tuple[str, ...], frozenset[str], int] = ((), frozenset(), 0)
+        # step_live's last (assets, their set, bar symbols, missing): bars usually share their
+        # symbol set (BarFeatures.symbols), so the count is done again only when either changes.
+        self._missing_memo: tuple[tuple[str, ...], frozenset[str], AbstractSet[str], int] = \
+            ((), frozenset(), frozenset(), 0)
         self._steps: dict[str, int] = {EXACT: 0, FALLBACK: 0, DEFAULT: 0}
         self._waits = 0
         self._wait_hits = 0
@@ -457,17 +460,21 @@ class HazelcastOBEngine:
                     "in-process engine's, run the worker with --assets set to the trader's list",
                     len(set(key)), mine, bar.universe_size, theirs, bar.bar_idx)
 
-    def _count_missing(self, key: tuple[str, ...], symbols: frozenset[str]) -> int:
+    def _count_missing(self, key: tuple[str, ...], symbols: AbstractSet[str]) -> int:
         """How many of ``key`` (each occurrence) are not in ``symbols``."""
-        memo_key, memo_symbols, memo_missing = self._missing_memo
-        if symbols is memo_symbols and key == memo_key:  # ~1 us at 400 assets
-            return memo_missing
-        wanted = frozenset(key)
-        if len(wanted) == len(key):
-            missing = len(wanted - symbols)
-        else:  # duplicates: count every occurrence
+        memo_key, wanted, memo_symbols, memo_missing = self._missing_memo
+        if key == memo_key:  # ~1 us at 400 assets
+            if symbols is memo_symbols:
+                return memo_missing
+        else:
+            wanted = frozenset(key)
+        if len(wanted) != len(key):  # duplicates: count every occurrence
             missing = sum(1 for a in key if a not in symbols)
-        self._missing_memo = (key, symbols, missing)
+        elif isinstance(symbols, SymbolTable):  # a decoded bar: C loops over its ids
+            missing = symbols.count_absent(wanted)
+        else:
+            missing = len(wanted.difference(symbols))
+        self._missing_memo = (key, wanted, symbols, missing)
         return missing
 
     # -- lookups (local only) -----------------------------------------------------------------
@@ -729,7 +736,7 @@ class _CurrentBar:
             self.placement, self.signal, self.prepared = prev.placement, prev.signal, True
         else:
             self.placement, self.signal, self.prepared = trader_maps(bar)
-        self.symbols: frozenset[str] = bar.symbols if bar is not None else frozenset()
+        self.symbols: AbstractSet[str] = bar.symbols if bar is not None else frozenset()
         self.hits = 0  # lookups answered from this memo (unlocked increments)
         self.absent = 0  # of those, for an asset absent from a usable bar
 

@@ -4,8 +4,8 @@ Pure (no I/O): the grid listener thread inserts ``BarFeatures``, the trader thre
 lookups. Every operation holds one short lock; lookups are a dict get (exact bar) or a bisect
 (fallback), so they cost microseconds. Cached bars hold their assets as columns (no per-asset
 object, see ``engine_adapter.features``); the newest bar alone is *prepared* (its trader-facing
-objects built), on the inserting thread before the lock (``insert``) or right after
-(``insert_many``, which seeds use), and a bar stops being prepared once a newer one is.
+objects built), on the inserting thread before the lock (``insert``, and ``insert_many`` which
+seeds and fetches use), and a bar stops being prepared once a newer one is.
 ``version`` changes whenever the contents do and the ``on_change`` hook is called, so a caller
 may memoise a resolution and re-use it lock-free until then (the adapter does this for the
 trader's current bar).
@@ -235,17 +235,36 @@ class BarCache:
 
     def insert_many(self, bars: list[BarFeatures], source: str) -> int:
         """Insert the bars not cached yet (seeding never overwrites a listener update); count
-        inserted. If the newest bar changed, it is then prepared on the calling thread."""
+        inserted. The one that will be the newest is prepared first, on the calling thread outside
+        the lock (as ``insert`` does), so a reader woken by the insert finds its objects ready."""
+        first = self._newest_of(bars)
+        if first is not None:
+            _prepare(first)
         n = 0
         with self._cond:
             for bar in bars:
                 n += self._insert_locked(bar, source, False)
             self._track_prepared_locked()
+            if first is not None and first is not self._prepared:
+                _release(first)  # not cached, or no longer the newest (a concurrent insert)
             if n:
                 self._changed_locked()
         if n:
-            self.prepare_newest()
+            self.prepare_newest()  # only if the newest is still unprepared (a rare race): then late
         return n
+
+    def _newest_of(self, bars: list[BarFeatures]) -> BarFeatures | None:
+        # The bar of ``bars`` that will be the newest cached one if inserted: the latest in time
+        # (a numbering restart drops every bar before it), if it is not cached already (seeding
+        # never overwrites) and is newer than the current newest. None if there is none.
+        if not bars:
+            return None
+        bar = max(bars, key=lambda b: (b.bar_ts, b.bar_idx))
+        with self._cond:
+            if bar.bar_idx in self._bars:
+                return None
+            newest = (self._order[-1], self._ts[-1]) if self._order else None
+        return bar if newest is None or bar.bar_idx > newest[0] or bar.bar_ts > newest[1] else None
 
     def prepare_newest(self) -> bool:
         """Prepare the newest bar if it is not (outside the lock, on the calling thread; never the

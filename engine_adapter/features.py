@@ -42,6 +42,7 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import chain, repeat
 from sys import intern
@@ -145,18 +146,90 @@ class AssetFeatures:
     signal: OBSignalFeatures
 
 
-class SymbolTable:
-    """The present symbols of a bar: ``names`` (sorted tuple), ``index`` (symbol -> position) and
-    ``set``. Interned: every bar decoded with the same symbol list shares one table (and one str
-    per symbol), so a cached bar holds no per-symbol object of its own and the trader's per-bar
-    work keyed on ``set`` (identity) is done once."""
+class SymbolUniverse:
+    """Every symbol the decoder has seen (the superset of the bars' symbol lists), each with a
+    fixed id: ``names[id]`` (interned str) and ``ids`` (symbol -> id). Append-only (ids never
+    change, so a bar's ids stay valid while the universe grows), shared by every bar decoded
+    while it is current; at most ``UNIVERSE_MAX`` symbols, then the decoder starts a new one."""
 
-    __slots__ = ("names", "index", "set")
+    __slots__ = ("names", "ids", "recent", "wanted_memo")
 
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = tuple(intern(s) for s in names)
-        self.index: dict[str, int] = {s: i for i, s in enumerate(self.names)}
-        self.set: frozenset[str] = frozenset(self.names)
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.ids: dict[str, int] = {}
+        # Recently built tables by their id bytes: bars with the same symbol list share one.
+        self.recent: dict[bytes, SymbolTable] = {}
+        # The trader's last wanted set -> (universe size then, the ids of its known symbols).
+        self.wanted_memo: tuple[AbstractSet[str] | None, int, frozenset[int]] = (None, -1, frozenset())
+
+    def add(self, symbols: Iterable[str]) -> None:
+        """Give each symbol not known yet the next id (callers hold the decoder's lock)."""
+        for s in symbols:
+            if s not in self.ids:
+                s = intern(s)
+                self.ids[s] = len(self.names)
+                self.names.append(s)
+
+
+class SymbolTable(AbstractSet[str]):
+    """The present symbols of one bar, as ids into the shared ``SymbolUniverse``: no per-symbol
+    object (no str, dict or set of its own), two small int arrays. ``order[i]`` is the id of the
+    bar's i-th symbol (the record's sorted order); ``slot[id]`` is that symbol's position, -1 when
+    absent (ids beyond ``len(slot)`` are absent too): a presence mask that also indexes the
+    columns. About 2 x 2 B x n at n assets (a few hundred bytes a bar), and bars with the same
+    list share one table. A set of symbols (``in``, iteration in the record's order, ``==`` with
+    any set); set operations return frozensets."""
+
+    __slots__ = ("universe", "order", "slot")
+
+    def __init__(self, universe: SymbolUniverse, order: array[int], slot: array[int]) -> None:
+        self.universe = universe
+        self.order = order
+        self.slot = slot
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Any]) -> frozenset[Any]:
+        return frozenset(it)
+
+    def position(self, symbol: str) -> int:
+        """The symbol's position in the bar's columns; KeyError if absent."""
+        i = self.universe.ids[symbol]
+        slot = self.slot
+        if i < len(slot):
+            i = slot[i]
+            if i >= 0:
+                return i
+        raise KeyError(symbol)
+
+    def __contains__(self, symbol: object) -> bool:
+        i = self.universe.ids.get(symbol)  # type: ignore[call-overload]
+        slot = self.slot
+        return i is not None and i < len(slot) and slot[i] >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self.universe.names.__getitem__, self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __hash__(self) -> int:  # hashable like the frozenset it replaces (equal sets, equal hash)
+        return self._hash()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The bar's symbols in the record's (sorted) order (a new tuple)."""
+        return tuple(self)
+
+    def count_absent(self, wanted: AbstractSet[str]) -> int:
+        """How many of ``wanted`` are absent from the bar (C loops only; the ids of ``wanted``
+        are memoised on the universe for the same set object)."""
+        u = self.universe
+        known, size, ids = u.wanted_memo
+        if known is not wanted or size != len(u.names):
+            size = len(u.names)
+            ids = frozenset(u.ids[s] for s in wanted if s in u.ids)
+            u.wanted_memo = (wanted, size, ids)
+        return len(wanted) - len(ids.intersection(self.order))
 
 
 # Column order of ``AssetColumns.values``: ts, then the placement fields, then the signal fields,
@@ -194,20 +267,20 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         return self._table
 
     def __len__(self) -> int:
-        return len(self._table.names)
+        return len(self._table)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._table.names)
+        return iter(self._table)
 
     def __contains__(self, symbol: object) -> bool:
-        return symbol in self._table.index
+        return symbol in self._table
 
     def __getitem__(self, symbol: str) -> AssetFeatures:
         prepared = self._prepared
         if prepared is not None:
             return prepared[2][symbol]
-        i = self._table.index[symbol]
-        n = len(self._table.names)
+        i = self._table.position(symbol)
+        n = len(self._table)
         v = self._values
         ts = v[i]
         seq = self._seq
@@ -222,8 +295,8 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         prepared = self._prepared
         if prepared is not None:
             return prepared[0][symbol]
-        i = self._table.index[symbol]
-        n = len(self._table.names)
+        i = self._table.position(symbol)
+        n = len(self._table)
         return OBPlacementFeatures(*self._values[_P0 * n + i:_S0 * n:n])
 
     def signal(self, symbol: str) -> OBSignalFeatures:
@@ -231,8 +304,8 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         prepared = self._prepared
         if prepared is not None:
             return prepared[1][symbol]
-        i = self._table.index[symbol]
-        n = len(self._table.names)
+        i = self._table.position(symbol)
+        n = len(self._table)
         return OBSignalFeatures(*self._values[_S0 * n + i::n])
 
     def prepare(self) -> None:
@@ -240,7 +313,7 @@ class AssetColumns(Mapping[str, AssetFeatures]):
         not on the trader's thread). Idempotent."""
         if self._prepared is not None:
             return
-        names, v, n = self._table.names, self._values, len(self._table.names)
+        names, v, n = self._table.names, self._values, len(self._table)
         placement = _build(OBPlacementFeatures, n, (v[k * n:(k + 1) * n] for k in range(_P0, _S0)))
         signal = _build(OBSignalFeatures, n, (v[k * n:(k + 1) * n] for k in range(_S0, _NCOL)))
         ts = v[:n]
@@ -292,7 +365,8 @@ class BarFeatures:
     bar_ts: unix s (bar close). ``market`` / ``macro`` are None when no asset was present.
     ``assets`` is read-only (for a decoded bar an ``AssetColumns``: each lookup builds that
     asset's ``AssetFeatures``). ``degraded``: the worker flagged its input as degraded.
-    ``symbols``: the keys of ``assets``; consecutive bars with the same assets share one object.
+    ``symbols``: the keys of ``assets`` as a set (for a decoded bar its ``SymbolTable``; a frozenset
+    otherwise); consecutive bars with the same assets share one object.
     """
 
     bar_idx: int
@@ -305,7 +379,7 @@ class BarFeatures:
     degraded: bool
     worker_id: str | None = None
     computed_at: float | None = None  # unix s, when the worker computed the bar
-    symbols: frozenset[str] = frozenset()
+    symbols: AbstractSet[str] = frozenset()
     universe_size: int | None = None  # the worker's universe of the cross-asset depth (record "universe")
     universe_hash: str | None = None  # obf_contract.record.universe_hash of its symbols
 
@@ -341,7 +415,7 @@ class _FieldView(Mapping[str, Any]):
 
     __slots__ = ("_get", "_keys")
 
-    def __init__(self, get: Callable[[str], Any], keys: Mapping[str, Any] | frozenset[str]) -> None:
+    def __init__(self, get: Callable[[str], Any], keys: Mapping[str, Any] | AbstractSet[str]) -> None:
         self._get = get
         self._keys = keys
 
@@ -367,8 +441,8 @@ def trader_maps(bar: BarFeatures) -> tuple[Mapping[str, OBPlacementFeatures], Ma
         prepared = assets.prepared
         if prepared is not None:
             return prepared[0], prepared[1], True
-        index = assets.table.index
-        return _FieldView(assets.placement, index), _FieldView(assets.signal, index), False
+        table = assets.table
+        return _FieldView(assets.placement, table), _FieldView(assets.signal, table), False
     return (_FieldView(lambda s: assets[s].placement, assets),
             _FieldView(lambda s: assets[s].signal, assets), False)
 
@@ -407,7 +481,7 @@ def bar_from_record(rec: Any) -> BarFeatures:
         raise RecordRejected("bar_ts", f"bar_ts {bar_ts!r} is not a positive unix time")
     bar_ts = float(bar_ts)
     try:
-        check_columns(rec)
+        check_columns(rec, state=False)  # only what the adapter reads: never the worker's state block
         assets = _columns(rec, bar_ts)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordRejected("assets", str(exc)) from None
@@ -441,29 +515,48 @@ def bar_from_record(rec: Any) -> BarFeatures:
         degraded=bool(rec.get("degraded")) or bool(producer.get("degraded")),
         worker_id=intern(worker_id) if type(worker_id) is str else None,
         computed_at=float(computed_at) if _is_number(computed_at) else None,
-        symbols=assets.table.set,
+        symbols=assets.table,
         universe_size=u_size if type(u_size) is int else None,
         universe_hash=intern(u_hash) if type(u_hash) is str else None,
     )
 
 
-# Recently decoded symbol lists -> their shared table (bars of one worker nearly always hold the
-# same list; a few entries cover a changing universe and seeds decoding older bars meanwhile).
-_TABLES: dict[tuple[str, ...], SymbolTable] = {}
-_TABLES_MAX = 8
-_tables_lock = threading.Lock()
+# The current superset of every decoded symbol list, and the lock of its growth and table memo
+# (the listener, fetch and seed threads decode concurrently; readers look ids up without it).
+UNIVERSE_MAX = 1 << 14  # symbols; then a new universe starts (bars keep theirs), so memory stays bounded
+_RECENT_MAX = 8  # tables remembered per universe: a few lists cover seeds decoding older bars meanwhile
+_universe = SymbolUniverse()
+_universe_lock = threading.Lock()
 
 
 def symbol_table(symbols: list[str] | tuple[str, ...]) -> SymbolTable:
-    """The shared table of a (sorted, distinct) symbol list."""
-    key = tuple(symbols)
-    with _tables_lock:
-        table = _TABLES.get(key)
+    """The table of a (sorted, distinct) symbol list: the same object as the previous bar's when
+    the list is one of the last few decoded."""
+    global _universe
+    u = _universe
+    try:
+        ids = list(map(u.ids.__getitem__, symbols))
+    except KeyError:  # a new symbol: grow the universe (or start a new one once it is full)
+        with _universe_lock:
+            u = _universe
+            if len(u.names) + sum(s not in u.ids for s in symbols) > UNIVERSE_MAX:
+                u = _universe = SymbolUniverse()
+            u.add(symbols)
+        ids = list(map(u.ids.__getitem__, symbols))
+    n = len(ids)
+    top = max(ids, default=-1)
+    order = array("h" if top < 1 << 15 else "i", ids)
+    key = order.typecode.encode() + order.tobytes()
+    with _universe_lock:
+        table = u.recent.pop(key, None)
         if table is None:
-            table = _TABLES[key] = SymbolTable(key)
-            while len(_TABLES) > _TABLES_MAX:
-                del _TABLES[next(iter(_TABLES))]
-        return table
+            slot = array("h" if n < 1 << 15 else "i", [-1]) * (top + 1)
+            deque(map(slot.__setitem__, ids, range(n)), maxlen=0)
+            table = SymbolTable(u, order, slot)
+            while len(u.recent) >= _RECENT_MAX:
+                del u.recent[next(iter(u.recent))]
+        u.recent[key] = table  # re-inserted: the most recently used is the last one evicted
+    return table
 
 
 def _is_number(x: object) -> TypeGuard[int | float]:
@@ -498,7 +591,7 @@ def _columns(rec: dict[str, Any], bar_ts: float) -> AssetColumns:
     table = symbol_table(rec["symbols"])
     # From one list: array() then sizes its buffer exactly (fromlist/extend over-allocate).
     values = array("d", list(chain.from_iterable(cols[:_NCOL])))  # ints become floats here
-    n = len(table.names)
+    n = len(table)
     raw_age = cols[_NCOL]
     # age_ms is (bar_ts - ts) * 1000 from the worker: then it is not stored (1/11 of the bar).
     derived = [(bar_ts - t) * 1000.0 for t in values[:n]]

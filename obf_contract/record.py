@@ -142,9 +142,11 @@ class BarRecord(TypedDict):
     producer: NotRequired[ProducerRecord]
 
 
-def check_columns(rec: Mapping[str, Any]) -> None:
+def check_columns(rec: Mapping[str, Any], *, state: bool = True) -> None:
     """ValueError naming the first way ``rec`` breaks the columnar shape: ``symbols`` a list of
-    distinct sorted strings of length ``n_present``, every per-asset column a list of that length."""
+    distinct sorted strings of length ``n_present``, every per-asset column a list of that length.
+    ``state=False`` leaves the ``state`` block unchecked: for a reader that never reads it (the
+    trader's adapter), so the worker's changelog columns can change without breaking it."""
     symbols = rec.get("symbols")
     n = rec.get("n_present")
     if type(symbols) is not list or type(n) is not int or len(symbols) != n:
@@ -155,7 +157,10 @@ def check_columns(rec: Mapping[str, Any]) -> None:
         col = rec.get(name)
         if type(col) is not list or len(col) != n:
             raise ValueError(f"{name} must be a list of {n} values")
-    for group, fields in (("placement", PLACEMENT_FIELDS), ("signal", SIGNAL_FIELDS), ("state", STATE_FIELDS)):
+    groups = [("placement", PLACEMENT_FIELDS), ("signal", SIGNAL_FIELDS)]
+    if state:
+        groups.append(("state", STATE_FIELDS))
+    for group, fields in groups:
         cols = rec.get(group)
         if type(cols) is not dict:
             raise ValueError(f"{group} must be an object of columns")

@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -493,13 +494,113 @@ def test_a_cached_bar_costs_about_its_columns_in_memory() -> None:
 
 def test_seeded_bars_prepare_the_newest_and_drop_the_memo_version() -> None:
     texts = wide_texts(5, 3)
-    changes = []
-    cache = BarCache(10, 2, on_change=lambda: changes.append(1))
     bars = [decode_bar(t) for t in texts]
+    # What a reader woken by each change would find (on_change runs where waiters are notified).
+    seen: list[bool] = []
+    cache = BarCache(10, 2, on_change=lambda: seen.append(bars[4].assets.prepared is not None))  # type: ignore[attr-defined]
     version = cache.version
     assert cache.insert_many(bars[1:], "seed") == 4
     assert [b.assets.prepared is not None for b in bars] == [False] * 4 + [True]  # type: ignore[attr-defined]
-    assert cache.version >= version + 2 and len(changes) == 2  # the inserts, then the preparation
+    # Review finding 6: prepared before the readers are woken, so one change, never an unprepared newest bar.
+    assert cache.version > version and seen == [True]
     assert cache.insert(bars[0], "listener")  # an older bar: not prepared, the newest stays so
     assert bars[0].assets.prepared is None and bars[4].assets.prepared is not None  # type: ignore[attr-defined]
     assert cache.prepare_newest() is False  # nothing to do
+
+
+def changing_texts(n_bars: int, n_present: int, superset: list[str], seed: int) -> Iterator[bytes]:
+    """Records whose present-asset list changes every bar (``n_present`` drawn from ``superset``,
+    as illiquid assets hovering around max_age_s do on real books); made one at a time."""
+    rng = random.Random(seed)
+    previous: list[str] = []
+    for idx in range(1, n_bars + 1):
+        syms = previous
+        while syms == previous:
+            syms = sorted(rng.sample(superset, n_present))
+        previous = syms
+        bar_ts = T0 + idx * SPACING
+        ts = [bar_ts - 0.25 - k / 1e4 for k in range(n_present)]
+        yield orjson.dumps({
+            "schema": 3, "bar_idx": idx, "bar_ts": bar_ts, "n_assets": len(superset), "n_present": n_present,
+            "symbols": syms, "ts": ts, "age_ms": [(bar_ts - t) * 1000.0 for t in ts],
+            "seq": [idx * 1000 + k for k in range(n_present)],
+            "placement": {"depth_1pct_usd": [1e5 + k for k in range(n_present)],
+                          "depth_quality": [1.0 + k / 1e3 for k in range(n_present)],
+                          "fill_probability": [0.5] * n_present, "spread_proxy_bps": [2.0] * n_present},
+            "signal": {"imbalance": [k / n_present for k in range(n_present)], "imbalance_ma5": [0.0] * n_present,
+                       "imbalance_persistence": [0.0] * n_present, "depth_asymmetry": [0.0] * n_present,
+                       "withdrawal_velocity": [-0.001] * n_present},
+            "state": {"ref_depth_usd": [1e5] * n_present},
+            "market": {"median_imbalance": 0.0, "agreement_pct": 50.0, "depth_pressure": 0.0,
+                       "notional_pressure": 0.0},
+            "macro": {"cascade_count": 0, "cascade_regime": "CALM", "depth_velocity": 0.0, "acceleration": 0.0,
+                      "depth_ref_usd": 1e5},
+            "degraded": False})
+
+
+def test_a_symbol_list_changing_every_bar_keeps_the_cache_small() -> None:
+    # Review finding 5: a table per symbol list (a tuple, a dict and a frozenset of the symbols,
+    # ~51 kB at 400 assets) made such a cache ~2.5x its columns. Now a bar's present symbols are
+    # two int16 arrays of ids into one shared superset table.
+    n_bars, n, n_superset = 500, 400, 440
+    superset = [f"CHG{k:04d}USDT" for k in range(n_superset)]
+    decode_bar(next(changing_texts(1, n_superset, superset, 0)))  # every symbol known before counting
+    cache = BarCache(n_bars, 2)
+    gc.collect()
+    before = gc.get_objects()
+    known = set(map(id, before))
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for text in changing_texts(n_bars, n, superset, 1):
+            assert cache.insert(decode_bar(text))
+        gc.collect()
+        grown_bytes = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    added = [o for o in gc.get_objects() if id(o) not in known and o is not before and o is not known]
+    del before, known
+    assert len(cache) == n_bars
+    bars = [cache.get(i) for i in range(1, n_bars + 1)]
+    assert len({b.symbols for b in bars if b is not None}) == n_bars  # the list changed every bar
+    # Tracked objects: per bar the BarFeatures, its AssetColumns, market, macro, SymbolTable and
+    # four arrays (values, seq, the table's ids and positions) = 9; once: the trader's objects of
+    # the newest bar and of the one prepared before it (3 an asset + 3 dicts each), and 100 for
+    # the interpreter's own (the old tables' frozenset and dict alone were 2 more a bar).
+    assert len(added) <= 9 * n_bars + 2 * (3 * n + 3) + 100, len(added)
+    # What a full collection visits, its references: none of the per-bar objects holds a
+    # per-asset one (an array's values are not objects), so O(bars), not O(bars x assets) as a
+    # per-bar frozenset's. Per bar (fields + type): BarFeatures 14, AssetColumns 7, macro 9,
+    # market 5, SymbolTable 4, the arrays 1 each = 43; once: 17 an asset in the trader's objects
+    # and 2 per dict entry (3 dicts), for the newest and the retired bar.
+    refs = sum(len(gc.get_referents(o)) for o in added)
+    assert refs <= 43 * n_bars + 2 * (17 + 6) * n + 200, refs
+    # Bytes: per bar its column buffers (ts + nine features + seq, 8 B each: age_ms is derived),
+    # the table's two int16 arrays (ids: 2 B an asset; positions: 2 B a superset symbol) and at
+    # most 2 kB of fixed-size objects (the five objects, the market/macro floats, four array
+    # headers, the cache's index entries); once: the newest and the retired bars' trader objects
+    # (3 an asset at <= 100 B, + their 10 floats and 3 dict entries: < 700 B an asset). The old
+    # tables added ~51 kB a bar here.
+    columns = 11 * 8 * n
+    assert all(b is not None and b.assets.nbytes() == columns for b in bars)  # type: ignore[attr-defined]
+    per_bar = columns + 2 * n + 2 * n_superset + 2048
+    assert grown_bytes <= n_bars * per_bar + 2 * 700 * n, (grown_bytes / n_bars, per_bar)
+
+
+def test_a_fetched_bar_is_prepared_before_a_waiting_reader_wakes() -> None:
+    # Review finding 6: a trader whose bar event was lost waits in wait_for; the fetch thread
+    # inserts the bar with insert_many. Woken (on_change runs where the waiters are notified), the
+    # trader must find it prepared, not build objects per get_* on its own thread.
+    bars = [decode_bar(t) for t in wide_texts(4, 3)]
+    woke: list[bool] = []
+    cache = BarCache(10, 2, on_change=lambda: woke.append(bars[2].assets.prepared is not None))  # type: ignore[attr-defined]
+    assert cache.insert_many(bars[:2], "seed") == 2
+    woke.clear()
+    assert cache.insert_many([bars[2]], "fetch") == 1
+    assert woke == [True] and cache.newest() is bars[2]
+    # A batch whose newest is cached already prepares nothing; nor does a batch of older bars.
+    assert cache.insert_many([bars[1], bars[2]], "reseed") == 0
+    assert [b.assets.prepared is not None for b in bars] == [False, False, True, False]  # type: ignore[attr-defined]
+    cache2 = BarCache(10, 2)
+    assert cache2.insert(bars[3]) and cache2.insert_many(bars[:1], "seed") == 1
+    assert bars[0].assets.prepared is None and bars[3].assets.prepared is not None  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from engine_adapter import features
 from engine_adapter.features import (
     NEUTRAL_MACRO,
     NEUTRAL_MARKET,
@@ -21,6 +22,7 @@ from engine_adapter.features import (
     RecordRejected,
     bar_from_record,
     decode_bar,
+    placement_of,
 )
 from obf_contract.record import PLACEMENT_FIELDS, SIGNAL_FIELDS, asset_view, dumps_record
 from obf_features_worker.engine.feature_engine import FeatureEngine
@@ -192,7 +194,6 @@ _DELETE = object()
     (_mutated(("seq",), _DELETE), "assets"),
     (_mutated(("placement",), _DELETE), "assets"),
     (_mutated(("placement",), [[1.0, 2.0]]), "assets"),
-    (_mutated(("state",), _DELETE), "assets"),  # schema 3 carries the state column
     (_mutated(("placement", "depth_quality"), _DELETE), "assets"),
     (_mutated(("signal", "imbalance"), ["0.25", -0.5]), "assets"),
     (_mutated(("signal", "imbalance"), [True, -0.5]), "assets"),
@@ -213,6 +214,21 @@ def test_unusable_records_are_rejected_with_a_reason(data: bytes, reason: str) -
     with pytest.raises(RecordRejected) as info:
         decode_bar(data)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("state", [_DELETE, None, [1.0], {}, {"ref_depth_usd": [1.0]}, {"ref_depth_usd": "x"}])
+def test_the_state_block_is_not_the_adapters_concern(state: object) -> None:
+    # Review finding 8: the adapter checks only the columns it reads; the worker's changelog
+    # state (missing, malformed, another shape) never makes a bar unusable for the trader.
+    expected = decode_bar(HAND_RECORD)
+    rec = orjson.loads(HAND_RECORD)
+    if state is _DELETE:
+        del rec["state"]
+    else:
+        rec["state"] = state
+    bar = decode_bar(orjson.dumps(rec))
+    assert dict(bar.assets) == dict(expected.assets)
+    assert (bar.market, bar.macro, bar.symbols) == (expected.market, expected.macro, expected.symbols)
 
 
 def test_non_finite_values_in_a_hand_built_dict_are_rejected() -> None:
@@ -259,3 +275,54 @@ def test_unknown_producer_fields_are_tolerated() -> None:
     rec["extra_top_level"] = {"x": 1}
     bar = bar_from_record(rec)
     assert bar.worker_id is None and bar.computed_at is None and bar.bar_idx == 42
+
+
+def _with_symbols(symbols: list[str], bar_idx: int = 42) -> bytes:
+    rec = orjson.loads(HAND_RECORD)
+    n = len(symbols)
+    rec.update(bar_idx=bar_idx, symbols=symbols, n_present=n, ts=[1723161210.0] * n, age_ms=[500.0] * n,
+               seq=list(range(n)))
+    for group in ("placement", "signal"):
+        rec[group] = {f: [float(k) for k in range(n)] for f in rec[group]}
+    rec["placement"]["depth_1pct_usd"] = [1000.0 * (k + 1) for k in range(n)]
+    del rec["state"]
+    return orjson.dumps(rec)
+
+
+def test_bars_with_changing_symbol_lists_index_one_shared_superset() -> None:
+    # Review finding 5: presence is a per-bar array of ids into one shared table of every symbol seen.
+    a = decode_bar(_with_symbols(["SYMA", "SYMB", "SYMC"]))
+    b = decode_bar(_with_symbols(["SYMB", "SYMD"]))
+    c = decode_bar(_with_symbols(["SYMA", "SYMB", "SYMC"]))
+    ta, tb = a.assets.table, b.assets.table  # type: ignore[attr-defined]
+    assert ta.universe is tb.universe and c.symbols is a.symbols  # a recent list: the same table
+    assert a.symbols == frozenset({"SYMA", "SYMB", "SYMC"}) and b.symbols == {"SYMB", "SYMD"}
+    assert list(b.assets) == ["SYMB", "SYMD"] and "SYMD" not in a.assets and "SYMA" not in b.assets
+    assert hash(b.symbols) == hash(frozenset({"SYMB", "SYMD"})) and frozenset({"SYMA", "SYMX"}) - b.symbols == {
+        "SYMA", "SYMX"}
+    assert b.assets["SYMD"].placement.depth_1pct_usd == 2000.0  # position 1 of b's columns
+    assert placement_of(a, "SYMD") is None and placement_of(b, "SYMA") is None
+    with pytest.raises(KeyError):
+        a.assets["SYMD"]
+    # A symbol first seen later (an id beyond an older bar's positions) is absent from that bar.
+    d = decode_bar(_with_symbols(["SYME"]))
+    assert "SYME" in d.assets and "SYME" not in a.assets and "SYME" not in b.assets
+    with pytest.raises(KeyError):
+        b.assets.placement("SYME")  # type: ignore[attr-defined]
+    # The trader's count of absent assets, an unknown one included, then known (the memo follows).
+    wanted = frozenset({"SYMA", "SYMD", "SYMF"})
+    assert (ta.count_absent(wanted), tb.count_absent(wanted)) == (2, 2)
+    f = decode_bar(_with_symbols(["SYMA", "SYMF"]))
+    assert f.assets.table.count_absent(wanted) == 1 and tb.count_absent(wanted) == 2  # type: ignore[attr-defined]
+
+
+def test_a_full_universe_starts_a_new_one_and_older_bars_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "UNIVERSE_MAX", 4)
+    monkeypatch.setattr(features, "_universe", features.SymbolUniverse())
+    a = decode_bar(_with_symbols(["UNA", "UNB", "UNC"]))
+    b = decode_bar(_with_symbols(["UNA", "UNB", "UND"]))  # 4 symbols: still the same universe
+    c = decode_bar(_with_symbols(["UNA", "UNE"]))  # a 5th: a new universe of this bar's symbols
+    ua, ub, uc = (x.assets.table.universe for x in (a, b, c))  # type: ignore[attr-defined]
+    assert ua is ub and uc is not ua and ua.names == ["UNA", "UNB", "UNC", "UND"] and uc.names == ["UNA", "UNE"]
+    assert [x.assets.placement("UNA").depth_1pct_usd for x in (a, b, c)] == [1000.0] * 3  # type: ignore[attr-defined]
+    assert a.symbols == {"UNA", "UNB", "UNC"} and "UNE" not in a.symbols and c.symbols == {"UNA", "UNE"}

@@ -93,3 +93,8 @@ def test_check_columns_refuses_a_broken_shape(breakage: str) -> None:
         R.check_columns(rec)
     with pytest.raises(ValueError):
         R.asset_view(rec)
+    if breakage == "missing-group":  # a reader that skips the state block (the adapter) accepts it
+        R.check_columns(rec, state=False)
+    else:
+        with pytest.raises(ValueError):
+            R.check_columns(rec, state=False)
