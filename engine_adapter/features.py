@@ -29,7 +29,10 @@ defaults. ``OBMarketFeatures`` keeps the first three (+ ``notional_pressure``).
 Records (schema 3, columnar) are decoded once, on arrival, by ``decode_bar`` into a
 ``BarFeatures`` whose assets are columns (``AssetColumns``: a few arrays, no per-asset object,
 so a cache of many bars costs little memory and gives the garbage collector almost nothing to
-scan). The dataclasses the trader reads are made only for the bar being read: prepared for the
+scan). A bar's present symbols are ids into one shared table of every symbol seen
+(``SymbolTable`` over ``SymbolUniverse``): two small int arrays a bar, however often the list
+changes (illiquid assets drifting in and out of ``max_age_s`` change it almost every bar).
+The dataclasses the trader reads are made only for the bar being read: prepared for the
 newest bar by the cache on the inserting thread, made on demand (one asset) for others. Decoded
 bars are immutable and shared by every reader thread. This module imports only the stdlib,
 orjson and obf_contract.
@@ -176,9 +179,10 @@ class SymbolTable(AbstractSet[str]):
     object (no str, dict or set of its own), two small int arrays. ``order[i]`` is the id of the
     bar's i-th symbol (the record's sorted order); ``slot[id]`` is that symbol's position, -1 when
     absent (ids beyond ``len(slot)`` are absent too): a presence mask that also indexes the
-    columns. About 2 x 2 B x n at n assets (a few hundred bytes a bar), and bars with the same
-    list share one table. A set of symbols (``in``, iteration in the record's order, ``==`` with
-    any set); set operations return frozensets."""
+    columns. 2 B an asset plus 2 B a symbol of the superset (1.7 kB at 400 of 440, int16 while
+    ids and positions fit), no per-symbol reference for the garbage collector to visit; bars with
+    one of the last few lists share its table. A set of symbols (``in``, iteration in the
+    record's order, ``==`` and hash as a frozenset's); set operations return frozensets."""
 
     __slots__ = ("universe", "order", "slot")
 
@@ -221,8 +225,9 @@ class SymbolTable(AbstractSet[str]):
         return tuple(self)
 
     def count_absent(self, wanted: AbstractSet[str]) -> int:
-        """How many of ``wanted`` are absent from the bar (C loops only; the ids of ``wanted``
-        are memoised on the universe for the same set object)."""
+        """How many of ``wanted`` are absent from the bar: one C-level set intersection with the
+        bar's ids (~10 us at 400 assets); the ids of ``wanted`` are memoised on the universe for
+        the same set object until the universe grows."""
         u = self.universe
         known, size, ids = u.wanted_memo
         if known is not wanted or size != len(u.names):
