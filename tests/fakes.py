@@ -171,6 +171,11 @@ class FakeGrid:
         self.connected = False
         self.closed = True
 
+    def connection_states(self) -> dict[str, dict[str, Any]]:
+        """The real Grid's shape: both connections share this fake's state."""
+        state = {"connected": self.connected, "disconnects": self.disconnects}
+        return {"bars": dict(state), "events": dict(state)}
+
     def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None:
         self._op("add_asset_listener")
         self.asset_listeners.append(on_entry)

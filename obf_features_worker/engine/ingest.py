@@ -155,6 +155,9 @@ class SnapshotBook:
         self._seq_resets = 0
         self._seq_jumps = 0
         self._read_echoes = 0
+        self._superseded = 0
+        self._read_refreshed = 0
+        self._unused: set[str] = set()  # symbols whose held snapshot no bar close has seen yet
         self._read_unechoed: set[str] = set()  # symbols whose stored snapshot came from a read, no event since
         self._seq_log = RateLimiter(REJECT_LOG_INTERVAL_S, clock=clock)
         self.rejects = RejectStats(sample_size, clock=clock)
@@ -209,8 +212,13 @@ class SnapshotBook:
                     raise
                 if from_read:
                     self._read_unechoed.add(symbol)
+                    self._read_refreshed += 1
                 else:
                     self._read_unechoed.discard(symbol)
+                if symbol in self._unused:
+                    self._superseded += 1  # coalesced: the snapshot it replaces was never in a bar
+                else:
+                    self._unused.add(symbol)
                 self._latest[symbol] = snap
                 self._received_at[symbol] = at
                 if snap.seq is not None:
@@ -276,9 +284,13 @@ class SnapshotBook:
             log.info("upstream push sequence %s accepted symbol=%s last_seq=%d seq=%d suppressed_since_last=%d",
                      kind, snap.symbol, last_seq, snap.seq, suppressed)
 
-    def latest(self) -> dict[str, Snapshot]:
-        """Shallow copy: symbol -> latest valid snapshot."""
+    def latest(self, *, bar_close: bool = False) -> dict[str, Snapshot]:
+        """Shallow copy: symbol -> latest valid snapshot. ``bar_close``: a bar takes these (the
+        snapshots it returns count as used; one replaced before the next such call counts as
+        ``superseded``)."""
         with self._lock:
+            if bar_close:
+                self._unused.clear()
             return dict(self._latest)
 
     def get(self, symbol: str) -> Snapshot | None:
@@ -292,9 +304,13 @@ class SnapshotBook:
             return self._received_at.get(symbol)
 
     def stats(self) -> dict[str, Any]:
-        """``{"received", "accepted", "ignored", "seq_resets", "seq_jumps", "read_echoes",
-        "rejected": {reason: n}, "samples": [...]}``; received = accepted + ignored + read_echoes +
-        rejected. ``seq_resets`` / ``seq_jumps`` are accepted snapshots, counted again there.
+        """``{"received", "accepted", "ignored", "seq_resets", "seq_jumps", "read_echoes", "superseded",
+        "read_refreshed", "rejected": {reason: n}, "samples": [...]}``; received = accepted + ignored +
+        read_echoes + rejected. ``seq_resets`` / ``seq_jumps`` are accepted snapshots, counted again there.
+        ``superseded``: accepted snapshots replaced by a newer one before any bar close took them
+        (the surplus coalesced away: ``latest(bar_close=True)``). ``read_refreshed``: accepted
+        snapshots that came from a map read, not an event (the initial read, and the bar-close
+        re-read of stale assets: pushes whose event the member or client never delivered, or late).
         ``producer_clock``: ``ProducerClocks.summary()`` (per-asset clock offsets, flagged assets)."""
         rejects = self.rejects.snapshot()
         clocks = self.clocks.summary()
@@ -306,6 +322,8 @@ class SnapshotBook:
                 "seq_resets": self._seq_resets,
                 "seq_jumps": self._seq_jumps,
                 "read_echoes": self._read_echoes,
+                "superseded": self._superseded,
+                "read_refreshed": self._read_refreshed,
                 "rejected": rejects["by_reason"],
                 "samples": rejects["samples"],
                 "producer_clock": clocks,

@@ -109,8 +109,9 @@ class _Connection:
     """A client with connection-state tracking and bounded waits; base of Grid and Publisher."""
 
     def __init__(self, settings: dict[str, Any], *, op_timeout_s: float,
-                 client_factory: Callable[..., Any] | None = None) -> None:
+                 client_factory: Callable[..., Any] | None = None, role: str = "client") -> None:
         self._settings = settings
+        self.role = role  # in log lines and health: which of a process's connections this is
         self.op_timeout_s = op_timeout_s
         self._client_factory = client_factory
         self._client: Any = None
@@ -119,6 +120,7 @@ class _Connection:
         self._ever_connected = False
         self._lock = threading.Lock()
         self._maps: dict[str, Any] = {}
+        self.map_names: tuple[str, ...] = ()  # proxies opened once connected
         self.disconnects = 0
 
     @property
@@ -135,26 +137,38 @@ class _Connection:
 
         Raises GridClosed if the client gives up (its connect timeout ran out).
         """
+        self.start()
+        return self.wait_connected(stop)
+
+    def start(self) -> None:
+        """Build the client (it connects in the background: ``async_start``)."""
         s = self._settings
         timeout = s["cluster_connect_timeout"]
-        log.info("connecting cluster=%s members=%s connect_timeout_s=%s security=%s", s["cluster_name"],
-                 ",".join(s["members"]), "never" if timeout == -1 else timeout, describe(s["security"]))
+        log.info("connecting connection=%s cluster=%s members=%s connect_timeout_s=%s security=%s", self.role,
+                 s["cluster_name"], ",".join(s["members"]), "never" if timeout == -1 else timeout,
+                 describe(s["security"]))
         self._client = make_client(**s, factory=self._client_factory, lifecycle_listeners=[self._on_lifecycle])
+
+    def wait_connected(self, stop: threading.Event) -> bool:
+        """After ``start()``: wait until connected (True, its map proxies open) or ``stop`` is set
+        (False); GridClosed if the client gives up."""
         while not stop.is_set():
             if self._connected.wait(0.2):
                 self._open_maps()
                 return True
             if self._closed.is_set():
-                raise GridClosed("connect", "client shut down before connecting (connect timeout ran out)")
+                raise GridClosed("connect", f"{self.role} client shut down before connecting "
+                                            "(connect timeout ran out)")
         return False
 
-    def _map_names(self) -> Iterable[str]:
-        return ()
+    def state(self) -> dict[str, Any]:
+        """``{"connected": bool, "disconnects": n}`` (health)."""
+        return {"connected": self.connected, "disconnects": self.disconnects}
 
     def _open_maps(self) -> None:
         # get_map() blocks on a create-proxy call the first time; do it once while connected so
         # the loops only ever use cached proxies.
-        for name in self._map_names():
+        for name in self.map_names:
             self._map(name)
 
     def _on_lifecycle(self, state: str) -> None:
@@ -166,14 +180,15 @@ class _Connection:
                 self._ever_connected = True
                 self._connected.set()
                 if first:
-                    log.info("connected cluster=%s", name)
+                    log.info("connected connection=%s cluster=%s", self.role, name)
                 else:
-                    log.warning("reconnected cluster=%s disconnects=%d", name, self.disconnects)
+                    log.warning("reconnected connection=%s cluster=%s disconnects=%d", self.role, name,
+                                self.disconnects)
             elif state == LifecycleState.DISCONNECTED:
                 self._connected.clear()
                 if not self._closed.is_set():  # not our own shutdown
                     self.disconnects += 1
-                    log.warning("disconnected from cluster=%s, reconnecting", name)
+                    log.warning("disconnected connection=%s cluster=%s, reconnecting", self.role, name)
             elif state in (LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
                 self._connected.clear()
                 self._closed.set()
@@ -187,7 +202,7 @@ class _Connection:
             try:
                 client.shutdown()
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
-                log.warning("client shutdown error=%r", exc)
+                log.warning("client shutdown connection=%s error=%r", self.role, exc)
         self._closed.set()
 
     def _map(self, name: str) -> Any:
@@ -226,12 +241,14 @@ class WorkerGrid(Protocol):
     client's reactor thread."""
 
     listener_errors: int  # listener callbacks that raised (counted, never propagated)
-    disconnects: int  # connections lost since start (a reconnect may follow a member restarted empty)
 
+    @property
+    def disconnects(self) -> int: ...  # connections lost since start (a reconnect may follow a member restarted empty)
     @property
     def connected(self) -> bool: ...
     @property
     def closed(self) -> bool: ...
+    def connection_states(self) -> dict[str, dict[str, Any]]: ...
     def connect(self, stop: threading.Event) -> bool: ...
     def shutdown(self) -> None: ...
     def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None: ...
@@ -252,48 +269,98 @@ class WorkerGrid(Protocol):
     def put_health(self, doc_json: str) -> None: ...
 
 
-class Grid(_Connection):
-    """The worker's view of the cluster. Create, ``connect()``, use, ``shutdown()``."""
+class Grid:
+    """The worker's view of the cluster: two client connections, each with its own reactor thread.
+
+    ``events``: the asset entry listener and the initial read, nothing else. Above the ingest
+    ceiling its reactor is busy decoding events and its socket holds thousands of them; a call
+    made on it would wait behind them. ``bars``: everything the bar loop does (the stale re-read,
+    records, LATEST, checkpoint, health, lease, retention) and the scan listener (the bar clock's
+    trigger must not queue behind asset events either). So a bar's writes are answered however
+    many events are in flight. Create, ``connect()`` (both), use, ``shutdown()`` (events first,
+    then bars: the last writes and the lease release go out on ``bars`` before it closes)."""
 
     def __init__(self, config: WorkerConfig, *,
                  client_factory: Callable[..., Any] | None = None) -> None:
-        super().__init__(
-            client_settings(config.cluster_name, config.members, f"obf-features-worker:{config.worker_id}",
-                            connect_timeout_s=config.connect_timeout_s,
-                            reconnect_backoff_max_s=config.reconnect_backoff_max_s,
-                            security=dict(config.tls_auth)),
-            op_timeout_s=config.op_timeout_s, client_factory=client_factory,
-        )
+        def connection(role: str, name: str, map_names: Iterable[str]) -> _Connection:
+            conn = _Connection(
+                client_settings(config.cluster_name, config.members, name,
+                                connect_timeout_s=config.connect_timeout_s,
+                                reconnect_backoff_max_s=config.reconnect_backoff_max_s,
+                                security=dict(config.tls_auth)),
+                op_timeout_s=config.op_timeout_s, client_factory=client_factory, role=role)
+            conn.map_names = tuple(sorted(set(map_names)))
+            return conn
+
+        c = config
+        client_name = f"obf-features-worker:{config.worker_id}"
+        self.bars = connection("bars", client_name,
+                               (c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map, c.state_map))
+        self.events = connection("events", client_name + ":events", (c.input_map,))
         self.config = config
+        self.op_timeout_s = config.op_timeout_s
         self.listener_errors = 0
+        self._lock = threading.Lock()
         self._limiter = RateLimiter(10.0)
         self._asset_regex = asset_key_regex(config.assets)
 
-    def _map_names(self) -> Iterable[str]:
-        c = self.config
-        return {c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map, c.state_map}
+    # --- connections -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """The bar path's connection is up (writes can go out)."""
+        return self.bars.connected
+
+    @property
+    def closed(self) -> bool:
+        """True once either client has shut down (by us, or because it gave up)."""
+        return self.bars.closed or self.events.closed
+
+    @property
+    def disconnects(self) -> int:
+        """Connections lost since start, both clients together (a reconnect may follow a member
+        that restarted empty)."""
+        return self.bars.disconnects + self.events.disconnects
+
+    def connection_states(self) -> dict[str, dict[str, Any]]:
+        """Per connection (``bars``, ``events``): ``{"connected", "disconnects"}``."""
+        return {"bars": self.bars.state(), "events": self.events.state()}
+
+    def connect(self, stop: threading.Event) -> bool:
+        """Start both clients and wait until both are connected (True) or ``stop`` is set (False).
+
+        Raises GridClosed if a client gives up (its connect timeout ran out)."""
+        self.bars.start()
+        self.events.start()
+        return self.bars.wait_connected(stop) and self.events.wait_connected(stop)
+
+    def shutdown(self) -> None:
+        """Disconnect both (idempotent): events first (no more input), then the bar path."""
+        self.events.shutdown()
+        self.bars.shutdown()
 
     # --- listeners -------------------------------------------------------------------
 
     def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None:
         """Entry added/updated events of ``asset_*_ob`` keys (filtered on the member) ->
-        ``on_entry(key, value, received_at)`` on the reactor thread."""
+        ``on_entry(key, value, received_at)`` on the events connection's reactor thread."""
         handler = self._guard("asset listener", lambda e: on_entry(e.key, e.value, time.time()))
-        m = self._map(self.config.input_map)
+        m = self.events._map(self.config.input_map)
         fut = m.add_entry_listener(include_value=True, predicate=P.regex("__key", self._asset_regex),
                                    added_func=handler, updated_func=handler)
-        self._wait(fut, "add asset listener")
-        log.info("listening map=%s key_regex=%s", self.config.input_map, self._asset_regex)
+        self.events._wait(fut, "add asset listener")
+        log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
     def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:
-        """Every put of the scan key -> ``on_update(value, received_at)`` on the reactor thread."""
+        """Every put of the scan key -> ``on_update(value, received_at)`` on the bar connection's
+        reactor thread (the bar clock: never behind asset events)."""
         handler = self._guard("scan listener", lambda e: on_update(e.value, time.time()))
-        m = self._map(self.config.scan_map)
+        m = self.bars._map(self.config.scan_map)
         fut = m.add_entry_listener(include_value=True, key=self.config.scan_key,
                                    added_func=handler, updated_func=handler)
-        self._wait(fut, "add scan listener")
-        log.info("scan clock listening map=%s key=%s field=%s", self.config.scan_map, self.config.scan_key,
-                 self.config.scan_field)
+        self.bars._wait(fut, "add scan listener")
+        log.info("scan clock listening map=%s key=%s field=%s connection=bars", self.config.scan_map,
+                 self.config.scan_key, self.config.scan_field)
 
     def _guard(self, name: str, fn: Callable[[Any], None]) -> Callable[[Any], None]:
         def handler(event: Any) -> None:
@@ -312,8 +379,8 @@ class Grid(_Connection):
 
     def read_assets(self) -> dict[Any, Any]:
         """Every current ``asset_*_ob`` entry (same server-side filter as the listener)."""
-        fut = self._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
-        return dict(self._wait(fut, "read assets"))
+        fut = self.events._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
+        return dict(self.events._wait(fut, "read assets"))
 
     def get_assets(self, keys: Iterable[str]) -> dict[Any, Any]:
         """Current values of ``keys`` (one call); absent keys are missing from the result.
@@ -324,16 +391,16 @@ class Grid(_Connection):
         keys = list(keys)
         if not keys:
             return {}
-        m = self._map(self.config.input_map)
+        m = self.bars._map(self.config.input_map)
         try:
-            return dict(self._wait(m.get_all(keys), "re-read assets"))
+            return dict(self.bars._wait(m.get_all(keys), "re-read assets"))
         except GridError as exc:
             if not isinstance(exc.__cause__, HazelcastSerializationError):
                 raise
         out: dict[Any, Any] = {}
         for key in keys:
             try:
-                value = self._wait(m.get(key), f"re-read {key}")
+                value = self.bars._wait(m.get(key), f"re-read {key}")
             except GridError as exc:
                 if not isinstance(exc.__cause__, HazelcastSerializationError):
                     raise
@@ -344,37 +411,38 @@ class Grid(_Connection):
 
     def get_scan_value(self) -> Any:
         """The current value of the scan key (None if absent)."""
-        return self._wait(self._map(self.config.scan_map).get(self.config.scan_key), "read scan key")
+        return self.bars._wait(self.bars._map(self.config.scan_map).get(self.config.scan_key), "read scan key")
 
     def get_checkpoint(self) -> Any:
         """The raw checkpoint entry of the state map (None if absent)."""
-        return self._wait(self._map(self.config.state_map).get(CHECKPOINT_KEY), "read checkpoint")
+        return self.bars._wait(self.bars._map(self.config.state_map).get(CHECKPOINT_KEY), "read checkpoint")
 
     def put_checkpoint(self, text: str) -> None:
         """One call: ``state_map["checkpoint"] = text`` (HazelcastJsonValue, no TTL)."""
-        fut = self._map(self.config.state_map).set(CHECKPOINT_KEY, HazelcastJsonValue(text))
-        self._wait(fut, "write checkpoint")
+        fut = self.bars._map(self.config.state_map).set(CHECKPOINT_KEY, HazelcastJsonValue(text))
+        self.bars._wait(fut, "write checkpoint")
 
     def lease_map(self) -> BoundedMap:
         """The state map as the blocking map ``lease.LeaderLease`` needs, every call bounded by
         ``op_timeout_s`` (a hung member must not stall the lease past its term)."""
-        return BoundedMap(self, self.config.state_map)
+        return BoundedMap(self.bars, self.config.state_map)
 
     # --- writes ----------------------------------------------------------------------
 
     def write_bar(self, bar_idx: int, record_json: str) -> None:
         """One call: ``features_map[bar_idx] = record`` (HazelcastJsonValue, LONG key)."""
-        fut = self._map(self.config.features_map).set(int(bar_idx), HazelcastJsonValue(record_json))
-        self._wait(fut, f"write bar {bar_idx}")
+        fut = self.bars._map(self.config.features_map).set(int(bar_idx), HazelcastJsonValue(record_json))
+        self.bars._wait(fut, f"write bar {bar_idx}")
 
     def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool:
         """One call: write the record only if the key is absent; True if it was written."""
-        fut = self._map(self.config.features_map).put_if_absent(int(bar_idx), HazelcastJsonValue(record_json))
-        return self._wait(fut, f"write bar {bar_idx} if absent") is None
+        fut = self.bars._map(self.config.features_map).put_if_absent(int(bar_idx), HazelcastJsonValue(record_json))
+        return self.bars._wait(fut, f"write bar {bar_idx} if absent") is None
 
     def has_bar(self, bar_idx: int) -> bool:
         """One call: is there a record under ``bar_idx`` (a data-loss probe, ``republish``)?"""
-        return bool(self._wait(self._map(self.config.features_map).contains_key(int(bar_idx)), f"probe bar {bar_idx}"))
+        fut = self.bars._map(self.config.features_map).contains_key(int(bar_idx))
+        return bool(self.bars._wait(fut, f"probe bar {bar_idx}"))
 
     def get_records(self, bar_idxs: Iterable[int]) -> dict[int, Any]:
         """One call (get_all): the raw records of ``bar_idxs`` present in the features map, by bar
@@ -394,19 +462,19 @@ class Grid(_Connection):
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
         """One call: remove every bar key ``<= low_exclusive`` or ``> high_inclusive``."""
         pred = P.or_(P.less_or_equal("__key", int(low_exclusive)), P.greater("__key", int(high_inclusive)))
-        self._wait(self._map(self.config.features_map).remove_all(pred), "retention")
+        self.bars._wait(self.bars._map(self.config.features_map).remove_all(pred), "retention")
 
     def put_latest(self, entries: Mapping[str, str]) -> None:
         """One call: ``latest_map[symbol] = flat JSON`` for every entry."""
         if entries:
             values = {k: HazelcastJsonValue(v) for k, v in entries.items()}
-            self._wait(self._map(self.config.latest_map).put_all(values), "write latest")
+            self.bars._wait(self.bars._map(self.config.latest_map).put_all(values), "write latest")
 
     def put_health(self, doc_json: str) -> None:
         """``health_map[worker_id] = doc`` with TTL ``config.health_ttl_s``."""
-        fut = self._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
+        fut = self.bars._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
                                                      ttl=self.config.health_ttl_s)
-        self._wait(fut, "write health")
+        self.bars._wait(fut, "write health")
 
 
 class BoundedMap:
@@ -448,9 +516,7 @@ class Publisher(_Connection):
             op_timeout_s=op_timeout_s, client_factory=client_factory,
         )
         self.map_name = map_name
-
-    def _map_names(self) -> Iterable[str]:
-        return (self.map_name,)
+        self.map_names = (map_name,)
 
     def put_payloads(self, entries: Mapping[str, str]) -> None:
         """One call: ``map[key] = payload`` for every entry; payloads stay JSON *strings*."""

@@ -6,8 +6,12 @@ disappears) is the shape fixed in docs/operations.md:
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
 "event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar",
-"restore_gap_bars", "restore_replayed_records", "republished_records", "producer_clock": {...}}`` (``producer_clock``:
-``ProducerClocks.summary()``).
+"restore_gap_bars", "restore_replayed_records", "republished_records", "producer_clock": {...},
+"connections": {...}}`` (``producer_clock``: ``ProducerClocks.summary()``; ``connections``: per client
+connection of the worker, ``bars`` and ``events``, ``{"connected", "disconnects"}``).
+``events.superseded``: snapshots coalesced away (replaced before a bar took them);
+``events.read_refreshed``: snapshots taken from a map read instead of an event (after the initial
+read: events never delivered, or late).
 
 ``epoch``: this worker's lease epoch while it leads, else null. ``restored_from_bar``: the last
 bar of the state the worker continued from at start (warm restart, whatever its age): the
@@ -111,8 +115,11 @@ class HealthStats:
     bar_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     event_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(5000))
 
-    def document(self, now: float, book_stats: Mapping[str, Any], listener_errors: int) -> dict[str, Any]:
-        """The health document at unix time ``now``; ``book_stats`` is ``SnapshotBook.stats()``."""
+    def document(self, now: float, book_stats: Mapping[str, Any], listener_errors: int,
+                 connections: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The health document at unix time ``now``; ``book_stats`` is ``SnapshotBook.stats()``;
+        ``connections``: ``WorkerGrid.connection_states()`` (per client connection: connected,
+        disconnects), ``{}`` when not given."""
         if self.state not in STATES:
             raise ValueError(f"unknown health state {self.state!r}")
         if self.role not in ROLES:
@@ -139,6 +146,8 @@ class HealthStats:
                 "accepted": int(book_stats.get("accepted", 0)),
                 "ignored": int(book_stats.get("ignored", 0)),
                 "read_echoes": int(book_stats.get("read_echoes", 0)),
+                "superseded": int(book_stats.get("superseded", 0)),
+                "read_refreshed": int(book_stats.get("read_refreshed", 0)),
                 "seq_resets": int(book_stats.get("seq_resets", 0)),
                 "seq_jumps": int(book_stats.get("seq_jumps", 0)),
                 "rejected": {str(k): int(v) for k, v in dict(book_stats.get("rejected", {})).items()},
@@ -155,4 +164,5 @@ class HealthStats:
             "restore_replayed_records": self.restore_replayed_records,
             "republished_records": self.republished_records,
             "producer_clock": dict(book_stats.get("producer_clock") or {}),
+            "connections": {str(k): dict(v) for k, v in (connections or {}).items()},
         }

@@ -42,6 +42,9 @@ class _TotalsCollector(Collector):
         self.accepted = 0
         self.ignored = 0
         self.read_echoes = 0
+        self.superseded = 0
+        self.read_refreshed = 0
+        self.connections: dict[str, Any] = {}  # the health document's connections section
         self.seq_resets = 0
         self.seq_jumps = 0
         self.listener_errors = 0
@@ -68,6 +71,22 @@ class _TotalsCollector(Collector):
             yield CounterMetricFamily("obf_events_read_echoes",
                                       "Snapshots not taken because a map read and the listener delivered "
                                       "the same or an older push (not rejects)", value=self.read_echoes)
+            yield CounterMetricFamily("obf_events_superseded",
+                                      "Snapshots coalesced away: replaced by a newer one before a bar took them",
+                                      value=self.superseded)
+            yield CounterMetricFamily("obf_events_read_refreshed",
+                                      "Snapshots taken from a map read, not an event (initial read; bar-close "
+                                      "re-read of stale assets: events never delivered or late)",
+                                      value=self.read_refreshed)
+            connected = GaugeMetricFamily("obf_connection_up", "1 while the client connection is up",
+                                          labels=["connection"])
+            lost = CounterMetricFamily("obf_connection_disconnects", "Client connections lost since start",
+                                       labels=["connection"])
+            for name, conn in sorted(self.connections.items()):
+                connected.add_metric([name], 1.0 if conn.get("connected") else 0.0)
+                lost.add_metric([name], int(conn.get("disconnects", 0) or 0))
+            yield connected
+            yield lost
             rejected = CounterMetricFamily("obf_events_rejected", "Snapshot events rejected, by reason",
                                            labels=["reason"])
             for reason, n in sorted(self.rejected.items()):
@@ -208,7 +227,13 @@ class WorkerMetrics:
                 listener_errors=events.get("listener_errors", 0),
             )
             clock = doc.get("producer_clock")
+            conns = doc.get("connections")
             values: dict[str, Any] = {"write_failures": int(doc.get("write_failures", 0) or 0),
+                                      "superseded": int(events.get("superseded", 0) or 0),
+                                      "read_refreshed": int(events.get("read_refreshed", 0) or 0),
+                                      "connections": ({str(k): dict(v) for k, v in conns.items()
+                                                       if isinstance(v, Mapping)}
+                                                      if isinstance(conns, Mapping) else {}),
                                       "seq_resets": int(events.get("seq_resets", 0) or 0),
                                       "seq_jumps": int(events.get("seq_jumps", 0) or 0),
                                       "clock": dict(clock) if isinstance(clock, Mapping) else {}}

@@ -348,7 +348,7 @@ class Worker:
             self._finish_bar(tick, None, self._write_cycle(tick), 0.0, {}, [], set())
             return None
         self._reread_stale(tick.bar_ts)
-        latest = self.book.latest()
+        latest = self.book.latest(bar_close=True)
         present = present_at(latest, tick.bar_ts, cfg.max_age_s)
         known = set(cfg.assets) if cfg.assets is not None else set(latest)
         stale = sorted(known - present.keys())
@@ -696,7 +696,8 @@ class Worker:
         """Write the health document now (after every bar, between bars when due, on stop)."""
         self._last_health_put = self._monotonic()
         self.health.role = self.role  # every document shows the role of its moment
-        doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors)
+        doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors,
+                                   self.grid.connection_states())
         if self.metrics is not None:
             self.metrics.update_from_health(doc)
         try:

@@ -53,10 +53,11 @@ def test_worker_grid_client_is_guarded_and_gets_the_tls_settings() -> None:
     stop = threading.Event()
     stop.set()  # build the client, then give up waiting for the connection
     assert Grid(cfg, client_factory=factory).connect(stop) is False
-    (client,) = made
-    assert is_guarded(client)
-    assert (client.settings["ssl_enabled"], client.settings["creds_username"],
-            client.settings["creds_password"]) == (True, "u", "s3cret")
+    assert len(made) == 2  # the bar path's client and the events' client
+    for client in made:
+        assert is_guarded(client)
+        assert (client.settings["ssl_enabled"], client.settings["creds_username"],
+                client.settings["creds_password"]) == (True, "u", "s3cret")
 
 
 def test_feeder_publisher_takes_tls_settings_from_the_environment(monkeypatch) -> None:
@@ -143,7 +144,7 @@ def test_reread_returns_a_marker_for_an_undeserialisable_value() -> None:
         "asset_AAAUSDT_ob": '{"x": 1}',
         "asset_BBBUSDT_ob": HazelcastSerializationError("There is no suitable de-serializer for type 42"),
     })
-    grid._client = client
+    grid.bars._client = client  # the stale re-read is on the bar path's connection
     out = grid.get_assets(["asset_AAAUSDT_ob", "asset_BBBUSDT_ob", "asset_CCCUSDT_ob"])
     assert out["asset_AAAUSDT_ob"] == '{"x": 1}' and "asset_CCCUSDT_ob" not in out
     assert isinstance(out["asset_BBBUSDT_ob"], UnreadableValue) and "de-serializer" in out["asset_BBBUSDT_ob"].detail

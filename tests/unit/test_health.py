@@ -13,7 +13,7 @@ DOC_KEYS = {
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
     "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
     "restored_from_bar", "restore_gap_bars", "restore_replayed_records", "republished_records",
-    "producer_clock",
+    "producer_clock", "connections",
 }
 
 
@@ -53,11 +53,16 @@ def test_document_shape_and_events():
     h.compute_ms.add(3.0)
     clocks = {"threshold_s": 2.0, "assets": 1, "flagged": {}, "all_rejected": {}}
     book = {"received": 11, "accepted": 6, "ignored": 1, "seq_resets": 2, "seq_jumps": 1, "read_echoes": 1,
+            "superseded": 3, "read_refreshed": 2,
             "rejected": {"bad_json": 2, "negative": 1}, "samples": [{"x": 1}], "producer_clock": clocks}
-    doc = h.document(123.0, book, listener_errors=4)
+    conns = {"bars": {"connected": True, "disconnects": 0}, "events": {"connected": False, "disconnects": 2}}
+    doc = h.document(123.0, book, listener_errors=4, connections=conns)
     assert set(doc) == DOC_KEYS
     assert doc["events"] == {"received": 11, "accepted": 6, "ignored": 1, "read_echoes": 1, "seq_resets": 2,
-                             "seq_jumps": 1, "rejected": {"bad_json": 2, "negative": 1}, "listener_errors": 4}
+                             "seq_jumps": 1, "superseded": 3, "read_refreshed": 2,
+                             "rejected": {"bad_json": 2, "negative": 1}, "listener_errors": 4}
+    assert doc["connections"] == conns and doc["connections"] is not conns
+    assert h.document(123.0, book, listener_errors=4)["connections"] == {}
     assert doc["producer_clock"] == clocks
     assert (doc["state"], doc["role"], doc["started_at"], doc["updated_at"]) == ("starting", "leader", 100.0, 123.0)
     assert doc["compute_ms"] == {"p50": 3.0, "p99": 3.0}

@@ -384,3 +384,31 @@ def test_near_valid_stream_keeps_per_asset_order(events: list) -> None:
     event(f"some accepted: {stats['accepted'] > 0}")
     assert stats["accepted"] + sum(stats["rejected"].values()) == len(events)
     assert INTERNAL_ERROR not in stats["rejected"], stats["samples"]
+
+
+def test_superseded_counts_snapshots_no_bar_close_took() -> None:
+    b, _ = book()
+    for seq in (1, 2, 3):  # three pushes of one asset before a bar closes: two coalesced away
+        assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 1 + seq * 0.1, seq=seq))
+    assert b.offer("asset_ETHUSDT_ob", payload(seq=1))
+    assert b.stats()["superseded"] == 2
+    b.latest()  # not a bar close: takes nothing
+    assert b.offer("asset_ETHUSDT_ob", payload(ts=T0 - 0.05, seq=2))
+    assert b.stats()["superseded"] == 3
+    assert set(b.latest(bar_close=True)) == {"BTCUSDT", "ETHUSDT"}
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.01, seq=4))  # first push since the bar: used next
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.5, seq=5))  # rejected: never counted
+    s = b.stats()
+    assert s["superseded"] == 3 and s["accepted"] == 6 and s["read_refreshed"] == 0
+
+
+def test_read_refreshed_counts_snapshots_taken_from_a_read() -> None:
+    b, _ = book()
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.3, seq=1))
+    # The bar-close re-read finds a newer push whose event never came: taken, counted.
+    assert b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=2), from_read=True)
+    # Its late event is an echo: not taken again, not counted again.
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=2))
+    assert not b.offer("asset_BTCUSDT_ob", payload(ts=T0 - 0.2, seq=2), from_read=True)
+    s = b.stats()
+    assert s["read_refreshed"] == 1 and s["read_echoes"] == 2 and s["superseded"] == 1

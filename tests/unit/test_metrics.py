@@ -134,3 +134,19 @@ def test_two_instances_do_not_collide_and_start_is_guarded():
     a.stop()  # idempotent
     with pytest.raises(ValueError):
         WorkerMetrics().start(70000)
+
+
+def test_coalescing_reread_and_connections_from_health(served):
+    m, port = served
+    m.update_from_health({
+        "events": {"received": 90, "accepted": 80, "superseded": 60, "read_refreshed": 4, "rejected": {}},
+        "connections": {"bars": {"connected": True, "disconnects": 0},
+                        "events": {"connected": False, "disconnects": 3}},
+    })
+    s = scrape(port)
+    assert s[("obf_events_superseded_total", ())] == 60
+    assert s[("obf_events_read_refreshed_total", ())] == 4
+    assert s[("obf_connection_up", (("connection", "bars"),))] == 1
+    assert s[("obf_connection_up", (("connection", "events"),))] == 0
+    assert s[("obf_connection_disconnects_total", (("connection", "events"),))] == 3
+    assert s[("obf_connection_disconnects_total", (("connection", "bars"),))] == 0

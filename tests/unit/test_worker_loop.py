@@ -163,3 +163,20 @@ def test_explicit_assets_are_re_read_even_if_never_seen(make_worker):
     rec = w.process_bar(tick(B0))
     assert grid.get_calls == [["asset_AAAUSDT_ob", "asset_CCCUSDT_ob"]]
     assert rec["symbols"] == ["CCCUSDT"] and rec["producer"]["stale_assets"] == ["AAAUSDT"]
+
+
+def test_health_counts_coalesced_and_re_read_snapshots_and_shows_connections(make_worker):
+    w, grid = make_worker()
+    for seq in (1, 2, 3):  # three pushes before the bar: two never reach a bar
+        w._on_asset_event("asset_AAAUSDT_ob", payload(B0 - 1.0 + seq * 0.1, seq), time.time())
+    w._on_asset_event("asset_BBBUSDT_ob", payload(B0 - 5.0, 1), time.time())
+    grid.inputs["asset_BBBUSDT_ob"] = payload(B0 - 0.2, 2)  # its newest event never came
+    w.process_bar(tick(B0))
+    events = grid.health[-1]["events"]
+    # AAA's seq 1 and 2, and BBB's seq 1 (replaced by the re-read before the bar took it).
+    assert (events["superseded"], events["read_refreshed"], events["accepted"]) == (3, 1, 5)
+    w._on_asset_event("asset_AAAUSDT_ob", payload(B0 + 0.5, 4), time.time())  # one push per bar: none coalesced
+    w.process_bar(tick(B0 + 1))
+    events = grid.health[-1]["events"]
+    assert (events["superseded"], events["read_refreshed"]) == (3, 1)
+    assert set(grid.health[-1]["connections"]) == {"bars", "events"}
