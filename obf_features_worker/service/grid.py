@@ -144,9 +144,9 @@ class _Connection:
         """Build the client (it connects in the background: ``async_start``)."""
         s = self._settings
         timeout = s["cluster_connect_timeout"]
-        log.info("connecting connection=%s cluster=%s members=%s connect_timeout_s=%s security=%s", self.role,
+        log.info("connecting cluster=%s members=%s connect_timeout_s=%s security=%s connection=%s",
                  s["cluster_name"], ",".join(s["members"]), "never" if timeout == -1 else timeout,
-                 describe(s["security"]))
+                 describe(s["security"]), self.role)
         self._client = make_client(**s, factory=self._client_factory, lifecycle_listeners=[self._on_lifecycle])
 
     def wait_connected(self, stop: threading.Event) -> bool:
@@ -180,15 +180,15 @@ class _Connection:
                 self._ever_connected = True
                 self._connected.set()
                 if first:
-                    log.info("connected connection=%s cluster=%s", self.role, name)
+                    log.info("connected cluster=%s connection=%s", name, self.role)
                 else:
-                    log.warning("reconnected connection=%s cluster=%s disconnects=%d", self.role, name,
-                                self.disconnects)
+                    log.warning("reconnected cluster=%s disconnects=%d connection=%s", name, self.disconnects,
+                                self.role)
             elif state == LifecycleState.DISCONNECTED:
                 self._connected.clear()
                 if not self._closed.is_set():  # not our own shutdown
                     self.disconnects += 1
-                    log.warning("disconnected connection=%s cluster=%s, reconnecting", self.role, name)
+                    log.warning("disconnected from cluster=%s, reconnecting connection=%s", name, self.role)
             elif state in (LifecycleState.SHUTTING_DOWN, LifecycleState.SHUTDOWN):
                 self._connected.clear()
                 self._closed.set()

@@ -28,7 +28,7 @@ HEALTH_KEYS = {
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
     "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
     "restored_from_bar", "restore_gap_bars", "restore_replayed_records", "republished_records",
-    "producer_clock",
+    "producer_clock", "connections",
 }
 LATEST_KEYS = {
     "symbol", "bar_idx", "bar_ts", "age_ms", "seq", "depth_1pct_usd", "depth_quality", "fill_probability",
@@ -117,6 +117,12 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     assert ev["rejected"] == expected_rejects and ev["listener_errors"] == 0 and ev["ignored"] == 0
     assert ev["accepted"] >= 10 * len(DEFAULT_SYMBOLS)
     assert ev["received"] == ev["accepted"] + sum(ev["rejected"].values())
+    # 10 Hz into 2 s bars: most snapshots are coalesced away; the rest is at most one per asset and bar.
+    assert 0 < ev["superseded"] < ev["accepted"]
+    assert ev["accepted"] - ev["superseded"] <= (len(recs) + 1) * len(DEFAULT_SYMBOLS)
+    # Two client connections (bar path, events), both up until the end.
+    assert h["connections"] == {"bars": {"connected": True, "disconnects": 0},
+                                "events": {"connected": True, "disconnects": 0}}
     for name in ("compute_ms", "bar_to_write_ms", "event_to_write_ms"):
         assert 0 <= h[name]["p50"] <= h[name]["p99"], name
     assert h["updated_at"] >= h["started_at"]

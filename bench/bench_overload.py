@@ -1,0 +1,395 @@
+"""Overload: offered load at twice the ingest ceiling; do the bars keep their cadence?
+
+Run: ``.venv/bin/python bench/bench_overload.py [--quick | --seconds 60] [--assets 3000] [--rate 20]
+[--publishers 3] [--previous PATH] [--members host:port --cluster NAME]``
+(without ``--members`` a local member, 512 MiB heap, deploy/hazelcast/hazelcast.yaml, is started
+on a free port and stopped at the end; its log is then checked for OutOfMemoryError and for
+event-queue overload warnings).
+
+A leader worker and a standby worker (2 s bars, defaults otherwise, each its own process) run
+against this run's maps while ``--publishers`` publisher processes (this script in
+``--publish-child`` mode, each a share of the assets) offer ``assets x rate`` snapshot events per
+second (default 3,000 x 20 Hz = 60,000/s, twice the ceiling measured in bench_ingest) for
+``--seconds`` after a warm-up. Everything shares this machine's cores. Measured over the window:
+
+* offered: events per second the publishers got acknowledged (what the member took); accepted:
+  events the leader's listener took in (health ``events.received``);
+* coalesced: snapshots replaced before a bar took them (health ``events.superseded``), and
+  snapshots the bar-close re-read took because their event never came (``events.read_refreshed``);
+* close -> write: bar close to the record being visible to a reader (an entry listener in this
+  process: an upper bound of close -> write), p50 / p99 against the bar length; and the worker's
+  own ``bar_to_write_ms`` p99; bars missing from the window (cadence);
+* health entry expiries (expired/removed events of the health map, and gaps between a worker's
+  health updates longer than the entry's TTL) and takeovers (the standby turning leader, or
+  records of the window written by another worker than the leader);
+* RSS of the leader (start and end of the window) and of the member.
+
+``--previous PATH``: the workers run the code of another checkout (e.g. ``git archive 44f6ba9``
+unpacked there): the same load and measurements, the design before (one client connection).
+
+``run(args) -> list[dict]`` gives the rows (``{"target", "current", "met", "note"}``) to a caller
+(``run_all``); ``main`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import harness as H
+
+BAR_SECONDS = 2.0
+CEILING_EVENTS_S = 30_000  # the highest sustained ingest rate measured (docs/performance.md, bench_ingest)
+RSS_FLAT_LIMIT_MB = 32.0  # worker RSS growth over the window that still counts as flat
+WARM_S = 6.0  # publishing before the window opens (the workers see every asset, numba compiled)
+
+TargetRow = dict[str, Any]  # {"target": str, "current": str, "met": bool | None, "note": str}
+
+
+def row(target: str, current: str, met: bool | None, note: str = "") -> TargetRow:
+    return {"target": target, "current": current, "met": met, "note": note}
+
+
+# -- the publisher child ----------------------------------------------------------------------------
+
+
+def publish_child(args: argparse.Namespace) -> int:
+    """Publish assets ``[first, first + count)`` at ``rate`` Hz for ``duration`` s (one put_all per
+    tick; a late tick goes out at once, never skipped); JSON progress lines as bench/publisher.py."""
+    import hazelcast
+    from hazelcast.config import IntType
+    from publisher import VARIANTS, book_fragments
+
+    from obf_contract.timestamps import format_timestamp
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    keys = [f"asset_P{i:05d}USDT_ob" for i in range(args.first, args.first + args.count)]
+    frags = book_fragments(args.count, 10, seed=11 + args.first)
+    client = hazelcast.HazelcastClient(cluster_name=args.cluster, cluster_members=args.members.split(","),
+                                       default_int_type=IntType.LONG)
+    m = client.get_map(args.map).blocking()
+    seq_base = int(time.time() * 1e6)
+    published = ticks = 0
+    late = 0.0
+
+    def report(**extra: object) -> None:
+        sys.stdout.write(json.dumps({"t": time.time(), "published": published, "ticks": ticks, "late_s": late,
+                                     **extra}) + "\n")
+        sys.stdout.flush()
+
+    report(ready=True)
+    start = time.time()
+    next_report = start
+    end = start + args.duration
+    try:
+        while not stop.is_set() and time.time() < end:
+            now = time.time()
+            due = start + ticks / args.rate
+            if due > now:
+                stop.wait(due - now)
+                continue
+            late = now - due
+            iso = format_timestamp(time.time())
+            seq = seq_base + ticks + 1
+            v = ticks % VARIANTS
+            m.put_all({key: f'{{"timestamp":"{iso}",{fr[v]},"_pushed_at":"{iso}","_push_seq":{seq}}}'
+                       for key, fr in zip(keys, frags, strict=True)})
+            published += len(keys)
+            ticks += 1
+            if time.time() >= next_report:
+                next_report += 0.25
+                report()
+    finally:
+        report(done=True)
+        client.shutdown()
+    return 0
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def member_or_given(args: argparse.Namespace) -> Iterator[tuple[H.Cluster, Any]]:
+    """The cluster of ``--members``, or a local member started here (returned too, for its log)."""
+    if args.members:
+        with H.cluster_from_args(args) as cluster:
+            yield cluster, None
+        return
+    from obf_features_worker.dev.member import LocalMember, free_port
+
+    name = "obf-bench-" + uuid.uuid4().hex[:6]
+    with H.scratch_dir("obf-bench-hz-") as workdir:
+        member = LocalMember(port=free_port(), cluster_name=name, workdir=workdir)
+        member.start()
+        try:
+            yield H.Cluster(name, [member.address], member.pid()), member
+        finally:
+            member.stop()
+
+
+@contextlib.contextmanager
+def worker(cluster: H.Cluster, suffix: str, log_dir: Path, worker_id: str, repo: Path) -> Iterator[subprocess.Popen]:
+    """A worker process running the code of ``repo`` (this checkout, or --previous)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
+    env.update(HZ_CLUSTER=cluster.name, HZ_MEMBERS=",".join(cluster.members), OBF_MAP_SUFFIX=suffix,
+               OBF_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", PYTHONPATH=str(repo), OBF_WORKER_ID=worker_id,
+               OBF_BAR_SECONDS=str(BAR_SECONDS))
+    cmd = [sys.executable, "-m", "obf_features_worker.service.worker"]
+    with open(log_dir / f"{worker_id}.log", "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            H.stop_process(proc)
+
+
+def health_docs(client: Any, suffix: str) -> dict[str, dict[str, Any]]:
+    """worker_id -> health document (present entries only)."""
+    out = {}
+    for k, v in client.get_map("DOLPHIN_OBF_HEALTH" + suffix).blocking().entry_set():
+        out[str(k)] = json.loads(v.to_string() if hasattr(v, "to_string") else v)
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> list[TargetRow]:
+    """Run the overload once (member, two workers, publishers) and return its rows."""
+    repo = Path(args.previous).resolve() if args.previous else H.REPO
+    n, rate = args.assets, args.rate
+    offered_target = n * rate
+    window_s = 12.0 if args.quick and args.seconds is None else float(args.seconds or 60.0)
+    leader_id, standby_id = "ovl-leader", "ovl-standby"
+    suffix = H.map_suffix()
+    samples: list[dict[str, Any]] = []  # per 0.5 s: t, docs, rss
+    arrivals: dict[int, float] = {}
+    expiries: list[tuple[str, float, str]] = []
+    lock = threading.Lock()
+
+    with H.scratch_dir("obf-bench-overload-") as log_dir, member_or_given(args) as (cluster, member):
+        client = cluster.client()
+        try:
+            def on_record(e: Any) -> None:
+                with lock:
+                    arrivals.setdefault(int(e.key), time.time())
+
+            def on_health_gone(kind: str) -> Any:
+                def f(e: Any) -> None:
+                    with lock:
+                        expiries.append((str(e.key), time.time(), kind))
+                return f
+
+            client.get_map("DOLPHIN_OBF_FEATURES" + suffix).add_entry_listener(
+                include_value=False, added_func=on_record, updated_func=on_record).result()
+            client.get_map("DOLPHIN_OBF_HEALTH" + suffix).add_entry_listener(
+                include_value=False, expired_func=on_health_gone("expired"),
+                removed_func=on_health_gone("removed")).result()
+            with worker(cluster, suffix, log_dir, leader_id, repo) as lead:
+                H.wait_until(lambda: leader_id in health_docs(client, suffix) or lead.poll() is not None, 90,
+                             "the leader's first health document")
+                if lead.poll() is not None:
+                    raise RuntimeError("leader exited: " + (log_dir / f"{leader_id}.log").read_text()[-3000:])
+                with worker(cluster, suffix, log_dir, standby_id, repo) as standby, contextlib.ExitStack() as pubs:
+                    H.wait_until(lambda: standby_id in health_docs(client, suffix), 90,
+                                 "the standby's first health document")
+                    share = math.ceil(n / args.publishers)
+                    procs = []
+                    for p in range(args.publishers):
+                        first, count = p * share, min(share, n - p * share)
+                        if count <= 0:
+                            break
+                        procs.append(pubs.enter_context(H.progress_process("bench_overload.py", [
+                            "--publish-child", "--members", ",".join(cluster.members), "--cluster", cluster.name,
+                            "--map", "DOLPHIN_FEATURES" + suffix, "--first", str(first), "--count", str(count),
+                            "--rate", str(rate), "--duration", str(WARM_S + window_s)], log_dir)))
+                    H.wait_until(lambda: all((q.progress() or {}).get("published", 0) > 0 for q in procs), 60,
+                                 "every publisher's first tick")
+                    time.sleep(WARM_S)
+                    t0 = time.time()
+                    meters = {"leader": H.CpuMeter(lead.pid)}
+                    if cluster.member_pid is not None:
+                        meters["member"] = H.CpuMeter(cluster.member_pid)
+                    for mt in meters.values():
+                        mt.start()
+                    while time.time() < t0 + window_s:
+                        s: dict[str, Any] = {"t": time.time(), "docs": health_docs(client, suffix),
+                                             "rss": H.rss_bytes(lead.pid)}
+                        if cluster.member_pid is not None:
+                            s["member_rss"] = H.rss_bytes(cluster.member_pid)
+                        samples.append(s)
+                        time.sleep(0.5)
+                    t1 = time.time()
+                    cpu = {k: mt.share() for k, mt in meters.items()}
+                    offered = sum(_published_between(q, t0, t1) for q in procs) / (t1 - t0)
+                    late = max((x.get("late_s", 0.0) for q in procs for x in q.history()), default=0.0)
+                    # the window's last bars: wait up to two bars for their records
+                    last_bar = math.floor(t1 / BAR_SECONDS)
+                    end = time.time() + 3 * BAR_SECONDS
+                    while time.time() < end and last_bar not in arrivals:
+                        time.sleep(0.1)
+                    standby_alive = standby.poll() is None
+                leader_alive = lead.poll() is None
+            first_bar = math.ceil(t0 / BAR_SECONDS)
+            bars = list(range(first_bar, last_bar + 1))
+            recs = client.get_map("DOLPHIN_OBF_FEATURES" + suffix).blocking().get_all(bars)
+            writers = {}
+            for k, v in recs.items():
+                rec = json.loads(v.to_string())
+                writers[int(k)] = (rec.get("producer") or {}).get("worker_id")
+            H.destroy_maps(client, suffix)
+        finally:
+            client.shutdown()
+        member_log = member.log_file.read_text(errors="replace") if member is not None else None
+
+    return _rows(args, repo, n, rate, offered_target, window_s, offered, late, cpu, samples, arrivals, expiries,
+                 bars, writers, leader_id, standby_id, leader_alive, standby_alive, member_log)
+
+
+def _published_between(q: H.ProgressProcess, t0: float, t1: float) -> float:
+    a, b = q.published_at(t0), q.published_at(t1)
+    return 0.0 if a is None or b is None else b - a
+
+
+def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_target: float, window_s: float,
+          offered: float, late: float, cpu: dict[str, float], samples: list[dict[str, Any]],
+          arrivals: dict[int, float], expiries: list[tuple[str, float, str]], bars: list[int],
+          writers: dict[int, Any], leader_id: str, standby_id: str, leader_alive: bool, standby_alive: bool,
+          member_log: str | None) -> list[TargetRow]:
+    rows: list[TargetRow] = []
+    lead_docs = [s["docs"][leader_id] for s in samples if leader_id in s["docs"]]
+    first, last = (lead_docs[0], lead_docs[-1]) if lead_docs else ({}, {})
+    span = max(1e-9, last.get("updated_at", 0.0) - first.get("updated_at", 0.0))
+
+    def delta(key: str) -> int | None:
+        a, b = (first.get("events") or {}).get(key), (last.get("events") or {}).get(key)
+        return None if a is None or b is None else int(b) - int(a)
+
+    received, accepted, superseded, reread = delta("received"), delta("accepted"), delta("superseded"), \
+        delta("read_refreshed")
+    accepted_rate = received / span if received is not None else math.nan
+    rows.append(row(f"offered load >= 2x the ingest ceiling ({2 * CEILING_EVENTS_S:,}/s; asked {n:,} x {rate:g} Hz "
+                    f"= {offered_target:,.0f}/s)",
+                    f"offered {offered:,.0f}/s, accepted {accepted_rate:,.0f}/s",
+                    offered >= 2 * CEILING_EVENTS_S,
+                    f"{args.publishers} publishers, max tick lateness {late:.1f} s; "
+                    f"leader cpu {cpu.get('leader', 0):.2f}"
+                    + (f", member cpu {cpu['member']:.2f}" if "member" in cpu else "")))
+
+    lat = sorted((arrivals[b] - b * BAR_SECONDS) * 1000.0 for b in bars if b in arrivals)
+    missing = [b for b in bars if b not in writers]
+    p50, p99 = H.pct(lat, 0.5), H.pct(lat, 0.99)
+    own = (last.get("bar_to_write_ms") or {}).get("p99")
+    rows.append(row(f"bars keep their cadence: close -> write p99 < one bar ({BAR_SECONDS * 1000:.0f} ms)",
+                    f"close -> visible p50 {p50:.0f} ms, p99 {p99:.0f} ms; {len(bars) - len(missing)}/{len(bars)} bars",
+                    bool(lat) and p99 < BAR_SECONDS * 1000.0 and not missing,
+                    f"worker's own bar_to_write p99 {own} ms (last 500 bars)"
+                    + (f"; missing bars {missing[:5]}" if missing else "")))
+
+    gaps: dict[str, float] = {}
+    for wid in (leader_id, standby_id):
+        stamps = [samples[0]["t"]] + [s["docs"][wid]["updated_at"] for s in samples if wid in s["docs"]] \
+            + [samples[-1]["t"]] if samples else []
+        gaps[wid] = max((b - a for a, b in zip(stamps, stamps[1:])), default=math.nan)
+    ttl = max(3 * BAR_SECONDS, 15.0)
+    gone = [e for e in expiries if e[2] == "expired"]
+    absent = sum(1 for s in samples for wid in (leader_id, standby_id) if wid not in s["docs"])
+    rows.append(row("the health entry never expires",
+                    f"{len(gone)} expired, {absent} polls without an entry; longest update gap leader "
+                    f"{gaps[leader_id]:.1f} s, standby {gaps[standby_id]:.1f} s (ttl {ttl:g} s)",
+                    not gone and absent == 0 and all(g < ttl for g in gaps.values())))
+
+    roles = {s["docs"][standby_id].get("role") for s in samples if standby_id in s["docs"]}
+    others = sorted({w for w in writers.values() if w != leader_id}, key=str)
+    takeovers = int("leader" in roles) + len(others)
+    rows.append(row("no standby takes over", f"{takeovers} takeovers (standby roles seen: {sorted(roles)}; "
+                    f"records by others: {others})", takeovers == 0 and leader_alive and standby_alive,
+                    "" if leader_alive and standby_alive else "a worker exited"))
+
+    if superseded is None or accepted is None:
+        rows.append(row("the surplus is coalesced and counted", "not counted (no events.superseded in health)",
+                        False, f"accepted {accepted}; this worker's health has no coalescing counters"))
+    else:
+        used = accepted - superseded
+        bars_n = max(1, len(bars))
+        rows.append(row("the surplus is coalesced and counted",
+                        f"accepted {accepted:,}, superseded {superseded:,} ({superseded / max(1, accepted):.1%}), "
+                        f"re-read refreshed {reread:,}", used <= (bars_n + 2) * n,
+                        f"snapshots used by bars {used:,} <= (bars + 2) x assets = {(bars_n + 2) * n:,}; "
+                        f"events received - accepted = {received - accepted:,} (echoes, rejects)"
+                        if received is not None else ""))
+
+    rss = [s["rss"] for s in samples]
+    growth = (rss[-1] - rss[0]) / 2**20 if rss else math.nan
+    rows.append(row(f"worker memory flat (growth over the window < {RSS_FLAT_LIMIT_MB:g} MB)",
+                    f"RSS start {rss[0] / 2**20:.0f} MB, end {rss[-1] / 2**20:.0f} MB, peak {max(rss) / 2**20:.0f} MB"
+                    if rss else "-", bool(rss) and growth < RSS_FLAT_LIMIT_MB))
+
+    if member_log is not None:
+        mrss = [s["member_rss"] for s in samples if "member_rss" in s]
+        oom = "OutOfMemoryError" in member_log
+        overloaded = len(re.findall(r"(?i)event ?queue .*(overloaded|full)", member_log))
+        rows.append(row("the member survives (512 MiB heap, no OutOfMemoryError)",
+                        f"member RSS start {mrss[0] / 2**20:.0f} MB, end {mrss[-1] / 2**20:.0f} MB; "
+                        f"OutOfMemoryError {'yes' if oom else 'no'}; event-queue overload warnings {overloaded}"
+                        if mrss else "-", not oom, "the member's events beyond its event queue are dropped "
+                        "(the bar-close re-read covers them: re-read refreshed)"))
+    return rows
+
+
+def print_rows(title: str, rows: list[TargetRow]) -> None:
+    H.print_table(title, ["target", "current", "met", "note"],
+                  [[r["target"], r["current"], "-" if r["met"] is None else ("met" if r["met"] else "NOT met"),
+                    r["note"]] for r in rows])
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    H.add_cluster_args(ap)
+    ap.add_argument("--quick", action="store_true", help="a 12 s window instead of 60 s")
+    ap.add_argument("--seconds", type=float, default=None, help="window length, s (default 60; 12 with --quick)")
+    ap.add_argument("--assets", type=int, default=3000)
+    ap.add_argument("--rate", type=float, default=20.0, help="snapshots per asset per second")
+    ap.add_argument("--publishers", type=int, default=3, help="publisher processes (each a share of the assets)")
+    ap.add_argument("--previous", default=None, metavar="PATH",
+                    help="run the workers from this checkout (the design before), same load and measurements")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--publish-child" in argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--publish-child", action="store_true")
+        for name in ("--members", "--cluster", "--map"):
+            ap.add_argument(name, required=True)
+        ap.add_argument("--first", type=int, required=True)
+        ap.add_argument("--count", type=int, required=True)
+        ap.add_argument("--rate", type=float, required=True)
+        ap.add_argument("--duration", type=float, required=True)
+        return publish_child(ap.parse_args(argv))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(ap)
+    args = ap.parse_args(argv)
+    machine = H.machine_line()
+    rows = run(args)
+    design = f"previous design ({args.previous})" if args.previous else "this design"
+    print_rows(f"overload, {design}: leader + standby, {args.assets} assets x {args.rate:g} Hz, "
+               f"{BAR_SECONDS:g} s bars (start: {machine}; end: {H.machine_line()})", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
