@@ -127,6 +127,7 @@ class FakeGrid:
         self.closed = False
         self.listener_errors = 0
         self.disconnects = 0
+        self.events_shed = False
         self.inputs: dict[str, Any] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self.health: list[dict[str, Any]] = []
@@ -170,6 +171,10 @@ class FakeGrid:
     def shutdown(self) -> None:
         self.connected = False
         self.closed = True
+
+    def events_live(self) -> bool:
+        """False while a test sets ``events_shed`` (the real Grid's overload shedding)."""
+        return not self.events_shed
 
     def connection_states(self) -> dict[str, dict[str, Any]]:
         """The real Grid's shape: both connections share this fake's state."""

@@ -21,12 +21,14 @@ worker's config, or from the environment for the feeder).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import orjson
 from hazelcast import predicate as P
 from hazelcast.aggregator import max_
 from hazelcast.client import HazelcastClient
@@ -249,6 +251,7 @@ class WorkerGrid(Protocol):
     @property
     def closed(self) -> bool: ...
     def connection_states(self) -> dict[str, dict[str, Any]]: ...
+    def events_live(self) -> bool: ...
     def connect(self, stop: threading.Event) -> bool: ...
     def shutdown(self) -> None: ...
     def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None: ...
@@ -278,7 +281,17 @@ class Grid:
     records, LATEST, checkpoint, health, lease, retention) and the scan listener (the bar clock's
     trigger must not queue behind asset events either). So a bar's writes are answered however
     many events are in flight. Create, ``connect()`` (both), use, ``shutdown()`` (events first,
-    then bars: the last writes and the lease release go out on ``bars`` before it closes)."""
+    then bars: the last writes and the lease release go out on ``bars`` before it closes).
+
+    Overload (events offered faster than the events reactor decodes them): the member queues the
+    surplus for this connection (in its heap, without bound) and every event arrives later. The
+    events connection also listens to this worker's own health entry (written on ``bars`` every
+    bar): its ``updated_at`` against the arrival time is the events backlog, in seconds
+    (``events_lag_s``). Past ``shed_lag_s`` (one bar) a supervisor thread drops the events
+    connection (the member discards its queue), waits ``shed_cooldown_s`` and listens again on a
+    new one; meanwhile ``events_live()`` is False and the worker re-reads every asset at bar close
+    (one ``get_all``: the newest value of each asset, whatever the offered rate). ``events_sheds``
+    counts the drops."""
 
     def __init__(self, config: WorkerConfig, *,
                  client_factory: Callable[..., Any] | None = None) -> None:
@@ -296,13 +309,26 @@ class Grid:
         client_name = f"obf-features-worker:{config.worker_id}"
         self.bars = connection("bars", client_name,
                                (c.input_map, c.features_map, c.health_map, c.latest_map, c.scan_map, c.state_map))
-        self.events = connection("events", client_name + ":events", (c.input_map,))
+        self._new_events: Callable[[], _Connection] = lambda: connection("events", client_name + ":events",
+                                                                         (c.input_map, c.health_map))
+        self.events = self._new_events()
         self.config = config
         self.op_timeout_s = config.op_timeout_s
         self.listener_errors = 0
         self._lock = threading.Lock()
         self._limiter = RateLimiter(10.0)
         self._asset_regex = asset_key_regex(config.assets)
+        # Overload shedding (class docstring).
+        self.shed_lag_s = max(float(config.bar_seconds), 1.0)
+        self.shed_cooldown_s = max(10.0 * float(config.bar_seconds), 10.0)
+        self.events_sheds = 0
+        self.events_lag_s: float | None = None  # the last probe's backlog, s
+        self._on_entry: Callable[[Any, Any, float], None] | None = None
+        self._shed = threading.Event()  # set on the events reactor when its backlog passes shed_lag_s
+        self._shedding = False  # the events connection is down on purpose
+        self._retired_disconnects = 0  # of events connections replaced after a shed
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # --- connections -------------------------------------------------------------------
 
@@ -313,18 +339,28 @@ class Grid:
 
     @property
     def closed(self) -> bool:
-        """True once either client has shut down (by us, or because it gave up)."""
-        return self.bars.closed or self.events.closed
+        """True once either client has shut down (by us, or because it gave up); not while the
+        events connection is dropped on purpose (overload)."""
+        return self.bars.closed or (self.events.closed and not self._shedding)
 
     @property
     def disconnects(self) -> int:
         """Connections lost since start, both clients together (a reconnect may follow a member
         that restarted empty)."""
-        return self.bars.disconnects + self.events.disconnects
+        return self.bars.disconnects + self._retired_disconnects + self.events.disconnects
+
+    def events_live(self) -> bool:
+        """The asset events are coming: the events connection is up and not shed."""
+        return self.events.connected and not self._shedding
 
     def connection_states(self) -> dict[str, dict[str, Any]]:
-        """Per connection (``bars``, ``events``): ``{"connected", "disconnects"}``."""
-        return {"bars": self.bars.state(), "events": self.events.state()}
+        """Per connection: ``bars`` ``{"connected", "disconnects"}``; ``events`` also ``"sheds"``
+        (dropped for overload) and ``"lag_s"`` (its backlog at the last probe, s; None before one)."""
+        events = self.events.state()
+        events.update(connected=self.events_live(), disconnects=self._retired_disconnects + events["disconnects"],
+                      sheds=self.events_sheds,
+                      lag_s=None if self.events_lag_s is None else round(self.events_lag_s, 3))
+        return {"bars": self.bars.state(), "events": events}
 
     def connect(self, stop: threading.Event) -> bool:
         """Start both clients and wait until both are connected (True) or ``stop`` is set (False).
@@ -336,19 +372,93 @@ class Grid:
 
     def shutdown(self) -> None:
         """Disconnect both (idempotent): events first (no more input), then the bar path."""
+        self._stopping.set()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(self.op_timeout_s + 1.0)
         self.events.shutdown()
         self.bars.shutdown()
+
+    # --- overload: shedding the events connection -------------------------------------
+
+    def _supervise(self) -> None:
+        """Supervisor thread: on a shed request, drop the events connection, wait the cool-down,
+        listen again on a new one (the same callback). Never raises."""
+        while not self._stopping.is_set():
+            if not self._shed.wait(0.5) or self._stopping.is_set():
+                continue
+            try:
+                self._shed_and_relisten()
+            except Exception as exc:  # noqa: BLE001 - the thread must survive; the next probe retries
+                log.error("events connection restart failed error=%r", exc)
+                self._shedding = False
+                self._shed.clear()
+
+    def _shed_and_relisten(self) -> None:
+        old = self.events
+        self._shedding = True
+        self.events_sheds += 1
+        log.warning("events listener behind lag_s=%.1f > shed_lag_s=%.1f: dropping the events connection (the "
+                    "member discards its queue); every asset re-read at bar close for cooldown_s=%g sheds=%d",
+                    self.events_lag_s or math.nan, self.shed_lag_s, self.shed_cooldown_s, self.events_sheds)
+        old.shutdown()
+        self._retired_disconnects += old.disconnects
+        if self._stopping.wait(self.shed_cooldown_s):
+            return
+        new = self._new_events()
+        self.events = new
+        new.start()
+        if not new.wait_connected(self._stopping):  # GridClosed: the worker sees ``closed`` and exits
+            return
+        while not self._stopping.is_set():
+            try:
+                self._listen(new)
+                break
+            except GridError as exc:
+                log.warning("events listener registration failed, retrying error=%s", exc)
+                self._stopping.wait(1.0)
+        self.events_lag_s = None
+        self._shedding = False
+        self._shed.clear()
+        log.warning("events listener back after shedding sheds=%d", self.events_sheds)
+
+    def _on_probe(self, event: Any) -> None:
+        # Events reactor: this worker's own health document came back through the events
+        # connection; how late it is = how far the events are behind.
+        text = json_text(event.value)
+        if text is None:
+            return
+        updated_at = orjson.loads(text).get("updated_at")
+        if not isinstance(updated_at, (int, float)):
+            return
+        self.events_lag_s = lag = time.time() - float(updated_at)
+        if lag > self.shed_lag_s and not self._shed.is_set() and self._supervisor is not None:
+            self._shed.set()
 
     # --- listeners -------------------------------------------------------------------
 
     def add_asset_listener(self, on_entry: Callable[[Any, Any, float], None]) -> None:
         """Entry added/updated events of ``asset_*_ob`` keys (filtered on the member) ->
-        ``on_entry(key, value, received_at)`` on the events connection's reactor thread."""
+        ``on_entry(key, value, received_at)`` on the events connection's reactor thread; and the
+        overload probe (class docstring), whose supervisor thread starts here."""
+        self._on_entry = on_entry
+        self._listen(self.events)
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, name="obf-events-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _listen(self, conn: _Connection) -> None:
+        on_entry = self._on_entry
+        assert on_entry is not None  # noqa: S101 - set by add_asset_listener before any call
         handler = self._guard("asset listener", lambda e: on_entry(e.key, e.value, time.time()))
-        m = self.events._map(self.config.input_map)
+        m = conn._map(self.config.input_map)
         fut = m.add_entry_listener(include_value=True, predicate=P.regex("__key", self._asset_regex),
                                    added_func=handler, updated_func=handler)
-        self.events._wait(fut, "add asset listener")
+        conn._wait(fut, "add asset listener")
+        probe = self._guard("events probe", self._on_probe)
+        fut = conn._map(self.config.health_map).add_entry_listener(
+            include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
+        conn._wait(fut, "add events probe")
         log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
     def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:

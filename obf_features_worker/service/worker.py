@@ -413,12 +413,16 @@ class Worker:
 
     def _reread_stale(self, bar_ts: float) -> None:
         """Re-read (one get_all) every known asset whose snapshot would be absent this bar, so a
-        dropped event does not make an asset look stale while its entry is fresh."""
+        dropped event does not make an asset look stale while its entry is fresh; every known
+        asset while the grid has shed its events (overload: pull at bar close)."""
         cfg = self.config
         latest = self.book.latest()
         symbols = cfg.assets if cfg.assets is not None else tuple(latest)
-        present = present_at(latest, bar_ts, cfg.max_age_s)
-        stale = [s for s in symbols if s not in present]
+        if self.grid.events_live():
+            present = present_at(latest, bar_ts, cfg.max_age_s)
+            stale = [s for s in symbols if s not in present]
+        else:
+            stale = list(symbols)
         if not stale:
             return
         try:

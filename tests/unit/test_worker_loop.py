@@ -180,3 +180,19 @@ def test_health_counts_coalesced_and_re_read_snapshots_and_shows_connections(mak
     events = grid.health[-1]["events"]
     assert (events["superseded"], events["read_refreshed"]) == (3, 1)
     assert set(grid.health[-1]["connections"]) == {"bars", "events"}
+
+
+def test_while_the_events_are_shed_every_asset_is_re_read_at_bar_close(make_worker):
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))  # fresh: not re-read while events come
+    w.book.offer("asset_BBBUSDT_ob", payload(B0 - 5.0, 1))  # stale: re-read
+    grid.inputs["asset_AAAUSDT_ob"] = payload(B0 - 0.1, 2)
+    grid.inputs["asset_BBBUSDT_ob"] = payload(B0 - 0.1, 2)
+    w.process_bar(tick(B0))
+    assert grid.get_calls == [["asset_BBBUSDT_ob"]]
+    grid.events_shed = True  # overload: the grid dropped its events connection; pull at bar close
+    grid.inputs["asset_AAAUSDT_ob"] = payload(B0 + 0.9, 3)
+    w.process_bar(tick(B0 + 1))
+    assert sorted(grid.get_calls[-1]) == ["asset_AAAUSDT_ob", "asset_BBBUSDT_ob"]
+    assert w.book.get("AAAUSDT").seq == 3  # the newest value, without its event
+    assert grid.health[-1]["events"]["read_refreshed"] == 2

@@ -1,0 +1,78 @@
+"""The worker's Grid on a real member: the bar path and the events on two client connections, the
+overload probe (the worker's own health entry coming back through the events connection), and
+shedding: the events connection dropped, the grid still open, then listening again on a new one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.service.grid import Grid
+from tests.cluster import HzCluster
+from tests.integration.feeder import wait_for
+
+
+def _grid(cluster: HzCluster, suffix: str, worker_id: str) -> Grid:
+    m = {name: base + suffix for name, base in (("input_map", "DOLPHIN_FEATURES"), ("scan_map", "DOLPHIN_FEATURES"),
+                                                ("features_map", "DOLPHIN_OBF_FEATURES"),
+                                                ("health_map", "DOLPHIN_OBF_HEALTH"),
+                                                ("latest_map", "DOLPHIN_OBF_LATEST"),
+                                                ("state_map", "DOLPHIN_OBF_STATE"))}
+    cfg = WorkerConfig(worker_id=worker_id, cluster_name=cluster.cluster_name, members=tuple(cluster.members),
+                       bar_seconds=2.0, **m)
+    return Grid(cfg)
+
+
+def _health(updated_at: float) -> str:
+    return orjson.dumps({"worker_id": "w", "updated_at": updated_at}).decode()
+
+
+def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: Any, map_suffix: str) -> None:
+    grid = _grid(hz_cluster, map_suffix, "t-conn" + map_suffix)
+    got: dict[str, str] = {}
+    cond = threading.Condition()
+
+    def on_entry(key: Any, value: Any, received_at: float) -> None:
+        with cond:
+            got[key] = value
+            cond.notify_all()
+
+    inputs = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    try:
+        assert grid.connect(threading.Event())
+        assert grid.bars._client is not grid.events._client  # two clients, two connections, two reactors
+        grid.add_asset_listener(on_entry)
+        inputs.put("asset_AAAUSDT_ob", '{"v": 1}')
+        with cond:
+            assert cond.wait_for(lambda: got.get("asset_AAAUSDT_ob") == '{"v": 1}', 10)
+
+        # The probe: a health write on the bar path comes back through the events connection.
+        grid.put_health(_health(time.time()))
+        wait_for(lambda: grid.events_lag_s is not None, 10, "the probe's first event")
+        assert grid.events_lag_s is not None and 0 <= grid.events_lag_s < 1.0
+        assert grid.events_live() and grid.events_sheds == 0
+
+        # A backlog past shed_lag_s (here: a health document 5 s old) drops the events connection.
+        grid.shed_cooldown_s = 1.0
+        grid.put_health(_health(time.time() - 5.0))
+        wait_for(lambda: grid.events_sheds == 1, 10, "the shed")
+        states = grid.connection_states()
+        assert not grid.closed and grid.connected  # the worker carries on: bars still go out
+        assert states["events"]["sheds"] == 1 and states["bars"]["connected"] is True
+        grid.write_bar(7, '{"bar_idx": 7}')  # the bar path works while the events are shed
+        assert hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().get(7).to_string() == '{"bar_idx": 7}'
+
+        # After the cool-down it listens again on a new connection, with the same callback.
+        wait_for(grid.events_live, 20, "listening again")
+        assert grid.connection_states()["events"]["connected"] is True and not grid.closed
+        inputs.put("asset_AAAUSDT_ob", '{"v": 2}')
+        with cond:
+            assert cond.wait_for(lambda: got.get("asset_AAAUSDT_ob") == '{"v": 2}', 10)
+        assert grid.listener_errors == 0
+    finally:
+        grid.shutdown()
+    assert grid.closed and not grid.connected
