@@ -340,6 +340,15 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
                     f"records by others: {others})", takeovers == 0 and leader_alive and standby_alive,
                     "" if leader_alive and standby_alive else "a worker exited"))
 
+    ev_conn = (last.get("connections") or {}).get("events") or {}
+    sheds = ev_conn.get("sheds")
+    lags = [((s["docs"][leader_id].get("connections") or {}).get("events") or {}).get("lag_s")
+            for s in samples if leader_id in s["docs"]]
+    lags = [x for x in lags if isinstance(x, (int, float))]
+    rows.append(row("events backlog bounded (the events connection shed past one bar of backlog)",
+                    f"sheds {sheds}, events lag max {max(lags, default=math.nan):.1f} s" if sheds is not None
+                    else "no shedding in this design", None,
+                    "while shed, every asset is re-read at bar close (pull)" if sheds is not None else ""))
     if superseded is None or accepted is None:
         rows.append(row("the surplus is coalesced and counted", "not counted (no events.superseded in health)",
                         False, f"accepted {accepted}; this worker's health has no coalescing counters"))

@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -287,7 +288,8 @@ class Grid:
     surplus for this connection (in its heap, without bound) and every event arrives later. The
     events connection also listens to this worker's own health entry (written on ``bars`` every
     bar): its ``updated_at`` against the arrival time is the events backlog, in seconds
-    (``events_lag_s``). Past ``shed_lag_s`` (one bar) a supervisor thread drops the events
+    (``events_lag_s``); a document written more than ``shed_lag_s`` (one bar) ago whose event has
+    not come back shows the same without waiting for it. Past ``shed_lag_s`` a supervisor thread drops the events
     connection (the member discards its queue), waits ``shed_cooldown_s`` and listens again on a
     new one; meanwhile ``events_live()`` is False and the worker re-reads every asset at bar close
     (one ``get_all``: the newest value of each asset, whatever the offered rate). ``events_sheds``
@@ -329,6 +331,8 @@ class Grid:
         self._retired_disconnects = 0  # of events connections replaced after a shed
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # updated_at of the health documents written whose probe event has not come back yet
+        self._unechoed: deque[float] = deque(maxlen=256)
 
     # --- connections -------------------------------------------------------------------
 
@@ -385,7 +389,10 @@ class Grid:
         """Supervisor thread: on a shed request, drop the events connection, wait the cool-down,
         listen again on a new one (the same callback). Never raises."""
         while not self._stopping.is_set():
-            if not self._shed.wait(0.5) or self._stopping.is_set():
+            if not self._shed.wait(0.25):
+                self._check_backlog()
+                continue
+            if self._stopping.is_set():
                 continue
             try:
                 self._shed_and_relisten()
@@ -418,9 +425,20 @@ class Grid:
                 log.warning("events listener registration failed, retrying error=%s", exc)
                 self._stopping.wait(1.0)
         self.events_lag_s = None
+        with self._lock:
+            self._unechoed.clear()  # written while shed: no event will come for them
         self._shedding = False
         self._shed.clear()
         log.warning("events listener back after shedding sheds=%d", self.events_sheds)
+
+    def _check_backlog(self) -> None:
+        # A health document written more than shed_lag_s ago whose event has not come back: the
+        # events are at least that far behind (found without waiting for the backlog to drain).
+        with self._lock:
+            oldest = self._unechoed[0] if self._unechoed else None
+        if oldest is not None and self.events_live() and time.time() - oldest > self.shed_lag_s:
+            self.events_lag_s = max(self.events_lag_s or 0.0, time.time() - oldest)
+            self._shed.set()
 
     def _on_probe(self, event: Any) -> None:
         # Events reactor: this worker's own health document came back through the events
@@ -432,6 +450,9 @@ class Grid:
         if not isinstance(updated_at, (int, float)):
             return
         self.events_lag_s = lag = time.time() - float(updated_at)
+        with self._lock:
+            while self._unechoed and self._unechoed[0] <= updated_at:
+                self._unechoed.popleft()
         if lag > self.shed_lag_s and not self._shed.is_set() and self._supervisor is not None:
             self._shed.set()
 
@@ -585,6 +606,14 @@ class Grid:
         fut = self.bars._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
                                                      ttl=self.config.health_ttl_s)
         self.bars._wait(fut, "write health")
+        if self._supervisor is not None and self.events_live():  # its event is the overload probe
+            try:
+                updated_at = orjson.loads(doc_json).get("updated_at")
+            except (orjson.JSONDecodeError, AttributeError):
+                return
+            if isinstance(updated_at, (int, float)):
+                with self._lock:
+                    self._unechoed.append(float(updated_at))
 
 
 class BoundedMap:

@@ -73,6 +73,14 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
         with cond:
             assert cond.wait_for(lambda: got.get("asset_AAAUSDT_ob") == '{"v": 2}', 10)
         assert grid.listener_errors == 0
+
+        # A health document written 5 s ago whose event has not come back (the events queue is
+        # that far behind) sheds without waiting for the event.
+        with grid._lock:
+            grid._unechoed.append(time.time() - 5.0)
+        wait_for(lambda: grid.events_sheds == 2, 10, "the second shed")
+        wait_for(grid.events_live, 20, "listening again")
+        assert grid.listener_errors == 0 and not grid.closed
     finally:
         grid.shutdown()
     assert grid.closed and not grid.connected
