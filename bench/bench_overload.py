@@ -235,7 +235,9 @@ def run(args: argparse.Namespace) -> list[TargetRow]:
                                  "every publisher's first tick")
                     time.sleep(WARM_S)
                     t0 = time.time()
-                    meters = {"leader": H.CpuMeter(lead.pid)}
+                    meters = {"leader": H.CpuMeter(lead.pid), "standby": H.CpuMeter(standby.pid)}
+                    for i, q in enumerate(procs):
+                        meters[f"pub{i}"] = H.CpuMeter(q.proc.pid)
                     if cluster.member_pid is not None:
                         meters["member"] = H.CpuMeter(cluster.member_pid)
                     for mt in meters.values():
@@ -306,9 +308,8 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
                     f"= {offered_target:,.0f}/s)",
                     f"offered {offered:,.0f}/s, accepted {accepted_rate:,.0f}/s",
                     offered >= 2 * CEILING_EVENTS_S,
-                    f"{args.publishers} publishers, max tick lateness {late:.1f} s; "
-                    f"leader cpu {cpu.get('leader', 0):.2f}"
-                    + (f", member cpu {cpu['member']:.2f}" if "member" in cpu else "")))
+                    f"{args.publishers} publishers, max tick lateness {late:.1f} s; cpu (cores): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())))
 
     lat = sorted((arrivals[b] - b * BAR_SECONDS) * 1000.0 for b in bars if b in arrivals)
     missing = [b for b in bars if b not in writers]

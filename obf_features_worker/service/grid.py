@@ -290,7 +290,8 @@ class Grid:
     bar): its ``updated_at`` against the arrival time is the events backlog, in seconds
     (``events_lag_s``); a document written more than ``shed_lag_s`` (one bar) ago whose event has
     not come back shows the same without waiting for it. Past ``shed_lag_s`` a supervisor thread drops the events
-    connection (the member discards its queue), waits ``shed_cooldown_s`` and listens again on a
+    connection (the member discards its queue), waits ``shed_cooldown_s`` (doubled for each shed
+    within a cool-down of listening again, up to ``shed_cooldown_max_s``) and listens again on a
     new one; meanwhile ``events_live()`` is False and the worker re-reads every asset at bar close
     (one ``get_all``: the newest value of each asset, whatever the offered rate). ``events_sheds``
     counts the drops."""
@@ -322,7 +323,10 @@ class Grid:
         self._asset_regex = asset_key_regex(config.assets)
         # Overload shedding (class docstring).
         self.shed_lag_s = max(float(config.bar_seconds), 1.0)
-        self.shed_cooldown_s = max(10.0 * float(config.bar_seconds), 10.0)
+        self.shed_cooldown_s = max(10.0 * float(config.bar_seconds), 10.0)  # the first; doubled per shed in a row
+        self.shed_cooldown_max_s = 30.0 * self.shed_cooldown_s
+        self._cooldown_s = self.shed_cooldown_s
+        self._relistened_at = -math.inf  # time.monotonic() of the last listening again
         self.events_sheds = 0
         self.events_lag_s: float | None = None  # the last probe's backlog, s
         self._on_entry: Callable[[Any, Any, float], None] | None = None
@@ -405,12 +409,18 @@ class Grid:
         old = self.events
         self._shedding = True
         self.events_sheds += 1
+        # Overload that persists sheds again soon after listening again: each such shed doubles the
+        # cool-down (fewer floods of a bar loop that keeps up by pulling); a calm spell resets it.
+        if time.monotonic() - self._relistened_at < self._cooldown_s:
+            self._cooldown_s = min(2.0 * self._cooldown_s, self.shed_cooldown_max_s)
+        else:
+            self._cooldown_s = self.shed_cooldown_s
         log.warning("events listener behind lag_s=%.1f > shed_lag_s=%.1f: dropping the events connection (the "
                     "member discards its queue); every asset re-read at bar close for cooldown_s=%g sheds=%d",
-                    self.events_lag_s or math.nan, self.shed_lag_s, self.shed_cooldown_s, self.events_sheds)
+                    self.events_lag_s or math.nan, self.shed_lag_s, self._cooldown_s, self.events_sheds)
         old.shutdown()
         self._retired_disconnects += old.disconnects
-        if self._stopping.wait(self.shed_cooldown_s):
+        if self._stopping.wait(self._cooldown_s):
             return
         new = self._new_events()
         self.events = new
@@ -427,6 +437,7 @@ class Grid:
         self.events_lag_s = None
         with self._lock:
             self._unechoed.clear()  # written while shed: no event will come for them
+        self._relistened_at = time.monotonic()
         self._shedding = False
         self._shed.clear()
         log.warning("events listener back after shedding sheds=%d", self.events_sheds)
