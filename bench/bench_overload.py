@@ -303,10 +303,12 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
 
     received, accepted, superseded, reread = delta("received"), delta("accepted"), delta("superseded"), \
         delta("read_refreshed")
-    accepted_rate = received / span if received is not None else math.nan
+    events_rate = received / span if received is not None else math.nan
+    taken_rate = accepted / span if accepted is not None else math.nan
     rows.append(row(f"offered load >= 2x the ingest ceiling ({2 * CEILING_EVENTS_S:,}/s; asked {n:,} x {rate:g} Hz "
                     f"= {offered_target:,.0f}/s)",
-                    f"offered {offered:,.0f}/s, accepted {accepted_rate:,.0f}/s",
+                    f"offered {offered:,.0f}/s; events received {events_rate:,.0f}/s; snapshots taken "
+                    f"{taken_rate:,.0f}/s (events + bar-close reads)",
                     offered >= 2 * CEILING_EVENTS_S,
                     f"{args.publishers} publishers, max tick lateness {late:.1f} s; cpu (cores): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())))
