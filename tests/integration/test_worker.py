@@ -121,8 +121,10 @@ def test_interval_clock_writes_the_engines_records(hz_cluster, hz_client, feeder
     assert 0 < ev["superseded"] < ev["accepted"]
     assert ev["accepted"] - ev["superseded"] <= (len(recs) + 1) * len(DEFAULT_SYMBOLS)
     # Two client connections (bar path, events), both up until the end.
-    assert h["connections"] == {"bars": {"connected": True, "disconnects": 0},
-                                "events": {"connected": True, "disconnects": 0}}
+    conns = h["connections"]
+    assert conns["bars"] == {"connected": True, "disconnects": 0}
+    assert conns["events"]["connected"] is True and conns["events"]["disconnects"] == 0
+    assert conns["events"]["sheds"] == 0 and 0 <= conns["events"]["lag_s"] < 2.0  # its probe came back
     for name in ("compute_ms", "bar_to_write_ms", "event_to_write_ms"):
         assert 0 <= h[name]["p50"] <= h[name]["p99"], name
     assert h["updated_at"] >= h["started_at"]

@@ -39,3 +39,9 @@ def test_production_runs_at_least_two_members_on_separate_hosts() -> None:
 def test_the_local_member_joins_the_listed_peers() -> None:
     # `obf-features member start --peers` and the test fixtures' 3-member clusters pass obf.members
     assert load(LOCAL)["network"]["join"]["tcp-ip"]["member-list"] == ["${obf.members}"]
+
+
+def test_the_event_queue_is_bounded_below_the_heap_in_both_configs() -> None:
+    # ~1 KB per snapshot event: the default 1,000,000 could exceed a 512 MiB member's heap.
+    for path in (LOCAL, PRODUCTION):
+        assert int(load(path)["properties"]["hazelcast.event.queue.capacity"]) <= 200_000, path.name
