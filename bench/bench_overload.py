@@ -27,8 +27,9 @@ second (default 3,000 x 20 Hz = 60,000/s, twice the ceiling measured in bench_in
 ``--previous PATH``: the workers run the code of another checkout (e.g. ``git archive 44f6ba9``
 unpacked there): the same load and measurements, the design before (one client connection).
 
-``run(args) -> list[dict]`` gives the rows (``{"target", "current", "met", "note"}``) to a caller
-(``run_all``); ``main`` prints them.
+``run(args) -> list[dict]`` prints the table and gives its rows (``{"target", "current", "met",
+"note"}``, ``met``: True / False / None) to a caller (``run_all``, with ``add_args`` for the options;
+it calls ``run`` once per tree, ``previous`` = that tree's path).
 """
 
 from __future__ import annotations
@@ -183,7 +184,19 @@ def health_docs(client: Any, suffix: str) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> list[TargetRow]:
-    """Run the overload once (member, two workers, publishers) and return its rows."""
+    """Run the overload once (member, two workers, publishers), print its table, return its rows.
+
+    ``args``: ``add_args``' options (``quick``, ``seconds``, ``assets``, ``rate``, ``publishers``,
+    ``previous``: a checkout's path or None = this one, ``members``, ``cluster``, ``member_pid``)."""
+    machine = H.machine_line()
+    rows = _run(args)
+    design = f"previous design ({args.previous})" if args.previous else "this design"
+    print_rows(f"overload, {design}: leader + standby, {args.assets} assets x {args.rate:g} Hz, "
+               f"{BAR_SECONDS:g} s bars (start: {machine}; end: {H.machine_line()})", rows)
+    return rows
+
+
+def _run(args: argparse.Namespace) -> list[TargetRow]:
     repo = Path(args.previous).resolve() if args.previous else H.REPO
     n, rate = args.assets, args.rate
     offered_target = n * rate
@@ -277,9 +290,10 @@ def run(args: argparse.Namespace) -> list[TargetRow]:
         finally:
             client.shutdown()
         member_log = member.log_file.read_text(errors="replace") if member is not None else None
+        member_alive = cluster.member_pid is not None and Path(f"/proc/{cluster.member_pid}").exists()
 
     return _rows(args, repo, n, rate, offered_target, window_s, offered, late, cpu, samples, arrivals, expiries,
-                 bars, writers, leader_id, standby_id, leader_alive, standby_alive, member_log, heap)
+                 bars, writers, leader_id, standby_id, leader_alive, standby_alive, member_log, heap, member_alive)
 
 
 def _published_between(q: H.ProgressProcess, t0: float, t1: float) -> float:
@@ -291,7 +305,7 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
           offered: float, late: float, cpu: dict[str, float], samples: list[dict[str, Any]],
           arrivals: dict[int, float], expiries: list[tuple[str, float, str]], bars: list[int],
           writers: dict[int, Any], leader_id: str, standby_id: str, leader_alive: bool, standby_alive: bool,
-          member_log: str | None, heap: list[float | None]) -> list[TargetRow]:
+          member_log: str | None, heap: list[float | None], member_alive: bool) -> list[TargetRow]:
     rows: list[TargetRow] = []
     lead_docs = [s["docs"][leader_id] for s in samples if leader_id in s["docs"]]
     first, last = (lead_docs[0], lead_docs[-1]) if lead_docs else ({}, {})
@@ -307,8 +321,8 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
     taken_rate = accepted / span if accepted is not None else math.nan
     rows.append(row(f"offered load >= 2x the ingest ceiling ({2 * CEILING_EVENTS_S:,}/s; asked {n:,} x {rate:g} Hz "
                     f"= {offered_target:,.0f}/s)",
-                    f"offered {offered:,.0f}/s; events received {events_rate:,.0f}/s; snapshots taken "
-                    f"{taken_rate:,.0f}/s (events + bar-close reads)",
+                    f"offered {offered:,.0f}/s; offered to the book {events_rate:,.0f}/s (events + bar-close "
+                    f"reads), taken {taken_rate:,.0f}/s",
                     offered >= 2 * CEILING_EVENTS_S,
                     f"{args.publishers} publishers, max tick lateness {late:.1f} s; cpu (cores): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())))
@@ -373,15 +387,16 @@ def _rows(args: argparse.Namespace, repo: Path, n: int, rate: float, offered_tar
                     f"peak {max(rss) / 2**20:.0f} MB" if rss else "-", bool(rss) and growth < RSS_FLAT_LIMIT_MB,
                     "the first half includes the first bars at this many assets (engine state, buffers)"))
 
-    if member_log is not None:
-        mrss = [s["member_rss"] for s in samples if "member_rss" in s]
-        oom = "OutOfMemoryError" in member_log
-        overloaded = len(re.findall(r"(?i)event ?queue .*(overloaded|full)", member_log))
+    mrss = [s["member_rss"] for s in samples if "member_rss" in s]
+    if mrss:
+        # A member started here: its log says OutOfMemoryError; one given by --member-pid: alive or not.
+        oom = "OutOfMemoryError" in member_log if member_log is not None else not member_alive
+        overloaded = len(re.findall(r"(?i)event ?queue .*(overloaded|full)", member_log or ""))
         heap_text = ", ".join("?" if h is None else f"{h:.0f}" for h in heap)
         rows.append(row("the member survives (512 MiB heap, no OutOfMemoryError)",
                         f"member heap used {heap_text} MB (start .. end); RSS start {mrss[0] / 2**20:.0f} MB, "
                         f"end {mrss[-1] / 2**20:.0f} MB; OutOfMemoryError {'yes' if oom else 'no'}; "
-                        f"event-queue overload warnings {overloaded}" if mrss else "-", not oom,
+                        f"event-queue overload warnings {overloaded}", not oom,
                         "events the member drops (event queue full) are covered by the bar-close re-read"))
     return rows
 
@@ -417,12 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return publish_child(ap.parse_args(argv))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
-    args = ap.parse_args(argv)
-    machine = H.machine_line()
-    rows = run(args)
-    design = f"previous design ({args.previous})" if args.previous else "this design"
-    print_rows(f"overload, {design}: leader + standby, {args.assets} assets x {args.rate:g} Hz, "
-               f"{BAR_SECONDS:g} s bars (start: {machine}; end: {H.machine_line()})", rows)
+    run(ap.parse_args(argv))
     return 0
 
 

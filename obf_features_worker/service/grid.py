@@ -289,12 +289,13 @@ class Grid:
     events connection also listens to this worker's own health entry (written on ``bars`` every
     bar): its ``updated_at`` against the arrival time is the events backlog, in seconds
     (``events_lag_s``); a document written more than ``shed_lag_s`` (one bar) ago whose event has
-    not come back shows the same without waiting for it. Past ``shed_lag_s`` a supervisor thread drops the events
-    connection (the member discards its queue), waits ``shed_cooldown_s`` (doubled for each shed
-    within a cool-down of listening again, up to ``shed_cooldown_max_s``) and listens again on a
-    new one; meanwhile ``events_live()`` is False and the worker re-reads every asset at bar close
-    (one ``get_all``: the newest value of each asset, whatever the offered rate). ``events_sheds``
-    counts the drops."""
+    not come back shows the same without waiting for it. Past ``shed_lag_s`` a supervisor thread
+    drops the events connection (the member discards its queue), waits ``shed_cooldown_s``
+    (doubled for each shed within a cool-down of listening again, up to ``shed_cooldown_max_s``)
+    and listens again on a new one; meanwhile ``events_live()`` is False and the worker re-reads
+    every asset at bar close (one read: the newest value of each asset, whatever the offered rate).
+    No shedding within ``shed_grace_s`` (5 bars) of listening: the first bars stall the whole
+    process (compiles). ``events_sheds`` counts the drops."""
 
     def __init__(self, config: WorkerConfig, *,
                  client_factory: Callable[..., Any] | None = None) -> None:
@@ -327,6 +328,10 @@ class Grid:
         self.shed_cooldown_max_s = 30.0 * self.shed_cooldown_s
         self._cooldown_s = self.shed_cooldown_s
         self._relistened_at = -math.inf  # time.monotonic() of the last listening again
+        # No shedding this long after (re)listening: the first bars stall the whole process (numba
+        # compiles, the initial read), which delays the probe without any event backlog.
+        self.shed_grace_s = max(5.0 * float(config.bar_seconds), 10.0)
+        self._listening_since = math.inf  # time.monotonic() the current listener was registered
         self.events_sheds = 0
         self.events_lag_s: float | None = None  # the last probe's backlog, s
         self._on_entry: Callable[[Any, Any, float], None] | None = None
@@ -392,9 +397,14 @@ class Grid:
     def _supervise(self) -> None:
         """Supervisor thread: on a shed request, drop the events connection, wait the cool-down,
         listen again on a new one (the same callback). Never raises."""
+        tick = 0.25
         while not self._stopping.is_set():
-            if not self._shed.wait(0.25):
-                self._check_backlog()
+            t = time.monotonic()
+            if not self._shed.wait(tick):
+                # Woken much later than asked: the whole process stalled (GIL held, no CPU), so
+                # the probe is late for that reason too; judge the backlog at the next wake-up.
+                if time.monotonic() - t < tick + 0.5:
+                    self._check_backlog()
                 continue
             if self._stopping.is_set():
                 continue
@@ -447,7 +457,8 @@ class Grid:
         # events are at least that far behind (found without waiting for the backlog to drain).
         with self._lock:
             oldest = self._unechoed[0] if self._unechoed else None
-        if oldest is not None and self.events_live() and time.time() - oldest > self.shed_lag_s:
+        if (oldest is not None and self.events_live() and time.time() - oldest > self.shed_lag_s
+                and time.monotonic() - self._listening_since > self.shed_grace_s):
             self.events_lag_s = max(self.events_lag_s or 0.0, time.time() - oldest)
             self._shed.set()
 
@@ -464,7 +475,8 @@ class Grid:
         with self._lock:
             while self._unechoed and self._unechoed[0] <= updated_at:
                 self._unechoed.popleft()
-        if lag > self.shed_lag_s and not self._shed.is_set() and self._supervisor is not None:
+        if (lag > self.shed_lag_s and not self._shed.is_set() and self._supervisor is not None
+                and time.monotonic() - self._listening_since > self.shed_grace_s):
             self._shed.set()
 
     # --- listeners -------------------------------------------------------------------
@@ -491,6 +503,7 @@ class Grid:
         fut = conn._map(self.config.health_map).add_entry_listener(
             include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
         conn._wait(fut, "add events probe")
+        self._listening_since = time.monotonic()
         log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
     def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:
@@ -520,9 +533,11 @@ class Grid:
     # --- reads -----------------------------------------------------------------------
 
     def read_assets(self) -> dict[Any, Any]:
-        """Every current ``asset_*_ob`` entry (same server-side filter as the listener)."""
-        fut = self.events._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
-        return dict(self.events._wait(fut, "read assets"))
+        """Every current ``asset_*_ob`` entry (same server-side filter as the listener): on the
+        events connection (the initial read), on the bar path's while the events are shed."""
+        conn = self.events if self.events_live() else self.bars
+        fut = conn._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
+        return dict(conn._wait(fut, "read assets"))
 
     def get_assets(self, keys: Iterable[str]) -> dict[Any, Any]:
         """Current values of ``keys`` (one call); absent keys are missing from the result.

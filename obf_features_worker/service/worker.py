@@ -413,20 +413,22 @@ class Worker:
 
     def _reread_stale(self, bar_ts: float) -> None:
         """Re-read (one get_all) every known asset whose snapshot would be absent this bar, so a
-        dropped event does not make an asset look stale while its entry is fresh; every known
-        asset while the grid has shed its events (overload: pull at bar close)."""
+        dropped event does not make an asset look stale while its entry is fresh. While the grid
+        has shed its events (overload), pull instead: every asset of ``--assets``, or every
+        ``asset_*_ob`` entry without one (new assets too)."""
         cfg = self.config
         latest = self.book.latest()
         symbols = cfg.assets if cfg.assets is not None else tuple(latest)
-        if self.grid.events_live():
-            present = present_at(latest, bar_ts, cfg.max_age_s)
-            stale = [s for s in symbols if s not in present]
-        else:
-            stale = list(symbols)
-        if not stale:
+        pull_all = not self.grid.events_live()
+        present = {} if pull_all else present_at(latest, bar_ts, cfg.max_age_s)
+        stale = [s for s in symbols if s not in present]
+        if not stale and not pull_all:
             return
         try:
-            entries = self.grid.get_assets([asset_key(s) for s in stale])
+            if pull_all and cfg.assets is None:
+                entries = self.grid.read_assets()
+            else:
+                entries = self.grid.get_assets([asset_key(s) for s in stale])
         except GridError as exc:
             self._warn("reread", "stale re-read failed error=%s", exc)
             return

@@ -58,8 +58,10 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
 
         # A backlog past shed_lag_s (here: a health document 5 s old) drops the events connection.
         grid.shed_cooldown_s = 1.0
+        grid.shed_grace_s = 0.0  # (5 bars normally: the first bars stall the whole process)
         grid.put_health(_health(time.time() - 5.0))
         wait_for(lambda: grid.events_sheds == 1, 10, "the shed")
+        assert "asset_AAAUSDT_ob" in grid.read_assets()  # pulled on the bar path's connection meanwhile
         states = grid.connection_states()
         assert not grid.closed and grid.connected  # the worker carries on: bars still go out
         assert states["events"]["sheds"] == 1 and states["bars"]["connected"] is True

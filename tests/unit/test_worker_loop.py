@@ -183,7 +183,7 @@ def test_health_counts_coalesced_and_re_read_snapshots_and_shows_connections(mak
 
 
 def test_while_the_events_are_shed_every_asset_is_re_read_at_bar_close(make_worker):
-    w, grid = make_worker()
+    w, grid = make_worker(assets=("AAAUSDT", "BBBUSDT"))
     w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))  # fresh: not re-read while events come
     w.book.offer("asset_BBBUSDT_ob", payload(B0 - 5.0, 1))  # stale: re-read
     grid.inputs["asset_AAAUSDT_ob"] = payload(B0 - 0.1, 2)
@@ -196,3 +196,14 @@ def test_while_the_events_are_shed_every_asset_is_re_read_at_bar_close(make_work
     assert sorted(grid.get_calls[-1]) == ["asset_AAAUSDT_ob", "asset_BBBUSDT_ob"]
     assert w.book.get("AAAUSDT").seq == 3  # the newest value, without its event
     assert grid.health[-1]["events"]["read_refreshed"] == 2
+
+
+def test_while_the_events_are_shed_without_a_universe_every_asset_entry_is_read(make_worker):
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0 - 0.5, 1))
+    grid.events_shed = True
+    grid.inputs["asset_AAAUSDT_ob"] = payload(B0 - 0.1, 2)
+    grid.inputs["asset_CCCUSDT_ob"] = payload(B0 - 0.1, 1)  # an asset no event ever announced
+    rec = w.process_bar(tick(B0))
+    assert grid.get_calls == []  # one read of every asset_*_ob entry instead
+    assert rec["symbols"] == ["AAAUSDT", "CCCUSDT"] and w.book.get("AAAUSDT").seq == 2
