@@ -397,14 +397,9 @@ class Grid:
     def _supervise(self) -> None:
         """Supervisor thread: on a shed request, drop the events connection, wait the cool-down,
         listen again on a new one (the same callback). Never raises."""
-        tick = 0.25
         while not self._stopping.is_set():
-            t = time.monotonic()
-            if not self._shed.wait(tick):
-                # Woken much later than asked: the whole process stalled (GIL held, no CPU), so
-                # the probe is late for that reason too; judge the backlog at the next wake-up.
-                if time.monotonic() - t < tick + 0.5:
-                    self._check_backlog()
+            if not self._shed.wait(0.25):
+                self._check_backlog()
                 continue
             if self._stopping.is_set():
                 continue
