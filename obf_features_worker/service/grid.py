@@ -602,13 +602,13 @@ class Grid:
         keys = [int(b) for b in bar_idxs]
         if not keys:
             return {}
-        found = self._wait(self._map(self.config.features_map).get_all(keys), "read records")
+        found = self.bars._wait(self.bars._map(self.config.features_map).get_all(keys), "read records")
         return {int(k): v for k, v in found.items()}
 
     def bar_keys_between(self, low_exclusive: int, high_exclusive: int) -> list[int]:
         """One call (key_set with a predicate): the bar keys strictly between the two, ascending."""
         pred = P.and_(P.greater("__key", int(low_exclusive)), P.less("__key", int(high_exclusive)))
-        keys = self._wait(self._map(self.config.features_map).key_set(pred), "read bar keys")
+        keys = self.bars._wait(self.bars._map(self.config.features_map).key_set(pred), "read bar keys")
         return sorted(int(k) for k in keys)
 
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None:
