@@ -332,6 +332,7 @@ class Grid:
         # compiles, the initial read), which delays the probe without any event backlog.
         self.shed_grace_s = max(5.0 * float(config.bar_seconds), 10.0)
         self._listening_since = math.inf  # time.monotonic() the current listener was registered
+        self._events_disconnects_seen = 0  # of the current events connection, at the last check
         self.events_sheds = 0
         self.events_lag_s: float | None = None  # the last probe's backlog, s
         self._on_entry: Callable[[Any, Any, float], None] | None = None
@@ -450,6 +451,15 @@ class Grid:
     def _check_backlog(self) -> None:
         # A health document written more than shed_lag_s ago whose event has not come back: the
         # events are at least that far behind (found without waiting for the backlog to drain).
+        events = self.events
+        if not events.connected or events.disconnects != self._events_disconnects_seen:
+            # Away or reconnected: writes made meanwhile have no event to come (the client
+            # re-registers its listeners after reconnecting); start the grace period again.
+            self._events_disconnects_seen = events.disconnects
+            self._listening_since = time.monotonic()
+            with self._lock:
+                self._unechoed.clear()
+            return
         with self._lock:
             oldest = self._unechoed[0] if self._unechoed else None
         if (oldest is not None and self.events_live() and time.time() - oldest > self.shed_lag_s
@@ -498,6 +508,7 @@ class Grid:
         fut = conn._map(self.config.health_map).add_entry_listener(
             include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
         conn._wait(fut, "add events probe")
+        self._events_disconnects_seen = conn.disconnects
         self._listening_since = time.monotonic()
         log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
