@@ -294,8 +294,9 @@ class Grid:
     (doubled for each shed within a cool-down of listening again, up to ``shed_cooldown_max_s``)
     and listens again on a new one; meanwhile ``events_live()`` is False and the worker re-reads
     every asset at bar close (one read: the newest value of each asset, whatever the offered rate).
-    No shedding within ``shed_grace_s`` (5 bars) of listening: the first bars stall the whole
-    process (compiles). ``events_sheds`` counts the drops."""
+    No shedding within ``shed_grace_s`` (5 bars) of the first listening, nor of an events reconnect:
+    the first bars stall the whole process (compiles), and a reconnected client re-registers its
+    listeners in the background. ``events_sheds`` counts the drops."""
 
     def __init__(self, config: WorkerConfig, *,
                  client_factory: Callable[..., Any] | None = None) -> None:
@@ -509,7 +510,9 @@ class Grid:
             include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
         conn._wait(fut, "add events probe")
         self._events_disconnects_seen = conn.disconnects
-        self._listening_since = time.monotonic()
+        # The grace period is for the process's first bars; listening again after a shed the
+        # process is warm, and a flood that returns must be shed as fast as the first time.
+        self._listening_since = time.monotonic() if self.events_sheds == 0 else -math.inf
         log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
     def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:
