@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# The tree under test (bench/previous.py sets it in a subject's process; default: this checkout).
+# Its packages come first on sys.path, and the worker and trader subprocesses run from it.
+TREE = Path(os.environ.get("OBF_BENCH_TREE") or REPO)
+if str(TREE) not in sys.path:
+    sys.path.insert(0, str(TREE))
 
 import hazelcast
 from hazelcast.config import IntType
@@ -164,11 +167,11 @@ def worker_process(cluster: Cluster, suffix: str, log_dir: Path, *, experiment: 
     OBF_BAR_SECONDS=2); its log goes to ``log_dir/worker.log``. SIGTERM on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OBF_", "HZ_"))}
     env.update(HZ_CLUSTER=cluster.name, HZ_MEMBERS=",".join(cluster.members), OBF_MAP_SUFFIX=suffix,
-               OBF_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+               OBF_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", PYTHONPATH=str(TREE))
     env.update({f"OBF_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = log_dir / "worker.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(experiment.command(), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(experiment.command(), env=env, cwd=TREE, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield proc
         finally:
@@ -187,8 +190,10 @@ def publisher_process(cluster: Cluster, map_name: str, n_assets: int, rate_hz: f
 
 @contextlib.contextmanager
 def progress_process(script: str, args: list[str], log_dir: Path) -> Iterator[ProgressProcess]:
-    """``bench/<script> <args>`` as a subprocess writing JSON progress lines to stdout (kept in a
-    file in ``log_dir``; stderr to ``<script>.log``). SIGTERM on exit."""
+    """``bench/<script> <args>`` (this checkout's harness) as a subprocess writing JSON progress lines
+    to stdout (kept in a file in ``log_dir``; stderr to ``<script>.log``). It inherits
+    OBF_BENCH_TREE: a script that loads code under test (trader_process.py) loads the tree's.
+    SIGTERM on exit."""
     cmd = [sys.executable, str(REPO / "bench" / script), *args]
     progress = log_dir / f"{Path(script).stem}-{uuid.uuid4().hex[:6]}.jsonl"
     with open(progress, "wb") as out, open(log_dir / f"{Path(script).stem}.log", "ab") as err:

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The adapter under test: the tree bench/previous.py names (OBF_BENCH_TREE), else this checkout.
+sys.path.insert(0, os.environ.get("OBF_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import hazelcast
 import orjson
