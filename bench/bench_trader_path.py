@@ -1,7 +1,12 @@
 """Trader-side cost per bar: the read-only adapter vs the original in-process OB engine.
 
-Run: ``.venv/bin/python bench/bench_trader_path.py [--members host:port --cluster NAME] [--quick]``
-(without ``--members`` a local member is started on a free port and stopped at the end).
+Run: ``.venv/bin/python bench/bench_trader_path.py [--members host:port --cluster NAME] [--quick]
+[--previous REF | --no-previous]`` (without ``--members`` a local member is started on a free port
+and stopped at the end).
+
+This checkout and the previous design (``bench/previous.py``) are measured one after the other
+against the same member, each in a subprocess with its own ``FeatureEngine``, ``dumps_record``
+and adapter: each tree's worker records are what its own adapter reads.
 
 Per bar, for N assets, both sides do what the trader's scan does: ``step_live(assets, bar_idx)``
 then ``get_placement`` + ``get_signal`` for every asset, ``get_market`` and ``get_macro``.
@@ -12,17 +17,19 @@ then ``get_placement`` + ``get_signal`` for every asset, ``get_market`` and ``ge
 * ``in-process``: the original design: per bar one blocking ``map.get`` per asset from
   ``DOLPHIN_FEATURES`` + JSON parse + the per-asset feature loop in plain Python
   (``tests.reference.ReferenceFeatures``), then the same getters over the computed dicts.
-* ``decode``: the adapter's one-time decode of that bar's record, paid on the listener thread,
-  not the trader's (shown for completeness).
+* ``decode``: ``engine_adapter.features.decode_bar`` of that bar's record (the listener thread's
+  work in the previous design; NaN when the tree has no such function).
 * ``floor``: the same loop against an object whose methods do nothing: the cost of the Python
   calls alone, which no implementation of these getters can go below.
 * ``bulk``: ``step_live`` + ``get_bar()`` once, then ``bar.assets.get(symbol)`` and its
   ``.placement`` / ``.signal`` per asset (``get_bar`` documents this for traders who want the
-  minimum: one dict lookup per asset instead of two method calls).
+  minimum: one dict lookup per asset instead of two method calls; NaN if the tree's bar differs).
+* ``in-process`` and ``floor`` are measured with this checkout only (they do not depend on the design).
 
 Times are per bar, median (p99) over the timed bars, against the same real member.
 ``ratio`` = in-process median / adapter median. Nothing is asserted; numbers depend on the machine.
-Targets: adapter >= 100x cheaper than in-process at 50 assets, < 100 us per bar at 400.
+Targets: adapter >= 100x cheaper than in-process at 50 assets; < 100 us per bar at 400 (issue 14
+keeps it while the cache changes shape).
 """
 
 from __future__ import annotations
@@ -30,27 +37,19 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import harness as H
 import numpy as np
 import orjson
+import previous as P
+import targets as T
 from hazelcast.core import HazelcastJsonValue
 
-from engine_adapter import AdapterConfig, HazelcastOBEngine
-from engine_adapter.features import (
-    OBMacroFeatures,
-    OBMarketFeatures,
-    OBPlacementFeatures,
-    OBSignalFeatures,
-    decode_bar,
-)
-from obf_contract.record import dumps_record
-from obf_features_worker.engine.feature_engine import FeatureEngine
-from obf_features_worker.engine.snapshot import Snapshot, payload_json
-from tests.reference import ReferenceFeatures
+# The code under test (engine_adapter, the engine, dumps_record) is imported inside the functions
+# that run in a tree's subprocess: each tree's own.
 
 T0 = 1_723_161_000.0
 LEVELS = 20  # bands per side in the synthetic books
@@ -60,6 +59,10 @@ class InProcessOBEngine:
     """The original design: reads every asset's book and computes its features on the trader thread."""
 
     def __init__(self, client: Any, input_map: str) -> None:
+        from engine_adapter import features as F
+        from tests.reference import ReferenceFeatures
+
+        self._F = F
         self._map = client.get_map(input_map).blocking()
         self._ref = ReferenceFeatures()
         self._bar: dict[str, Any] = {"assets": {}, "market": None, "macro": None}
@@ -74,24 +77,24 @@ class InProcessOBEngine:
             books[sym] = (snap["bid_notional"], snap["ask_notional"])
         self._bar = self._ref.bar(books)
 
-    def get_placement(self, asset: str, _key: Any = None) -> OBPlacementFeatures:
+    def get_placement(self, asset: str, _key: Any = None) -> Any:
         f = self._bar["assets"].get(asset)
-        return OBPlacementFeatures() if f is None else OBPlacementFeatures(
+        return self._F.OBPlacementFeatures() if f is None else self._F.OBPlacementFeatures(
             f["depth_1pct_usd"], f["depth_quality"], f["fill_probability"], f["spread_proxy_bps"])
 
-    def get_signal(self, asset: str, _key: Any = None) -> OBSignalFeatures:
+    def get_signal(self, asset: str, _key: Any = None) -> Any:
         f = self._bar["assets"].get(asset)
-        return OBSignalFeatures() if f is None else OBSignalFeatures(
+        return self._F.OBSignalFeatures() if f is None else self._F.OBSignalFeatures(
             f["imbalance"], f["imbalance_ma5"], f["imbalance_persistence"], f["depth_asymmetry"],
             f["withdrawal_velocity"])
 
-    def get_market(self, _key: Any = None) -> OBMarketFeatures:
+    def get_market(self, _key: Any = None) -> Any:
         m = self._bar["market"]
-        return OBMarketFeatures() if m is None else OBMarketFeatures(**m)
+        return self._F.OBMarketFeatures() if m is None else self._F.OBMarketFeatures(**m)
 
-    def get_macro(self, _key: Any = None) -> OBMacroFeatures:
+    def get_macro(self, _key: Any = None) -> Any:
         m = self._bar["macro"]
-        return OBMacroFeatures() if m is None else OBMacroFeatures(**m)
+        return self._F.OBMacroFeatures() if m is None else self._F.OBMacroFeatures(**m)
 
 
 def trader_bar(ob: Any, assets: list[str], bar_idx: int) -> None:
@@ -104,7 +107,7 @@ def trader_bar(ob: Any, assets: list[str], bar_idx: int) -> None:
     ob.get_macro(bar_idx)
 
 
-def trader_bar_bulk(ob: HazelcastOBEngine, assets: list[str], bar_idx: int) -> None:
+def trader_bar_bulk(ob: Any, assets: list[str], bar_idx: int) -> None:
     """The same reads through the bulk accessor: one get_bar, then plain lookups."""
     ob.step_live(assets, bar_idx)
     bar = ob.get_bar(bar_idx)
@@ -138,16 +141,6 @@ class EmptyOBEngine:
         return None
 
 
-@dataclass
-class Row:
-    n: int
-    adapter: list[float]
-    inproc: list[float]
-    decode: list[float]
-    floor: list[float]
-    bulk: list[float]
-
-
 def timed(fn: Any, reps: list[Any]) -> list[float]:
     out = []
     for r in reps:
@@ -157,13 +150,31 @@ def timed(fn: Any, reps: list[Any]) -> list[float]:
     return out
 
 
-def bench_n(client: Any, cluster: str, members: list[str], n: int, n_bars: int, n_inproc: int,
-            rng: np.random.Generator) -> Row:
+def summary(xs: list[float]) -> dict[str, float]:
+    """Median and p99 in seconds (NaN for no data)."""
+    return {"median": statistics.median(xs) if xs else float("nan"), "p99": pct(xs, 0.99) if xs else float("nan")}
+
+
+def bench_n(cluster: str, members: list[str], n: int, n_bars: int, n_inproc: int, seed: int,
+            reference: bool) -> dict[str, dict[str, float]]:
+    """In a tree's process: adapter, bulk and decode per bar for ``n`` assets (and, with
+    ``reference``, the in-process design and the call floor), each as median / p99 seconds."""
+    import hazelcast
+    from hazelcast.config import IntType
+
+    from engine_adapter import AdapterConfig, HazelcastOBEngine
+    from obf_contract.record import dumps_record
+    from obf_features_worker.engine.feature_engine import FeatureEngine
+    from obf_features_worker.engine.snapshot import Snapshot, payload_json
+
+    rng = np.random.default_rng(seed)
+    client = hazelcast.HazelcastClient(cluster_name=cluster, cluster_members=members, default_int_type=IntType.LONG)
     suffix = H.map_suffix()
     input_name, bars_name = "DOLPHIN_FEATURES" + suffix, "DOLPHIN_OBF_FEATURES" + suffix
     assets = [f"A{i:04d}USDT" for i in range(n)]
     input_map = client.get_map(input_name).blocking()
     bars_map = client.get_map(bars_name).blocking()
+    out: dict[str, dict[str, float]] = {}
     try:
         # Upstream books (what the in-process design reads) and the worker's records for them.
         engine = FeatureEngine()
@@ -184,26 +195,48 @@ def bench_n(client: Any, cluster: str, members: list[str], n: int, n_bars: int, 
         cfg = AdapterConfig(cluster_name=cluster, members=tuple(members), map_name=bars_name,
                             cache_bars=n_bars, max_wait_ms=50)
         with HazelcastOBEngine(cfg, client=client) as ob:
+            ob.wait_for_bar(n_bars, 30.0)  # the bars already in the map: loaded at start or on the first miss
             trader_bar(ob, assets, 1)  # warm-up
-            adapter = timed(lambda b: trader_bar(ob, assets, b), list(range(1, n_bars + 1)))
-            assert ob.stats().steps["exact"] == n_bars + 1, ob.stats()
+            out["adapter"] = summary(timed(lambda b: trader_bar(ob, assets, b), list(range(1, n_bars + 1))))
+            exact = ob.stats().steps["exact"]
+            if exact != n_bars + 1:
+                print(f"  {n} assets: only {exact - 1}/{n_bars} bars were exact", file=sys.stderr)
         # A fresh trader for the bulk variant: stepping bar 1 again on the same adapter would be a
         # numbering restart (bar_idx going back), which answers neutral until the trader passes n_bars.
-        with HazelcastOBEngine(cfg, client=client) as ob:
-            trader_bar_bulk(ob, assets, 1)  # warm-up
-            bulk = timed(lambda b: trader_bar_bulk(ob, assets, b), list(range(1, n_bars + 1)))
-            assert ob.stats().steps["exact"] == n_bars + 1, ob.stats()
-        empty = EmptyOBEngine()
-        floor = timed(lambda b: trader_bar(empty, assets, b), list(range(1, n_bars + 1)))
+        try:
+            with HazelcastOBEngine(cfg, client=client) as ob:
+                trader_bar_bulk(ob, assets, 1)  # warm-up
+                out["bulk"] = summary(timed(lambda b: trader_bar_bulk(ob, assets, b), list(range(1, n_bars + 1))))
+        except Exception as exc:  # the tree's get_bar differs from what this harness knows
+            print(f"  bulk variant not measured on this tree: {exc!r}", file=sys.stderr)
+            out["bulk"] = summary([])
+        try:
+            from engine_adapter.features import decode_bar
 
-        inproc_ob = InProcessOBEngine(client, input_name)
-        trader_bar(inproc_ob, assets, 1)  # warm-up
-        inproc = timed(lambda b: trader_bar(inproc_ob, assets, b), list(range(1, n_inproc + 1)))
-        decode = timed(decode_bar, records)
-        return Row(n, adapter, inproc, decode, floor, bulk)
+            out["decode"] = summary(timed(decode_bar, records))
+        except Exception as exc:  # no decode_bar in this tree
+            print(f"  decode not measured on this tree: {exc!r}", file=sys.stderr)
+            out["decode"] = summary([])
+        out["record_kB"] = {"median": statistics.median(len(r) for r in records) / 1000.0, "p99": float("nan")}
+        if reference:
+            empty = EmptyOBEngine()
+            out["floor"] = summary(timed(lambda b: trader_bar(empty, assets, b), list(range(1, n_bars + 1))))
+            inproc_ob = InProcessOBEngine(client, input_name)
+            trader_bar(inproc_ob, assets, 1)  # warm-up
+            out["inproc"] = summary(timed(lambda b: trader_bar(inproc_ob, assets, b), list(range(1, n_inproc + 1))))
+        return out
     finally:
         input_map.destroy()
         bars_map.destroy()
+        client.shutdown()
+
+
+def measure(cluster: str, members: list[str], sizes: list[int], n_bars: int, inproc_budget: int,
+            reference: bool) -> dict[str, Any]:
+    """In a tree's process: every size; ``{"<n>": bench_n(...)}``."""
+    logging.basicConfig(level=logging.WARNING)
+    return {str(n): bench_n(cluster, members, n, n_bars, max(3, min(n_bars, inproc_budget // n)), 7, reference)
+            for n in sizes}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -211,48 +244,70 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def fmt_ms(xs: list[float]) -> str:
-    return f"{statistics.median(xs) * 1e3:9.3f} ({pct(xs, 0.99) * 1e3:8.3f})"
+def fmt_ms(x: dict[str, float] | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x['median'] * 1e3:9.3f} ({x['p99'] * 1e3:8.3f})"
+
+
+def configure(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--trader-sizes", default="4,50,400", help="asset counts (default 4,50,400)")
+
+
+def run(args: argparse.Namespace) -> list[T.Row]:
+    sizes = [int(s) for s in args.trader_sizes.split(",")]
+    n_bars = 40 if args.quick else 200
+    inproc_budget = 400 if args.quick else 2000
+    res: dict[str, Any] = {}
+    with H.cluster_from_args(args) as cl:
+        for k, subj in enumerate(P.subjects(args)):
+            res[subj.name] = (subj, P.run_in(subj, "bench_trader_path", "measure", cluster=cl.name,
+                                             members=cl.members, sizes=sizes, n_bars=n_bars,
+                                             inproc_budget=inproc_budget, reference=k == 0))
+    cur = res["current"][1]
+    print("trader-side cost per bar: step_live + get_placement/get_signal per asset + get_market + get_macro "
+          "(ms, median (p99)); in-process and floor: this checkout's harness")
+    rows = []
+    for n in sizes:
+        key = str(n)
+        calls = 2 * n + 3  # step_live, 2 per asset, market, macro
+        for name, (subj, r) in res.items():
+            m = r[key]
+            ratio = cur[key]["inproc"]["median"] / m["adapter"]["median"]
+            rows.append([n, subj.label, fmt_ms(m["adapter"]), f"{m['adapter']['median'] / calls * 1e9:.0f}",
+                         fmt_ms(m["bulk"]), fmt_ms(m["decode"]), f"{m['record_kB']['median']:.0f}",
+                         fmt_ms(cur[key]["inproc"]) if name == "current" else "",
+                         f"{ratio:.0f}x", fmt_ms(cur[key]["floor"]) if name == "current" else ""])
+    H.print_table(f"trader path ({H.machine_line()})",
+                  ["assets", "tree", "adapter ms/bar", "ns/call", "bulk ms/bar", "decode ms/bar", "record kB",
+                   "in-process ms/bar", "in-process / adapter", "floor ms/bar"], rows)
+
+    def figure(name: str, n: int, f: Any) -> float | None:
+        r = res.get(name)
+        return None if r is None or str(n) not in r[1] else float(f(r[1][str(n)]))
+
+    out = []
+    if 400 in sizes:
+        out.append(T.Row("trader_path", "step_live + get_* for every asset, 400 assets", "<", 100.0, "us/bar",
+                         figure("current", 400, lambda m: m["adapter"]["median"] * 1e6),
+                         figure("previous", 400, lambda m: m["adapter"]["median"] * 1e6),
+                         f"median of {n_bars} bars"))
+    if 50 in sizes:
+        out.append(T.Row("trader_path", "in-process design / adapter, 50 assets", ">=", 100.0, "x",
+                         figure("current", 50, lambda m: cur["50"]["inproc"]["median"] / m["adapter"]["median"]),
+                         figure("previous", 50, lambda m: cur["50"]["inproc"]["median"] / m["adapter"]["median"]),
+                         "issue 12's target, kept"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     H.add_cluster_args(ap)
-    ap.add_argument("--sizes", default="4,50,400", help="asset counts (default 4,50,400)")
+    P.add_args(ap)
+    configure(ap)
     ap.add_argument("--quick", action="store_true", help="fewer bars")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
-    rng = np.random.default_rng(7)
-    rows = []
-    with H.cluster_from_args(args) as cl:
-        cluster, members = cl.name, cl.members
-        client = cl.client()
-        try:
-            for n in (int(s) for s in args.sizes.split(",")):
-                n_bars = 40 if args.quick else 200
-                n_inproc = max(3, min(n_bars, (400 if args.quick else 2000) // n))
-                rows.append(bench_n(client, cluster, members, n, n_bars, n_inproc, rng))
-        finally:
-            client.shutdown()
-
-    print(f"trader-side cost per bar: step_live + get_placement/get_signal per asset + get_market + get_macro "
-          f"(member {','.join(members)}; ms, median (p99))")
-    print(f"{'assets':>6} | {'adapter ms/bar':>20} | {'in-process ms/bar':>20} | {'ratio':>8} | "
-          f"{'floor ms/bar':>20} | {'adapter ns/call':>15} | {'floor ns/call':>13} | {'bulk ms/bar':>20} | "
-          f"{'decode ms/bar (listener)':>24}")
-    for r in rows:
-        ratio = statistics.median(r.inproc) / statistics.median(r.adapter)
-        calls = 2 * r.n + 3  # step_live, 2 per asset, market, macro
-        print(f"{r.n:>6} | {fmt_ms(r.adapter):>20} | {fmt_ms(r.inproc):>20} | {ratio:>7.1f}x | "
-              f"{fmt_ms(r.floor):>20} | {statistics.median(r.adapter) / calls * 1e9:>15.0f} | "
-              f"{statistics.median(r.floor) / calls * 1e9:>13.0f} | {fmt_ms(r.bulk):>20} | {fmt_ms(r.decode):>24}")
-    at = {r.n: r for r in rows}
-    if 50 in at and 400 in at:
-        r50 = statistics.median(at[50].inproc) / statistics.median(at[50].adapter)
-        us400 = statistics.median(at[400].adapter) * 1e6
-        print(f"targets: >= 100x at 50 assets: {r50:.0f}x ({'met' if r50 >= 100 else 'NOT met'}); "
-              f"< 100 us per bar at 400: {us400:.0f} us ({'met' if us400 < 100 else 'NOT met'})")
+    rows = run(ap.parse_args(argv))
+    T.print_rows(rows)
     return 0
 
 
