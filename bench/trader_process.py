@@ -2,7 +2,7 @@
 process would run it) and nothing else, so that its RSS, its garbage collections and its
 listener thread are the adapter's alone (no numpy, no numba, no worker modules).
 
-Two modes (by hand: ``.venv/bin/python bench/trader_process.py --members 127.0.0.1:5701
+Three modes (by hand: ``.venv/bin/python bench/trader_process.py --members 127.0.0.1:5701
 --cluster dev --map DOLPHIN_OBF_FEATURES --assets 400 --duration 60 [--watch-bars 30]``):
 
 * scan (``bench_memory.py``): every bar ``step_live`` then ``get_placement`` / ``get_signal``
@@ -13,6 +13,13 @@ Two modes (by hand: ``.venv/bin/python bench/trader_process.py --members 127.0.0
   ``{"bar", "visible", "bar_ts", "computed_at", "ages_ms"}`` (``ages_ms``: visible time minus
   each asset's snapshot time), then ``{"gc_ms": [...], "tracked": n}``: the collections of
   generation 1 and 2 this process ran meanwhile (ms each) and its tracked objects.
+
+* ``--cache-probe`` (``bench_memory.py``): the adapter with ``--cache-bars`` and no stepping;
+  ``{"ready": true}`` once it listens, then, once its cache holds ``--cache-bars`` bars (the
+  benchmark writes them), ``{"cache": {...}}``: the memory the cache holds (``tracemalloc``:
+  traced bytes with the cache full minus before the adapter existed, after a full collection;
+  and the RSS delta), the full ``gc.collect()`` pause (median / max of 7, tracemalloc stopped)
+  with the cache full and before the adapter existed, and the tracked objects.
 
 Output: JSON lines on stdout, the first ``{"baseline_rss": bytes}`` (the process with the client
 connected, before the adapter exists), the last ``{"done": true}``.
@@ -28,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bar-seconds", type=float, default=1.0)
     ap.add_argument("--duration", type=float, default=60.0, help="scan mode: seconds to run")
     ap.add_argument("--watch-bars", type=int, default=0, help="measure when K bars become visible, then exit")
+    ap.add_argument("--cache-probe", action="store_true", help="measure the full cache's memory and GC pause, exit")
     args = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -97,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AdapterConfig(cluster_name=args.cluster, members=tuple(args.members.split(",")), map_name=args.map,
                         cache_bars=args.cache_bars, max_wait_ms=200)
     end = time.time() + args.duration
+    if args.cache_probe:
+        cache_probe(cfg, client, args.cache_bars, end, stop, emit)
+        client.shutdown()
+        emit({"done": True})
+        return 0
     with HazelcastOBEngine(cfg, client=client) as ob:
         if args.watch_bars > 0:
             watch(ob, args.watch_bars, args.bar_seconds, stop, emit)
@@ -113,6 +127,40 @@ def main(argv: list[str] | None = None) -> int:
     client.shutdown()
     emit({"done": True})
     return 0
+
+
+def full_gc_ms(reps: int = 7) -> list[float]:
+    """Durations (ms) of ``reps`` full collections, one after the other."""
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        gc.collect()
+        out.append((time.perf_counter() - t) * 1000.0)
+    return out
+
+
+def cache_probe(cfg: AdapterConfig, client: Any, bars: int, end: float, stop: threading.Event, emit: Any) -> None:
+    gc.collect()
+    gc_before = full_gc_ms()
+    rss0 = rss()
+    tracemalloc.start()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    with HazelcastOBEngine(cfg, client=client) as ob:
+        emit({"ready": True})
+        cached = 0
+        while not stop.is_set() and time.time() < end:
+            cached = ob.stats().cache.bars
+            if cached >= bars:
+                break
+            emit({"cached": cached})
+            stop.wait(0.25)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - traced0
+        tracemalloc.stop()
+        gc_full = full_gc_ms()
+        emit({"cache": {"bars": ob.stats().cache.bars, "traced_bytes": traced, "rss_delta": rss() - rss0,
+                        "gc_ms": gc_full, "gc_before_ms": gc_before, "tracked": len(gc.get_objects()),
+                        "complete": cached >= bars}})
 
 
 def watch(ob: HazelcastOBEngine, n_bars: int, bar_seconds: float, stop: threading.Event, emit: Any) -> None:
