@@ -177,8 +177,12 @@ def watch(ob: HazelcastOBEngine, n_bars: int, bar_seconds: float, stop: threadin
             visible = time.time()
             bar = ob.get_bar(k)
             assert bar is not None and bar.bar_idx == k
-            emit({"bar": k, "visible": visible, "bar_ts": bar.bar_ts, "computed_at": bar.computed_at,
-                  "ages_ms": [(visible - a.ts) * 1000.0 for a in bar.assets.values()]})
+            try:  # the per-asset view of the bar (a tree whose bar has none: no put->visible figures)
+                ages = [(visible - a.ts) * 1000.0 for a in bar.assets.values()]
+            except AttributeError:
+                ages = []
+            emit({"bar": k, "visible": visible, "bar_ts": bar.bar_ts, "computed_at": getattr(bar, "computed_at", None),
+                  "ages_ms": ages})
     emit({"gc_ms": gcw.pauses_ms, "tracked": len(gc.get_objects())})
 
 
