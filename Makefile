@@ -85,8 +85,8 @@ soak: setup  ## the long soak variants (a time-compressed day; minutes)
 demo: setup  ## run the pipeline locally: member + feeder + worker + live view (Ctrl-C stops)
 	$(BIN)/obf-features demo $(DEMO_ARGS)
 
-bench: setup  ## run the benchmarks (prints tables with ratios)
+bench: setup  ## run the benchmarks on this checkout and the previous design; summary of the targets
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:  ## remove the venv, jars and run files
-	rm -rf $(VENV) $(NVENV) .hazelcast .pytest_cache
+	rm -rf $(VENV) $(NVENV) .hazelcast .pytest_cache .bench-previous

@@ -14,6 +14,10 @@ The bench contract (every ``bench/bench_*.py`` and ``bench/bench_overload.py``):
   only). ``bench.previous.subjects(args)`` turns it into the trees to measure.
 * optionally ``configure(parser)``: adds the script's own options; ``run_all`` fills their defaults.
 
+A benchmark that judges a target itself (several measurements behind one verdict, e.g. the
+overload run) gives ``op=""`` with ``judged`` (its verdict on the current and the previous tree,
+computed from what it measured) and ``shown`` (the figures as text).
+
 Rows cross process boundaries as JSON (:meth:`Row.to_json` / :meth:`Row.from_json`).
 """
 
@@ -41,6 +45,7 @@ class Row:
     threshold ("close->visible p99 at 400 assets"). op / threshold / unit: the target is
     ``value op threshold`` in ``unit`` ("<", 10.0, "ms"). current / previous: the figure on each
     tree (None: not measured; NaN: measured, no data). note: how it was measured, or why missing.
+    judged / shown: for ``op=""`` only: the benchmark's own verdicts (current, previous) and figures.
     """
 
     bench: str
@@ -51,22 +56,33 @@ class Row:
     current: float | None
     previous: float | None = None
     note: str = ""
+    judged: tuple[bool | None, bool | None] | None = None
+    shown: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise ValueError(f"Row.op must be one of {', '.join(_OPS)}, got {self.op!r}")
+        if self.op == "":
+            if self.judged is None:
+                raise ValueError("Row.judged is required when Row.op is empty (a benchmark's own verdict)")
+        elif self.op not in _OPS:
+            raise ValueError(f"Row.op must be one of {', '.join(_OPS)} or empty, got {self.op!r}")
 
     @property
     def met(self) -> bool | None:
         """Whether the current figure meets the target; None when there is no current figure."""
+        if self.judged is not None:
+            return self.judged[0]
         return _check(self.op, self.current, self.threshold)
 
     @property
     def previous_met(self) -> bool | None:
         """Whether the previous design met it (same rule)."""
+        if self.judged is not None:
+            return self.judged[1]
         return _check(self.op, self.previous, self.threshold)
 
     def target_text(self) -> str:
+        if not self.op:
+            return self.target
         t = self.threshold
         shown = f"{int(t):,}" if float(t).is_integer() else _num(t)
         return f"{self.target} {self.op} {shown} {self.unit}".rstrip()
@@ -84,6 +100,9 @@ class Row:
     def from_json(cls, d: dict[str, Any]) -> Row:
         kw = {k: d[k] for k in ("bench", "target", "op", "threshold", "unit", "current", "previous", "note")
               if k in d}
+        for k in ("judged", "shown"):
+            if d.get(k) is not None:
+                kw[k] = tuple(d[k])
         for k in ("current", "previous"):
             if d.get(k + "_nan"):
                 kw[k] = float("nan")
@@ -124,8 +143,10 @@ def table(rows: Iterable[Row]) -> list[list[str]]:
     """Header + one list of cells per row: bench, target, current, verdict, previous, its verdict, note."""
     out = [["bench", "target", "current", "", "previous design", "", "note"]]
     for r in rows:
-        out.append([r.bench, r.target_text(), _fig(r.current, r.unit), _verdict(r.met),
-                    _fig(r.previous, r.unit), "" if r.previous is None else _verdict(r.previous_met), r.note])
+        cur, prev = r.shown if r.shown is not None else (_fig(r.current, r.unit), _fig(r.previous, r.unit))
+        has_prev = r.previous is not None or (r.judged is not None and r.judged[1] is not None)
+        out.append([r.bench, r.target_text(), cur, _verdict(r.met), prev, _verdict(r.previous_met) if has_prev else "",
+                    r.note])
     return out
 
 
