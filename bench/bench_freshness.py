@@ -194,7 +194,10 @@ def measure_tree(cluster: str, members: list[str], member_pid: int | None, sizes
         with H.scratch_dir("obf-bench-fresh-") as log_dir:
             for n in sizes:
                 out["rows"].append(asdict(measure(cl, client, n, n_bars, log_dir, H.Experiment(**experiment))))
-                out["budgets"][str(n)] = budget(client, n)
+                try:
+                    out["budgets"][str(n)] = budget(client, n)
+                except Exception as exc:  # the tree's engine API differs from what this harness knows
+                    print(f"  budget not measured on this tree: {exc!r}", file=sys.stderr)
                 print(f"  freshness {n} assets measured", file=sys.stderr, flush=True)
     finally:
         client.shutdown()

@@ -21,7 +21,7 @@ and adapter:
   ``bench/publisher.py`` at 10 Hz per asset and ``bench/trader_process.py`` stepping every bar
   and reading every asset; after a warm-up the worker's and the trader's RSS (and, in brackets,
   the trader process with only its client connected).
-* **growth** (this checkout only, ``--long-s``, 300 s, 60 s with ``--quick``, 0 = skip): at 400
+* **growth** (this checkout only, ``--long-s``, 300 s, 30 s with ``--quick``, 0 = skip): at 400
   assets with a 10-bar adapter cache, both RSS every 5 s: ``growth`` = last minus first sample
   after the cache filled, ``slope`` the least-squares trend.
 
@@ -176,7 +176,7 @@ def configure(ap: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> list[T.Row]:
     sizes = [int(x) for x in (args.memory_sizes or ("400" if args.quick else "400,2000")).split(",") if x]
     warm_s = 6.0 if args.quick else 30.0
-    long_s = args.long_s if args.long_s is not None else (60.0 if args.quick else 300.0)
+    long_s = args.long_s if args.long_s is not None else (30.0 if args.quick else 300.0)
     res: dict[str, Any] = {}
     with H.cluster_from_args(args) as cl:
         for subj in P.subjects(args):

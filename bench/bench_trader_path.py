@@ -251,11 +251,11 @@ def fmt_ms(x: dict[str, float] | None) -> str:
 
 
 def configure(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--trader-sizes", default="4,50,400", help="asset counts (default 4,50,400)")
+    ap.add_argument("--trader-sizes", default=None, help="asset counts (default 4,50,400; --quick 50,400)")
 
 
 def run(args: argparse.Namespace) -> list[T.Row]:
-    sizes = [int(s) for s in args.trader_sizes.split(",")]
+    sizes = [int(s) for s in (args.trader_sizes or ("50,400" if args.quick else "4,50,400")).split(",")]
     n_bars = 40 if args.quick else 200
     inproc_budget = 400 if args.quick else 2000
     res: dict[str, Any] = {}

@@ -179,7 +179,7 @@ def watch(ob: HazelcastOBEngine, n_bars: int, bar_seconds: float, stop: threadin
             assert bar is not None and bar.bar_idx == k
             try:  # the per-asset view of the bar (a tree whose bar has none: no put->visible figures)
                 ages = [(visible - a.ts) * 1000.0 for a in bar.assets.values()]
-            except AttributeError:
+            except (AttributeError, TypeError):
                 ages = []
             emit({"bar": k, "visible": visible, "bar_ts": bar.bar_ts, "computed_at": getattr(bar, "computed_at", None),
                   "ages_ms": ages})
