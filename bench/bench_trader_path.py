@@ -11,9 +11,11 @@ and adapter: each tree's worker records are what its own adapter reads.
 Per bar, for N assets, both sides do what the trader's scan does: ``step_live(assets, bar_idx)``
 then ``get_placement`` + ``get_signal`` for every asset, ``get_market`` and ``get_macro``.
 
-* ``adapter``: ``HazelcastOBEngine``; the worker's records (real ``FeatureEngine`` output) are
-  already in ``DOLPHIN_OBF_FEATURES``, so ``step_live`` finds its bar cached (the normal case:
-  the worker writes at bar close, the listener decodes it on the reactor thread).
+* ``adapter``: ``HazelcastOBEngine``, live: per bar the worker's record (real ``FeatureEngine``
+  output) is written to ``DOLPHIN_OBF_FEATURES``, the adapter's listener takes it in
+  (``wait_for_bar``), then the trader's reads are timed: ``step_live`` finds the newest bar
+  cached, as it does in production (the worker writes at bar close, the listener decodes or
+  prepares it on the reactor thread before the trader asks).
 * ``in-process``: the original design: per bar one blocking ``map.get`` per asset from
   ``DOLPHIN_FEATURES`` + JSON parse + the per-asset feature loop in plain Python
   (``tests.reference.ReferenceFeatures``), then the same getters over the computed dicts.
@@ -189,24 +191,33 @@ def bench_n(cluster: str, members: list[str], n: int, n_bars: int, n_inproc: int
                     payloads[f"asset_{sym}_ob"] = payload_json(T0 + b - 0.1, bid, ask, seq=b)
             records.append(dumps_record(engine.step(b, T0 + b, snaps)))
         input_map.put_all(payloads)
-        for b, data in enumerate(records, start=1):
-            bars_map.put(b, HazelcastJsonValue(data.decode()))
 
-        cfg = AdapterConfig(cluster_name=cluster, members=tuple(members), map_name=bars_name,
-                            cache_bars=n_bars, max_wait_ms=50)
-        with HazelcastOBEngine(cfg, client=client) as ob:
-            ob.wait_for_bar(n_bars, 30.0)  # the bars already in the map: loaded at start or on the first miss
-            trader_bar(ob, assets, 1)  # warm-up
-            out["adapter"] = summary(timed(lambda b: trader_bar(ob, assets, b), list(range(1, n_bars + 1))))
-            exact = ob.stats().steps["exact"]
-            if exact != n_bars + 1:
-                print(f"  {n} assets: only {exact - 1}/{n_bars} bars were exact", file=sys.stderr)
-        # A fresh trader for the bulk variant: stepping bar 1 again on the same adapter would be a
-        # numbering restart (bar_idx going back), which answers neutral until the trader passes n_bars.
+        def live(step: Any, name: str) -> list[float]:
+            """The live pattern, per bar: the record is written, becomes visible in the adapter (its
+            listener has decoded or prepared it), then the trader steps it and reads every asset:
+            only that last part is timed. A fresh adapter on a fresh map for each variant."""
+            cfg = AdapterConfig(cluster_name=cluster, members=tuple(members), map_name=name, cache_bars=n_bars,
+                                max_wait_ms=50)
+            m = client.get_map(name).blocking()
+            times = []
+            try:
+                with HazelcastOBEngine(cfg, client=client) as ob:
+                    for b, data in enumerate(records, start=1):
+                        m.set(b, HazelcastJsonValue(data.decode()))
+                        ob.wait_for_bar(b, 10.0)
+                        t = time.perf_counter()
+                        step(ob, b)
+                        times.append(time.perf_counter() - t)
+                    exact = ob.stats().steps.get("exact", 0)
+                    if exact != n_bars:
+                        print(f"  {n} assets: only {exact}/{n_bars} bars were exact", file=sys.stderr)
+            finally:
+                m.destroy()
+            return times[1:]  # the first bar warms up
+
+        out["adapter"] = summary(live(lambda ob, b: trader_bar(ob, assets, b), bars_name))
         try:
-            with HazelcastOBEngine(cfg, client=client) as ob:
-                trader_bar_bulk(ob, assets, 1)  # warm-up
-                out["bulk"] = summary(timed(lambda b: trader_bar_bulk(ob, assets, b), list(range(1, n_bars + 1))))
+            out["bulk"] = summary(live(lambda ob, b: trader_bar_bulk(ob, assets, b), bars_name + "_BULK"))
         except Exception as exc:  # the tree's get_bar differs from what this harness knows
             print(f"  bulk variant not measured on this tree: {exc!r}", file=sys.stderr)
             out["bulk"] = summary([])
