@@ -18,8 +18,8 @@ Three modes (by hand: ``.venv/bin/python bench/trader_process.py --members 127.0
   ``{"ready": true}`` once it listens, then, once its cache holds ``--cache-bars`` bars (the
   benchmark writes them), ``{"cache": {...}}``: the memory the cache holds (``tracemalloc``:
   traced bytes with the cache full minus before the adapter existed, after a full collection;
-  and the RSS delta), the full ``gc.collect()`` pause (median / max of 7, tracemalloc stopped)
-  with the cache full and before the adapter existed, and the tracked objects.
+  and the RSS delta), the full ``gc.collect()`` pause (7 of them, wall and CPU ms each,
+  tracemalloc stopped) with the cache full and before the adapter existed, and the tracked objects.
 
 Output: JSON lines on stdout, the first ``{"baseline_rss": bytes}`` (the process with the client
 connected, before the adapter exists), the last ``{"done": true}``.
@@ -129,14 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def full_gc_ms(reps: int = 7) -> list[float]:
-    """Durations (ms) of ``reps`` full collections, one after the other."""
-    out = []
+def full_gc_ms(reps: int = 7) -> dict[str, list[float]]:
+    """``reps`` full collections, one after the other: wall ms and CPU ms of this thread each (on a
+    shared machine the wall time also holds the time other processes had the core)."""
+    wall, cpu = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        c, t = time.thread_time(), time.perf_counter()
         gc.collect()
-        out.append((time.perf_counter() - t) * 1000.0)
-    return out
+        wall.append((time.perf_counter() - t) * 1000.0)
+        cpu.append((time.thread_time() - c) * 1000.0)
+    return {"wall": wall, "cpu": cpu}
 
 
 def cache_probe(cfg: AdapterConfig, client: Any, bars: int, end: float, stop: threading.Event, emit: Any) -> None:
