@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,9 @@ def materialise(ref: str) -> Path:
 
 def run_in(subject: Subject, module: str, func: str, timeout: float = 3600.0, **params: Any) -> Any:
     """``bench/<module>.py``'s ``func(**params)`` run in a subprocess with ``subject``'s tree first on
-    ``sys.path`` (cwd = that tree); returns its result (JSON round trip). Its prints pass through."""
+    ``sys.path`` (cwd = that tree); returns its result (JSON round trip). Its prints pass through.
+    After ``timeout`` s (or on Ctrl-C) it gets SIGINT, so its context managers stop the processes it
+    started, then SIGKILL a minute later."""
     with tempfile.TemporaryDirectory(prefix="obf-bench-subject-") as d:
         out = Path(d) / "result.json"
         env = dict(os.environ)
@@ -106,7 +109,18 @@ def run_in(subject: Subject, module: str, func: str, timeout: float = 3600.0, **
         cmd = [sys.executable, str(BENCH_DIR / "previous.py"), "--call", f"{module}:{func}", "--params",
                json.dumps(params), "--out", str(out)]
         t0 = time.monotonic()
-        rc = subprocess.run(cmd, cwd=subject.root, env=env, timeout=timeout, check=False).returncode
+        proc = subprocess.Popen(cmd, cwd=subject.root, env=env)
+        try:
+            rc = proc.wait(timeout)
+        except BaseException as exc:  # SIGINT lets it stop its own workers and publishers
+            if not isinstance(exc, KeyboardInterrupt):  # Ctrl-C reached its process group already
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
         if rc != 0 or not out.exists():
             raise RuntimeError(f"{module}.{func} on the {subject.label} tree failed (exit {rc}) after "
                                f"{time.monotonic() - t0:.0f} s")
