@@ -12,7 +12,8 @@ this harness knows). ``naive`` = the same feature math written as a plain Python
 assets and bands (inputs pre-converted to lists) building the previous design's per-asset
 record dicts and encoding them with ``orjson.dumps`` (sorted keys): the straightforward
 implementation, identical for both trees (it is harness code, using the tree's
-``FeatureParams``). ``ratio`` = naive / whole. Each asset has a random band count L in 1..64
+``FeatureParams``). ``ratio`` = naive / whole; the two alternate bar by bar, so a change of the
+machine's load reaches both alike. Each asset has a random band count L in 1..64
 and is present in ~90 % of bars. Times are medians per bar (a garbage collection landing in
 one bar does not skew them). Numbers depend on the machine; nothing here is asserted.
 Target (issue 14): whole step >= 20x the naive loop at 400 assets.
@@ -166,8 +167,23 @@ def bench_size(n_assets: int, n_bars: int, rng: np.random.Generator) -> dict[str
             dumps_record(engine.step(i, T0 + i, bar))
         return engine
 
+    as_lists = [{s: (x.ts, x.bid_notional.tolist(), x.ask_notional.tolist()) for s, x in bar.items()}
+                for bar in bars]
+    # The whole step and the naive loop alternate bar by bar, so that a change of the machine's
+    # load during the measurement reaches both sides of the ratio alike.
     engine = whole_engine()
-    whole = _median_per_bar(lambda i, bar: dumps_record(engine.step(i, T0 + i, bar)), timed, len(warm))
+    naive = NaiveFeatures(p, records=True)
+    for i, bar in enumerate(as_lists[:5]):
+        _naive_one(naive, i, bar, encode=True)
+    whole_s, naive_s = [], []
+    for i, (bar, lists) in enumerate(zip(timed, as_lists[5:]), start=len(warm)):
+        t = time.perf_counter()
+        dumps_record(engine.step(i, T0 + i, bar))
+        whole_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _naive_one(naive, i, lists, encode=True)
+        naive_s.append(time.perf_counter() - t)
+
     engine = whole_engine()
     recs: list[Any] = []
     step = _median_per_bar(lambda i, bar: recs.append(engine.step(i, T0 + i, bar)), timed, len(warm))
@@ -177,24 +193,21 @@ def bench_size(n_assets: int, n_bars: int, rng: np.random.Generator) -> dict[str
     except Exception as exc:  # the tree's engine internals differ from what this harness knows
         print(f"kernel time not measured on this tree: {exc!r}", file=sys.stderr)
         kernel = float("nan")
-
-    as_lists = [{s: (x.ts, x.bid_notional.tolist(), x.ask_notional.tolist()) for s, x in bar.items()}
-                for bar in bars]
-    naive = _naive_time(NaiveFeatures(p, records=True), as_lists, encode=True)
     naive_math = _naive_time(NaiveFeatures(p, records=False), as_lists, encode=False)
-    return {"step": step, "encode": encode, "whole": whole, "kernel": kernel, "naive": naive,
-            "naive_math": naive_math}
+    return {"step": step, "encode": encode, "whole": statistics.median(whole_s), "kernel": kernel,
+            "naive": statistics.median(naive_s), "naive_math": naive_math}
+
+
+def _naive_one(naive: NaiveFeatures, i: int, bar: dict, *, encode: bool) -> None:
+    rec = naive.step(T0 + i, bar)
+    if encode:
+        orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
 
 
 def _naive_time(naive: NaiveFeatures, as_lists: list[dict], *, encode: bool) -> float:
-    def one(i: int, bar: dict) -> None:
-        rec = naive.step(T0 + i, bar)
-        if encode:
-            orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
-
     for i, bar in enumerate(as_lists[:5]):
-        one(i, bar)
-    return _median_per_bar(one, as_lists[5:], 5)
+        _naive_one(naive, i, bar, encode=encode)
+    return _median_per_bar(lambda i, bar: _naive_one(naive, i, bar, encode=encode), as_lists[5:], 5)
 
 
 def _kernel_time(engine: Any, bar: dict[str, Any], repeat: int = 20) -> float:
