@@ -495,9 +495,10 @@ def _record_column(record: Mapping[str, Any], group: str, name: str, n: int) -> 
     """``record[group][name]`` as float64[n] of finite numbers; ValueError otherwise."""
     block = record.get(group)
     values = block.get(name) if isinstance(block, Mapping) else None
-    if values is None or isinstance(values, (str, bytes)) or len(values) != n:
-        raise ValueError(f"record {group}.{name} must be a list of {n} numbers")
     try:
+        # len() of a number (a malformed record's column) is a TypeError: still a refusal.
+        if values is None or isinstance(values, (str, bytes, Mapping)) or len(values) != n:
+            raise ValueError
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"record {group}.{name} must be a list of {n} numbers") from None

@@ -65,6 +65,8 @@ class WorkerStatus:
     # the assets whose every recent push was rejected, with the reason in words
     clock_flagged: dict[str, float] = field(default_factory=dict)
     all_rejected: dict[str, str] = field(default_factory=dict)
+    # catch-ups from the leader's records that stopped, by reason (health ``changelog_stops``)
+    changelog_stops: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def worker_status(doc: Mapping[str, Any], now: float) -> WorkerStatus:
     clock = _mapping(doc.get("producer_clock"))
     flagged = _mapping(clock.get("flagged"))
     rejected_assets = _mapping(clock.get("all_rejected"))
+    stops = _mapping(doc.get("changelog_stops"))
     return WorkerStatus(
         worker_id=str(doc.get("worker_id", "?")), state=state, role=role, host=str(doc.get("host") or ""),
         pid=_int(doc.get("pid")), version=str(doc.get("version") or ""),
@@ -166,6 +169,7 @@ def worker_status(doc: Mapping[str, Any], now: float) -> WorkerStatus:
         clock_flagged={str(k): float(v) for k, v in flagged.items() if _num(v) is not None},
         all_rejected={str(k): str(v.get("note") or v.get("reason") or "all pushes rejected")
                       for k, v in rejected_assets.items() if isinstance(v, Mapping)},
+        changelog_stops={str(k): int(v) for k, v in stops.items() if _int(v) is not None},
     )
 
 
@@ -300,6 +304,9 @@ def render(report: StatusReport, max_assets: int = 40) -> Any:
         parts.append(Text(f"    events accepted {w.events_accepted}/{w.events_received}  rejected: {rej}  "
                           f"event-to-write p99 {e2w}"
                           + (f"  stale: {','.join(w.stale_assets)}" if w.stale_assets else "")))
+        if w.changelog_stops:
+            stops = ", ".join(f"{k}={v}" for k, v in sorted(w.changelog_stops.items()))
+            parts.append(Text(f"    changelog catch-up stopped: {stops}", style="yellow"))
         for sym, note in sorted(w.all_rejected.items()):
             parts.append(Text(f"    {sym}: {note}", style="yellow"))
         for sym, offset in sorted(w.clock_flagged.items()):

@@ -6,9 +6,11 @@ bars, after the record. A successor (a restarted worker, a standby) restores the
 (bar ``c``) and applies the records after it in bar order with ``FeatureEngine.apply_record``,
 following their chain: the next record is the lowest key above the last bar applied, and it must
 say so (``bar_idx - 1 - gap_bars`` is that bar). At the first break (a key missing inside the
-chain, a record that does not decode or does not continue the state) it stops: the bars after it
-are a restore gap, as bars no process stepped. Reads: one ``get_all`` of the keys when the range
-is short (a standby's one bar), else a key query first; at most ``max_records`` records.
+chain, a record that does not decode, breaks the columnar shape or does not continue the state)
+it stops: the bars after it are a restore gap, as bars no process stepped. A malformed record is
+a stop (reported by reason), never an exception: the grid is input, and a worker that crashed on
+it would crash again on every restart reading the same record. Reads: one ``get_all`` of the keys
+when the range is short (a standby's one bar), else a key query first; at most ``max_records``.
 
 Pure apart from the two grid reads; ``GridError`` propagates (the caller decides).
 """
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from obf_contract.record import loads_record
+from obf_contract.record import check_columns, loads_record
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.service.grid import json_text
 
@@ -31,9 +33,10 @@ READ_BATCH = 64
 
 # Why a catch-up stopped before the bar it was asked for (None: it got there).
 STOP_GAP = "gap"  # the next key in the map is not the next record of the chain (or none is left)
-STOP_UNREADABLE = "unreadable"  # the next record does not decode
-STOP_MISMATCH = "mismatch"  # the next record does not continue the state (another lineage)
+STOP_UNREADABLE = "unreadable"  # the next record does not decode or breaks the columnar shape
+STOP_MISMATCH = "mismatch"  # the next record does not continue the state (another lineage, bad values)
 STOP_LIMIT = "limit"  # max_records applied
+STOP_REASONS = (STOP_GAP, STOP_UNREADABLE, STOP_MISMATCH, STOP_LIMIT)
 
 
 class RecordGrid(Protocol):
@@ -48,12 +51,14 @@ class RecordGrid(Protocol):
 class CatchUp:
     """What one catch-up did: ``applied`` records; ``bar_ts`` of the last one (unix s, None if
     none); ``stopped``: None (no record left before the bar asked for) or a ``STOP_*`` reason
-    with ``detail``. A record that merely is not there yet is not a stop."""
+    with ``detail``; ``stop_key``: the key of the record it stopped at (None for a limit or no
+    stop). A record that merely is not there yet is not a stop."""
 
     applied: int
     bar_ts: float | None
     stopped: str | None = None
     detail: str = ""
+    stop_key: int | None = None
 
 
 def catch_up(engine: FeatureEngine, grid: RecordGrid, *, before_bar: int, seqs: dict[str, int],
@@ -85,29 +90,38 @@ def catch_up(engine: FeatureEngine, grid: RecordGrid, *, before_bar: int, seqs: 
             text = json_text(raw)
             try:
                 rec = loads_record(text if text is not None else b"")
+                check_columns(rec)
+                # The seq updates are worked out before the engine changes: a bad seq column
+                # must not leave the engine one record ahead of the seqs.
+                seq_updates = _seq_updates(rec)
             except ValueError as exc:
-                return CatchUp(applied, bar_ts, STOP_UNREADABLE, f"bar {key}: {exc}"[:300])
+                return CatchUp(applied, bar_ts, STOP_UNREADABLE, f"bar {key}: {exc}"[:300], key)
             ts: Any = rec.get("bar_ts")
             if rec.get("bar_idx") != key or type(ts) not in (int, float):
                 return CatchUp(applied, bar_ts, STOP_UNREADABLE, f"key {key} holds bar {rec.get('bar_idx')!r} "
-                                                                 f"at {ts!r}")
+                                                                 f"at {ts!r}"[:300], key)
             prev = engine.last_bar_idx
             gap = rec.get("gap_bars")
             if type(gap) is not int or key - 1 - gap != prev:
-                return CatchUp(applied, bar_ts, STOP_GAP, f"bar {key} (gap_bars {gap!r}) does not follow bar {prev}")
+                return CatchUp(applied, bar_ts, STOP_GAP, f"bar {key} (gap_bars {gap!r}) does not follow bar {prev}",
+                               key)
             if applied >= max_records:
                 return CatchUp(applied, bar_ts, STOP_LIMIT, f"{max_records} records applied")
             try:
                 engine.apply_record(rec)
-            except ValueError as exc:
-                return CatchUp(applied, bar_ts, STOP_MISMATCH, f"bar {key}: {exc}"[:300])
+            except Exception as exc:  # noqa: BLE001 - any bad value in a record is a stop, never a crash
+                # apply_record checks the whole record before changing the state (ValueError); any
+                # other exception is a value it did not foresee: still this record's fault.
+                return CatchUp(applied, bar_ts, STOP_MISMATCH, f"bar {key}: {type(exc).__name__}: {exc}"[:300], key)
             applied += 1
             bar_ts = float(ts)
-            _raise_seqs(seqs, rec)
+            for sym, seq in seq_updates:
+                if seq > seqs.get(sym, -1):
+                    seqs[sym] = seq
     return CatchUp(applied, bar_ts)
 
 
-def _raise_seqs(seqs: dict[str, int], rec: dict[str, Any]) -> None:
-    for sym, seq in zip(rec["symbols"], rec.get("seq") or ()):
-        if type(seq) is int and seq >= 0 and seq > seqs.get(sym, -1):
-            seqs[sym] = seq
+def _seq_updates(rec: dict[str, Any]) -> list[tuple[str, int]]:
+    """(symbol, seq) for each present asset with a usable seq (an int >= 0; None or another
+    value is no update); the record's shape has been checked (``check_columns``)."""
+    return [(sym, seq) for sym, seq in zip(rec["symbols"], rec["seq"]) if type(seq) is int and seq >= 0]

@@ -6,9 +6,10 @@ disappears) is the shape fixed in docs/operations.md:
 "bar_seconds", "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present",
 "stale_assets", "events": {...}, "compute_ms": {"p50", "p99"}, "bar_to_write_ms": {...},
 "event_to_write_ms": {...}, "write_failures", "epoch", "cold_start_reason", "restored_from_bar",
-"restore_gap_bars", "restore_replayed_records", "republished_records", "producer_clock": {...},
-"connections": {...}}`` (``producer_clock``: ``ProducerClocks.summary()``; ``connections``: per client
-connection of the worker, ``bars`` and ``events``, ``{"connected", "disconnects"}``).
+"restore_gap_bars", "restore_replayed_records", "republished_records", "changelog_stops": {...},
+"producer_clock": {...}, "connections": {...}}`` (``producer_clock``: ``ProducerClocks.summary()``;
+``connections``: per client connection of the worker, ``bars`` and ``events``, ``{"connected",
+"disconnects"}``).
 ``events.superseded``: snapshots coalesced away (replaced before a bar took them);
 ``events.read_refreshed``: snapshots taken from a map read instead of an event (after the initial
 read: events never delivered, or late).
@@ -19,6 +20,9 @@ checkpoint's plus ``restore_replayed_records`` records written after it (``servi
 with ``restore_gap_bars`` the bars between it and the first bar stepped (missed); ``cold_start_reason``:
 why it started cold instead (``checkpoint.REJECT_REASONS``); all null until the first bar decides.
 ``republished_records``: records written back after the grid lost them (``republish``).
+``changelog_stops``: catch-ups from the leader's records (warm restart, standby) that stopped
+before the bar asked for, by reason (``service.changelog.STOP_REASONS``: a missing or malformed
+record, another lineage, the limit); a stop is never fatal, the bars after it are a restore gap.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class HealthStats:
     restore_gap_bars: int | None = None
     restore_replayed_records: int | None = None
     republished_records: int = 0
+    changelog_stops: dict[str, int] = field(default_factory=dict)
     compute_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     bar_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(500))
     event_to_write_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(5000))
@@ -163,6 +168,7 @@ class HealthStats:
             "restore_gap_bars": self.restore_gap_bars,
             "restore_replayed_records": self.restore_replayed_records,
             "republished_records": self.republished_records,
+            "changelog_stops": dict(self.changelog_stops),
             "producer_clock": dict(book_stats.get("producer_clock") or {}),
             "connections": {str(k): dict(v) for k, v in (connections or {}).items()},
         }

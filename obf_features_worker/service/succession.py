@@ -90,7 +90,12 @@ class Succession:
         self._follow_seqs: dict[str, int] = {}
         self._follow_replayed = 0
         self._broken: str | None = None
+        # Where a broken chain stopped: (last bar applied, key of the record it stopped at). While
+        # the keys up to it and the checkpoint stay the same, the records are not read again.
+        self._stuck: tuple[int, int] | None = None
         self._prepared_text: str | None = None
+        # Catch-ups that stopped before the bar asked for, by reason (changelog.STOP_*; health).
+        self.catchup_stops: dict[str, int] = {}
 
     def begin(self) -> LeaderLease:
         """Contend for the lease (epochs above the newest valid checkpoint's) and arm the
@@ -178,7 +183,14 @@ class Succession:
             return None
         text = json_text(raw)
         self._start_following(cp, text)
-        self._catch_up(idx + 1)  # the records up to the scan's bar: its own, if it was written
+        try:
+            self._catch_up(idx + 1)  # the records up to the scan's bar: its own, if it was written
+        except GridError as exc:
+            # A transient read failure at start-up: not fatal. The first bar's adoption reads on
+            # from the state followed so far (the checkpoint is the same text).
+            log.warning("records unreadable at start-up, not closing the current scan state_bar=%s error=%s",
+                        self._follow_last(), exc)
+            return None
         last = self._follow_last()
         if last is not None and last < idx <= last + cfg.checkpoint_max_age_bars:
             log.info("closing the current scan the previous process did not finish bar_idx=%d state_bar=%d "
@@ -253,22 +265,40 @@ class Succession:
         self._follow_seqs = dict(cp.seqs)
         self._follow_replayed = 0
         self._broken = None
+        self._stuck = None
         self._prepared_text = text
         self._last_cp_text = text
 
     def _catch_up(self, bar_idx: int) -> None:
         """Apply the leader's records after the followed state and before ``bar_idx``."""
         assert self._follow is not None  # noqa: S101 - narrows the type; callers check
+        if self._stuck is not None and self._still_stuck(*self._stuck):
+            return
+        self._stuck = None
         result = changelog.catch_up(self._follow, self.grid, before_bar=bar_idx, seqs=self._follow_seqs,
                                     max_records=self.config.retain_bars)
         if result.applied:
             self._follow_replayed += result.applied
             assert result.bar_ts is not None  # noqa: S101 - holds when a record was applied
             self._follow_ts = result.bar_ts
-        if result.stopped is not None and result.stopped != self._broken:
-            log.warning("changelog catch-up stopped reason=%s state_bar=%s detail=%s: the bars after it are a "
-                        "restore gap until the next checkpoint", result.stopped, self._follow_last(), result.detail)
+        if result.stopped is not None:
+            self.catchup_stops[result.stopped] = self.catchup_stops.get(result.stopped, 0) + 1
+            if result.stopped != self._broken:
+                log.warning("changelog catch-up stopped reason=%s state_bar=%s detail=%s: the bars after it are a "
+                            "restore gap until the next checkpoint", result.stopped, self._follow_last(),
+                            result.detail)
+        last = self._follow_last()
+        if result.stop_key is not None and last is not None:
+            self._stuck = (last, result.stop_key)
         self._broken = result.stopped
+
+    def _still_stuck(self, last: int, stop_key: int) -> bool:
+        """The chain broken at ``stop_key`` after bar ``last`` cannot continue yet: the keys in
+        between are still just ``stop_key`` (no missing record written since, the record not
+        removed). One key query instead of re-reading the records every bar; a record replaced
+        under the same key is seen with the next checkpoint, which restarts the state followed.
+        A failed query (GridError) propagates like a failed read."""
+        return self._follow_last() == last and self.grid.bar_keys_between(last, stop_key + 1) == [stop_key]
 
     def _follow_last(self) -> int | None:
         return None if self._follow is None else self._follow.last_bar_idx

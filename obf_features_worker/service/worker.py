@@ -133,11 +133,15 @@ class Worker:
         self._limiter = RateLimiter(30.0)
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
         # Checkpoint cadence (docs/reliability.md): every checkpoint_every_bars bars stepped (at
-        # most retain_bars, so retention never removes a record a successor needs after it), and
-        # at once after a takeover, a re-publish, or a bar whose record is still in the backlog.
+        # most retain_bars: a successor applies at most retain_bars records after a checkpoint,
+        # and retention keeps the records after the last checkpoint only that long), and at once
+        # after a takeover, a re-publish, or a bar whose record is still in the backlog.
         self._checkpoint_every = min(config.checkpoint_every_bars, config.retain_bars)
         self._bars_since_checkpoint = 0
         self._checkpoint_now = False
+        # The bar of the newest checkpoint in the map of my numbering (mine, or the one I adopted):
+        # retention keeps the records after it (_retain). None: none known.
+        self._last_checkpoint_bar: int | None = None
         self._engine_bar_ts: float | None = None
         self._numbering_restarted = False
         self._unreadable: set[Any] = set()  # input keys whose value the client cannot deserialise
@@ -362,6 +366,14 @@ class Worker:
         self._enqueue(tick.bar_idx, PendingRecord(record, self._epoch_now()))
         self._bars_since_checkpoint += 1
         self.health.compute_ms.add(compute_ms)
+        if tick.new_epoch:
+            # The first bar of a new numbering: its checkpoint goes BEFORE its record (once a day,
+            # on the bar path). The checkpoint in the map is of the old numbering, which a
+            # successor refuses (from_future) and which no record of the new numbering follows:
+            # a crash between this record and a later checkpoint would be a cold start. This
+            # checkpoint carries the bar's record (unconfirmed) for the next leader to write.
+            self._checkpoint_now = True
+            self._checkpoint_if_due(tick)
         written = self._write_cycle(tick)
         self._finish_bar(tick, record, written, compute_ms, present, stale, known)
         return record
@@ -407,6 +419,7 @@ class Worker:
         # The scan count restarted at UTC midnight: bar_idx goes back to 0 while the feature
         # histories must carry on, so the engine keeps its state and forgets only its last bar.
         self.engine.last_bar_idx = None
+        self._last_checkpoint_bar = None  # of the old numbering: no floor for the new one's retention
         self.republisher.records.forget_from(tick.bar_idx)
         self._numbering_restarted = True  # the next retention removes every key above the new bar
         log.info("bar numbering restarted bar_idx=%d", tick.bar_idx)
@@ -555,6 +568,7 @@ class Worker:
             return False
         self._checkpoint_now = False
         self._bars_since_checkpoint = 0
+        self._last_checkpoint_bar = cp.bar_idx
         self.succession.wrote_checkpoint(text)
         return True
 
@@ -609,10 +623,23 @@ class Worker:
         # a previous leader's newest bars (its clock ahead of mine), docs/reliability.md.
         margin = 0 if self.lease is None or self._numbering_restarted else self._future_margin_bars()
         try:
-            self.grid.remove_bars_outside(newest - self.config.retain_bars, newest + margin)
+            self.grid.remove_bars_outside(self.retention_floor(newest), newest + margin)
             self._numbering_restarted = False
         except GridError as exc:
             self._warn("retention", "retention failed error=%s", exc)
+
+    def retention_floor(self, newest: int) -> int:
+        """Retention removes the bar keys ``<=`` this: older than ``retain_bars`` bar numbers,
+        but never a record after the last checkpoint in the map, which a successor applies to it
+        (bar numbers can jump: a scan clock skipping, checkpoints failing while records succeed).
+        Bounded: that floor holds only while at most ``retain_bars`` bars were stepped since the
+        checkpoint (the most records a successor applies), so the map keeps about ``retain_bars``
+        records of mine whatever happens."""
+        floor = newest - self.config.retain_bars
+        cp_bar = self._last_checkpoint_bar
+        if cp_bar is not None and cp_bar < floor and self._bars_since_checkpoint <= self.config.retain_bars:
+            return cp_bar
+        return floor
 
     def _future_margin_bars(self) -> int:
         """Bars above my newest that retention never removes while a lease is in use: another
@@ -676,6 +703,7 @@ class Worker:
         self.engine = decision.engine
         self._engine_bar_ts = decision.bar_ts
         self._bars_since_checkpoint = decision.bar_idx - cp.bar_idx  # bars the checkpoint in the map lags
+        self._last_checkpoint_bar = cp.bar_idx
         # My records of bars up to the adopted state's are the leader's, in the map (read back) or in
         # its checkpoint; records taken from a checkpoint at a takeover stay until written.
         self.backlog.drop_covered(decision.bar_idx)
@@ -702,6 +730,7 @@ class Worker:
         """Write the health document now (after every bar, between bars when due, on stop)."""
         self._last_health_put = self._monotonic()
         self.health.role = self.role  # every document shows the role of its moment
+        self.health.changelog_stops = dict(self.succession.catchup_stops)
         doc = self.health.document(time.time(), self.book.stats(), self.grid.listener_errors,
                                    self.grid.connection_states())
         if self.metrics is not None:

@@ -28,7 +28,7 @@ HEALTH_KEYS = {
     "last_bar_idx", "last_bar_ts", "bars_written", "n_assets", "n_present", "stale_assets", "events",
     "compute_ms", "bar_to_write_ms", "event_to_write_ms", "write_failures", "epoch", "cold_start_reason",
     "restored_from_bar", "restore_gap_bars", "restore_replayed_records", "republished_records",
-    "producer_clock", "connections",
+    "changelog_stops", "producer_clock", "connections",
 }
 LATEST_KEYS = {
     "symbol", "bar_idx", "bar_ts", "age_ms", "seq", "depth_1pct_usd", "depth_quality", "fill_probability",
