@@ -59,13 +59,18 @@ class WorkerConfig:
     checkpoint_max_age_bars: a restart closes again the scan the previous process did not finish
     only within this many bars (>= 0); a starting worker restores the newest checkpoint (plus the
     records since) whatever its age. checkpoint_every_bars: the leader writes its checkpoint every
-    this many bars (1 .. 100000, default 10; at most ``retain_bars``), after the bar's record: a
-    successor applies the records since (docs/reliability.md). 10 keeps the checkpoint's cost
+    this many bars (1 .. 100000, default 10; at most ``changelog_max_bars``), after the bar's
+    record: a successor applies the records since (docs/reliability.md). 10 keeps the checkpoint's cost
     (the largest write, ~2x the record) to a tenth of the bars while a successor replays at most
-    ~10 records (about a millisecond each at 400 assets). lease_ttl_s: the leader lease's
-    ttl in s (None = 3 bars, at least 3 s); see ``lease_settings``. tls_auth: Hazelcast client
-    TLS/authentication keyword arguments (``client_security.tls_auth_settings``, from HZ_SSL_* /
-    HZ_USERNAME / HZ_PASSWORD only, never flags).
+    ~10 records (about a millisecond each at 400 assets). changelog_max_bars: retention keeps the
+    records after the last checkpoint, older than ``retain_bars`` or not (bar numbers can jump,
+    checkpoint writes can fail), while at most this many bars were stepped since it (1 ..
+    10000000, default 1000); also the most records a successor applies in one catch-up. The
+    features map holds at most max(retain_bars, changelog_max_bars) of the leader's records.
+    lease_ttl_s: the leader lease's ttl in s (None = 3 bars, at least 3 s); see ``lease_settings``.
+    tls_auth: Hazelcast client TLS/authentication keyword arguments
+    (``client_security.tls_auth_settings``, from HZ_SSL_* / HZ_USERNAME / HZ_PASSWORD only, never
+    flags).
     """
 
     cluster_name: str = DEFAULT_CLUSTER_NAME
@@ -97,6 +102,7 @@ class WorkerConfig:
     metrics_port: int | None = None
     checkpoint_max_age_bars: int = 3
     checkpoint_every_bars: int = 10
+    changelog_max_bars: int = 1000
     lease_ttl_s: float | None = None
     tls_auth: tuple[tuple[str, Any], ...] = ()
     params: FeatureParams = field(default_factory=FeatureParams)
@@ -164,6 +170,8 @@ class WorkerConfig:
                  "checkpoint_max_age_bars", f"must be an int in [0, 1000000], got {self.checkpoint_max_age_bars!r}")
         _require(type(self.checkpoint_every_bars) is int and 1 <= self.checkpoint_every_bars <= 100_000,
                  "checkpoint_every_bars", f"must be an int in [1, 100000], got {self.checkpoint_every_bars!r}")
+        _require(type(self.changelog_max_bars) is int and 1 <= self.changelog_max_bars <= 10_000_000,
+                 "changelog_max_bars", f"must be an int in [1, 10000000], got {self.changelog_max_bars!r}")
         if self.lease_ttl_s is not None:
             _require(_finite(self.lease_ttl_s) and 0 < self.lease_ttl_s <= 3600, "lease_ttl_s",
                      f"must be in (0, 3600] s, got {self.lease_ttl_s!r}")
@@ -343,7 +351,11 @@ _OPTIONS: tuple[_Option, ...] = (
             "this many bars; it restores the newest state whatever its age (default 3)", "N"),
     _Option("checkpoint_every_bars", "--checkpoint-every-bars", "OBF_CHECKPOINT_EVERY_BARS", _int,
             "the leader writes its state checkpoint every N bars, after the records (at most "
-            "--retain-bars); a successor replays the records since (default 10)", "N"),
+            "--changelog-max-bars); a successor replays the records since (default 10)", "N"),
+    _Option("changelog_max_bars", "--changelog-max-bars", "OBF_CHANGELOG_MAX_BARS", _int,
+            "the records after the last checkpoint stay in the features map, even older than "
+            "--retain-bars, while at most N bars were stepped since it; the most records a "
+            "successor replays (default 1000)", "N"),
     _Option("lease_ttl_s", "--lease-ttl-s", "OBF_LEASE_TTL_S", _float,
             "leader lease: a leader not heard of for this long is replaced by a standby; must be >= "
             "2 bars + guard (default 3 x bar seconds, at least 3)", "S"),
@@ -410,6 +422,7 @@ def build_parser(prog: str = "obf-features-worker") -> argparse.ArgumentParser:
         "max_payload_bytes": "limits", "max_future_skew_s": "limits", "clock_offset_warn_s": "limits",
         "log_level": "logging", "log_format": "logging", "metrics_port": "logging", "map_suffix": "maps",
         "checkpoint_max_age_bars": "reliability", "checkpoint_every_bars": "reliability",
+        "changelog_max_bars": "reliability",
         "lease_ttl_s": "reliability",
     }
     for opt in all_options():

@@ -276,7 +276,7 @@ class Succession:
             return
         self._stuck = None
         result = changelog.catch_up(self._follow, self.grid, before_bar=bar_idx, seqs=self._follow_seqs,
-                                    max_records=self.config.retain_bars)
+                                    max_records=self.config.changelog_max_bars)
         if result.applied:
             self._follow_replayed += result.applied
             assert result.bar_ts is not None  # noqa: S101 - holds when a record was applied

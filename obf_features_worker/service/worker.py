@@ -133,10 +133,10 @@ class Worker:
         self._limiter = RateLimiter(30.0)
         self.metrics = WorkerMetrics(config.worker_id) if config.metrics_port is not None else None
         # Checkpoint cadence (docs/reliability.md): every checkpoint_every_bars bars stepped (at
-        # most retain_bars: a successor applies at most retain_bars records after a checkpoint,
-        # and retention keeps the records after the last checkpoint only that long), and at once
-        # after a takeover, a re-publish, or a bar whose record is still in the backlog.
-        self._checkpoint_every = min(config.checkpoint_every_bars, config.retain_bars)
+        # most changelog_max_bars: retention keeps the records after the last checkpoint only
+        # that long), and at once after a takeover, a re-publish, or a bar whose record is still
+        # in the backlog.
+        self._checkpoint_every = min(config.checkpoint_every_bars, config.changelog_max_bars)
         self._bars_since_checkpoint = 0
         self._checkpoint_now = False
         # The bar of the newest checkpoint in the map of my numbering (mine, or the one I adopted):
@@ -521,7 +521,7 @@ class Worker:
     @property
     def checkpoint_due(self) -> bool:
         """A checkpoint is due: ``checkpoint_every_bars`` bars stepped since the last (or
-        ``retain_bars``, if fewer), or at once (new term, re-publish, a record left in the backlog)."""
+        ``changelog_max_bars``, if fewer), or at once (new term, re-publish, a record left in the backlog)."""
         return self.engine.last_bar_idx is not None and (
             self._checkpoint_now or self._bars_since_checkpoint >= self._checkpoint_every)
 
@@ -632,12 +632,13 @@ class Worker:
         """Retention removes the bar keys ``<=`` this: older than ``retain_bars`` bar numbers,
         but never a record after the last checkpoint in the map, which a successor applies to it
         (bar numbers can jump: a scan clock skipping, checkpoints failing while records succeed).
-        Bounded: that floor holds only while at most ``retain_bars`` bars were stepped since the
-        checkpoint (the most records a successor applies), so the map keeps about ``retain_bars``
-        records of mine whatever happens."""
-        floor = newest - self.config.retain_bars
+        Bounded: that floor holds only while at most ``changelog_max_bars`` bars were stepped since
+        the checkpoint (checkpoint writes failing for longer), so the map keeps at most
+        max(retain_bars, changelog_max_bars) records of mine whatever happens."""
+        cfg = self.config
+        floor = newest - cfg.retain_bars
         cp_bar = self._last_checkpoint_bar
-        if cp_bar is not None and cp_bar < floor and self._bars_since_checkpoint <= self.config.retain_bars:
+        if cp_bar is not None and cp_bar < floor and self._bars_since_checkpoint <= cfg.changelog_max_bars:
             return cp_bar
         return floor
 

@@ -111,3 +111,51 @@ def test_at_most_max_records_and_nothing_at_or_after_the_bar() -> None:
     assert changelog.catch_up(engine, grid, before_bar=B0 + 6, seqs={}, max_records=100).applied == 0
     with pytest.raises(ValueError):
         changelog.catch_up(FeatureEngine(), grid, before_bar=B0, seqs={}, max_records=1)
+
+
+def _malformed(text: str, how: str) -> str:
+    rec = orjson.loads(text)
+    if how == "depth number":  # follows the chain, a column is a number
+        rec["placement"]["depth_1pct_usd"] = 5
+    elif how == "seq number":  # everything the engine reads is right; the seq column is not a list
+        rec["seq"] = 5
+    elif how == "state missing":
+        del rec["state"]
+    elif how == "symbols not strings":
+        rec["symbols"] = [1] * len(rec["symbols"])
+    return orjson.dumps(rec).decode()
+
+
+@pytest.mark.parametrize("how", ["depth number", "seq number", "state missing", "symbols not strings"])
+def test_a_malformed_record_is_a_stop_never_an_exception(how: str) -> None:
+    # A record in the map is input: one that breaks the columnar shape must stop the chain (a
+    # restore gap), not escape as a TypeError (which crashed the worker on every restart).
+    grid = FakeGrid()
+    _, states = writer(list(range(6)), grid)
+    grid.c.features[B0 + 3] = _malformed(grid.c.features[B0 + 3], how)
+    engine = restored(states, 0)
+    seqs: dict[str, int] = {}
+    result = changelog.catch_up(engine, grid, before_bar=B0 + 6, seqs=seqs, max_records=100)
+    assert (result.applied, result.stopped, result.stop_key) == (2, changelog.STOP_UNREADABLE, B0 + 3), result.detail
+    # the state and the seqs are those after the last record applied: the bad one changed neither
+    assert state(engine) == states[2]
+    assert seqs == {"AAAUSDT": 102, "BBBUSDT": 101}
+
+
+def test_an_unforeseen_error_applying_a_record_is_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = FakeGrid()
+    _, states = writer(list(range(4)), grid)
+    engine = restored(states, 0)
+    real = FeatureEngine.apply_record
+
+    def apply(self: FeatureEngine, record: Any) -> None:
+        if record["bar_idx"] == B0 + 2:
+            raise TypeError("a value apply_record did not foresee")
+        real(self, record)
+
+    monkeypatch.setattr(FeatureEngine, "apply_record", apply)
+    seqs: dict[str, int] = {}
+    result = changelog.catch_up(engine, grid, before_bar=B0 + 4, seqs=seqs, max_records=100)
+    assert (result.applied, result.stopped, result.stop_key) == (1, changelog.STOP_MISMATCH, B0 + 2)
+    assert "TypeError" in result.detail and state(engine) == states[1]
+    assert seqs == {"AAAUSDT": 101, "BBBUSDT": 101}  # record 2's seqs not taken

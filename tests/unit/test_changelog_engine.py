@@ -118,6 +118,11 @@ def test_a_record_of_another_lineage_or_out_of_order_is_refused_and_changes_noth
         b.apply_record(bad)
     with pytest.raises(ValueError, match="schema"):
         b.apply_record(dict(recs[1], schema=2))
+    # malformed columns are refusals (ValueError) too, never a TypeError
+    for group, name, value in (("placement", "depth_1pct_usd", 5), ("signal", "imbalance", {"a": 1}),
+                               ("state", "ref_depth_usd", None), ("placement", "depth_1pct_usd", [[1.0, 2.0]])):
+        with pytest.raises(ValueError, match=f"{group}.{name}"):
+            b.apply_record(dict(recs[1], **{group: dict(recs[1][group], **{name: value})}))
     assert state_bytes(b) == before
     b.apply_record(recs[1])
     assert b.last_bar_idx == feed[1][0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hazelcast.core import HazelcastJsonValue
 
@@ -13,7 +14,9 @@ from obf_contract.record import dumps_record
 from obf_features_worker.engine import checkpoint
 from obf_features_worker.engine.feature_engine import FeatureEngine
 from obf_features_worker.engine.params import FeatureParams
+from obf_features_worker.service import changelog
 from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.service.grid import GridError
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.succession import COLD_UNAVAILABLE, Adopt, StartCold, Succession
 from tests.fakes import FakeClock, FakeCluster, FakeGrid
@@ -176,3 +179,54 @@ def test_scan_catch_up_only_for_the_scan_just_after_the_checkpoint() -> None:
     s2, _, _ = make(cp_text(B0))  # no scan field: nothing to catch up
     s2.begin()
     assert s2.scan_to_catch_up() is None
+
+
+def test_a_read_failure_at_start_up_does_not_escape_the_scan_catch_up() -> None:
+    s, grid, _ = make(cp_text(B0), scan_field="scan_number")
+    s.begin()
+    grid.c.scan_value = HazelcastJsonValue(f'{{"scan_number": {B0 + 2}}}')
+    leader = checkpoint.decode(cp_text(B0), params=FeatureParams(), now_bar_idx=None, max_age_bars=0).restore_engine()
+    grid.c.features[B0 + 1] = _empty_record(leader, B0 + 1)
+    real = grid.get_records
+
+    def timeout(bar_idxs: Any) -> dict[int, Any]:
+        raise GridError("read records", "OperationTimeoutError")
+
+    grid.get_records = timeout  # type: ignore[method-assign]
+    assert s.scan_to_catch_up() is None  # was: the GridError escaped before_first_bar (rc=1)
+    grid.get_records = real  # type: ignore[method-assign]
+    decision = s.adoption(B0 + 3, None)  # the first bar reads on
+    assert isinstance(decision, Adopt) and decision.first and (decision.bar_idx, decision.replayed) == (B0 + 1, 1)
+
+
+def test_a_malformed_record_is_counted_and_the_broken_chain_not_reread_until_it_can_continue() -> None:
+    s, grid, _ = make(cp_text(B0))
+    s.begin()
+    first = s.adoption(B0 + 1, None)
+    assert isinstance(first, Adopt)
+    leader = first.engine.copy()
+    good = {k: _empty_record(leader, B0 + k) for k in range(1, 8)}
+    grid.c.features.update({B0 + k: t for k, t in good.items()})
+    bad = orjson.loads(good[2])
+    bad["seq"] = 5  # follows the chain; the seq column is not a list (was: TypeError out of adoption)
+    grid.c.features[B0 + 2] = orjson.dumps(bad).decode()
+    later = s.adoption(B0 + 8, None)
+    assert isinstance(later, Adopt) and later.bar_idx == B0 + 1
+    assert s.catchup_stops == {changelog.STOP_UNREADABLE: 1}
+    grid.ops.clear()
+    for k in range(9, 12):
+        s.adoption(B0 + k, None)
+    # per bar: the checkpoint (a new one restarts the chain) and one key query; the leader's
+    # records after the break (up to 64 per get_all) are not read again
+    assert [op[0] for op in grid.ops] == ["get_checkpoint", "bar_keys"] * 3
+    assert s.catchup_stops == {changelog.STOP_UNREADABLE: 1}  # counted once
+    # The bad record goes (retention, a repair) and comes back good: the key set changed in
+    # between, so the chain is read again and continues.
+    del grid.c.features[B0 + 2]
+    assert s.adoption(B0 + 12, None) is not None
+    grid.c.features[B0 + 2] = good[2]
+    grid.ops.clear()
+    caught_up = s.adoption(B0 + 13, None)
+    assert "get_records" in [op[0] for op in grid.ops]
+    assert isinstance(caught_up, Adopt) and caught_up.bar_idx == B0 + 7
+    assert caught_up.engine.export_state() == leader.export_state()

@@ -18,6 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from obf_features_worker.engine.params import FeatureParams
 from obf_features_worker.engine.snapshot import Snapshot, parse_snapshot, payload_json
 from obf_features_worker.service.bars import BarTick
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import UnreadableValue
+from obf_features_worker.service.grid import GridError, UnreadableValue
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
@@ -445,3 +446,172 @@ def test_reliability_settings_from_flags_and_env_fail_fast() -> None:
     for bad in ("0", "1.5", "100001"):
         with pytest.raises(ConfigError, match="--checkpoint-every-bars"):
             config_from_args(build_parser().parse_args(["--checkpoint-every-bars", bad]), {})
+    assert config_from_args(build_parser().parse_args([]), {}).changelog_max_bars == 1000
+    assert config_from_args(build_parser().parse_args(["--changelog-max-bars", "50"]), {}).changelog_max_bars == 50
+    for bad in ("0", "2.5", "10000001"):
+        with pytest.raises(ConfigError, match="OBF_CHANGELOG_MAX_BARS"):
+            config_from_args(build_parser().parse_args([]), {"OBF_CHANGELOG_MAX_BARS": bad})
+
+
+def _numbering_run(w: Worker, clock: FakeClock, until: int) -> None:
+    """Bars 0..14 numbered B0 + i, then the scan count restarts: bars 100.. (time goes on)."""
+    for i in range(until + 1):
+        offer(w, i)
+        bar = B0 + i if i < 15 else 100 + i - 15
+        w.process_bar(BarTick(bar, float(B0 + i), float(B0 + i), new_epoch=(i == 15)))
+        clock.t += BAR_S
+
+
+@pytest.mark.parametrize("kill", ["after_bar_102", "record_of_bar_100"])
+def test_a_crash_soon_after_the_bar_numbering_restarts_is_a_warm_restart(start: Start, workers: WorkerFactory,
+                                                                        kill: str) -> None:
+    # The first bar of a new numbering has its checkpoint written before its record: the older
+    # checkpoint (old numbering) is refused by a successor (from_future) and no record of the
+    # new numbering follows it, so a crash before the next checkpoint was a cold start.
+    ref_clock = FakeClock()
+    reference_worker, _ = start(FakeCluster(ref_clock), ref_clock, "ref")
+    _numbering_run(reference_worker, ref_clock, 18)
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, g1 = start(cluster, clock, "w1")
+    if kill == "record_of_bar_100":
+        g1.kill_at = ("write_bar", 100)
+        with pytest.raises(Killed):
+            _numbering_run(w1, clock, 15)
+        assert g1.ops[-2] == ("put_checkpoint", 100)  # the checkpoint came first
+        restored, replayed = 100, 0
+    else:
+        _numbering_run(w1, clock, 17)
+        order = [op for op in g1.ops if op in (("put_checkpoint", 100), ("write_bar", 100))]
+        assert order == [("put_checkpoint", 100), ("write_bar", 100)]
+        restored, replayed = 102, 2
+    clock.t += 30
+    w2, _ = start(cluster, clock, "w2")
+    first = 16 if kill == "record_of_bar_100" else 18
+    for i in range(first, 19):
+        offer(w2, i)
+        w2.process_bar(BarTick(100 + i - 15, float(B0 + i), float(B0 + i)))
+        clock.t += BAR_S
+    assert w2.health.cold_start_reason is None
+    assert (w2.health.restored_from_bar, w2.health.restore_replayed_records) == (restored, replayed)
+    assert w2.engine.export_state() == reference_worker.engine.export_state()
+
+
+def test_retention_keeps_the_records_after_the_last_checkpoint_across_a_jump(start: Start,
+                                                                             workers: WorkerFactory) -> None:
+    # Retention counts bar numbers, the checkpoint cadence bars stepped: when the scan count jumps
+    # (checkpoint at 13, record 14, then bar 300), bar 14 is older than retain_bars (100) but the
+    # only way from the checkpoint to bar 300.
+    def run(w: Worker, clock: FakeClock) -> None:
+        for i in range(16):
+            offer(w, i)
+            w.process_bar(BarTick(B0 + (i if i < 15 else 300), float(B0 + i), float(B0 + i)))
+            clock.t += BAR_S
+
+    ref_clock = FakeClock()
+    reference_worker, _ = start(FakeCluster(ref_clock), ref_clock, "ref", checkpoint_every_bars=10)
+    run(reference_worker, ref_clock)
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, _ = start(cluster, clock, "w1", checkpoint_every_bars=10)
+    run(w1, clock)
+    cp_bar = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"]
+    assert cp_bar == B0 + 13 and B0 + 14 in cluster.features
+    assert cluster.retention[-1][0] == cp_bar  # not B0 + 300 - 100
+    clock.t += 30
+    w2, _ = start(cluster, clock, "w2", checkpoint_every_bars=10)
+    offer(w2, 16)
+    w2.process_bar(BarTick(B0 + 301, float(B0 + 16), float(B0 + 16)))
+    offer(reference_worker, 16)
+    reference_worker.process_bar(BarTick(B0 + 301, float(B0 + 16), float(B0 + 16)))
+    assert (w2.health.restored_from_bar, w2.health.restore_replayed_records) == (B0 + 300, 2)
+    assert w2.engine.export_state() == reference_worker.engine.export_state()
+
+
+def test_failing_checkpoints_keep_the_records_since_the_last_one_for_changelog_max_bars(
+        workers: WorkerFactory) -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    cfg = WorkerConfig(worker_id="w", clock="scan", bar_seconds=BAR_S, max_age_s=0.5, retain_bars=4,
+                       checkpoint_every_bars=3, changelog_max_bars=12)
+    w, grid = workers(cfg, FakeGrid(cluster), cls=ClockedWorker, fake_clock=clock)
+    w.before_first_bar()
+    real = grid.put_checkpoint
+    failing = False
+
+    def put_checkpoint(text: str) -> None:
+        if failing:
+            raise GridError("write checkpoint", "OperationTimeoutError")
+        real(text)
+
+    grid.put_checkpoint = put_checkpoint  # type: ignore[method-assign]
+    floors = {}
+    for i in range(35):
+        failing = i >= 10  # records are written, checkpoints fail from bar 10 on
+        offer(w, i)
+        w.process_bar(tick(i))
+        clock.t += BAR_S
+        floors[i] = cluster.retention[-1][0] - B0 if cluster.retention else None
+    cp = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] - B0
+    assert 5 <= cp < 10 and w.checkpoint_failures >= 20
+    # retain_bars (4) would remove the records a successor needs after the checkpoint: they stay
+    # while at most changelog_max_bars (12) bars were stepped since it ...
+    assert [floors[i] for i in range(cp + 5, cp + 13)] == [cp] * 8
+    # ... and no longer: the map stays bounded whatever the checkpoints do
+    assert [floors[i] for i in range(cp + 13, 35)] == [i - 4 for i in range(cp + 13, 35)]
+    assert sorted(cluster.features) == [B0 + i for i in range(31, 35)]
+
+
+def test_a_restart_while_checkpoints_fail_replays_the_records_since_the_last(start: Start,
+                                                                           workers: WorkerFactory) -> None:
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    cfg = WorkerConfig(worker_id="w1", clock="scan", bar_seconds=BAR_S, max_age_s=0.5, retain_bars=4,
+                       checkpoint_every_bars=3, changelog_max_bars=100)
+    w1, g1 = workers(cfg, FakeGrid(cluster), cls=ClockedWorker, fake_clock=clock)
+    w1.before_first_bar()
+    real = g1.put_checkpoint
+
+    def put_checkpoint(text: str) -> None:
+        if orjson.loads(text)["body"]["bar_idx"] >= B0 + 10:
+            raise GridError("write checkpoint", "OperationTimeoutError")
+        real(text)
+
+    g1.put_checkpoint = put_checkpoint  # type: ignore[method-assign]
+    for i in range(20):
+        run_bar([w1], clock, i)
+    cp = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] - B0
+    clock.t += 30
+    w2, _ = workers(replace(cfg, worker_id="w2"), FakeGrid(cluster), cls=ClockedWorker, fake_clock=clock)
+    w2.before_first_bar()
+    for i in range(20, 25):
+        run_bar([w2], clock, i)
+    assert (w2.health.restored_from_bar, w2.health.restore_replayed_records) == (B0 + 19, 19 - cp)
+    ref_clock = FakeClock()
+    ref, _ = workers(replace(cfg, worker_id="ref"), FakeGrid(FakeCluster(ref_clock)), cls=ClockedWorker,
+                     fake_clock=ref_clock)
+    for i in range(25):
+        run_bar([ref], ref_clock, i)
+    assert w2.engine.export_state() == ref.engine.export_state()
+
+
+def test_a_malformed_record_in_the_map_is_counted_in_health_never_fatal(start: Start) -> None:
+    # Was: a TypeError out of the first bar's adoption (process_bar, run() rc=1), and again on
+    # every restart reading the same record.
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    w1, _ = start(cluster, clock, "w1", checkpoint_every_bars=10)
+    for i in range(9):
+        run_bar([w1], clock, i)
+    cp = orjson.loads(cluster.checkpoint.to_string())["body"]["bar_idx"] - B0
+    assert cp < 7
+    bad = orjson.loads(cluster.features[B0 + cp + 2])
+    bad["placement"]["depth_1pct_usd"] = 5
+    cluster.features[B0 + cp + 2] = orjson.dumps(bad).decode()
+    clock.t += 30
+    w2, g2 = start(cluster, clock, "w2", checkpoint_every_bars=10)
+    for i in range(9, 12):
+        run_bar([w2], clock, i)
+    assert (w2.health.restored_from_bar, w2.health.restore_replayed_records) == (B0 + cp + 1, 1)
+    assert w2.health.cold_start_reason is None
+    assert g2.health[-1]["changelog_stops"] == {"unreadable": 1}
