@@ -470,7 +470,7 @@ def test_a_crash_soon_after_the_bar_numbering_restarts_is_a_warm_restart(start: 
     # new numbering follows it, so a crash before the next checkpoint was a cold start.
     ref_clock = FakeClock()
     reference_worker, _ = start(FakeCluster(ref_clock), ref_clock, "ref")
-    _numbering_run(reference_worker, ref_clock, 18)
+    _numbering_run(reference_worker, ref_clock, 24)
     clock = FakeClock()
     cluster = FakeCluster(clock)
     w1, g1 = start(cluster, clock, "w1")
@@ -488,13 +488,16 @@ def test_a_crash_soon_after_the_bar_numbering_restarts_is_a_warm_restart(start: 
     clock.t += 30
     w2, _ = start(cluster, clock, "w2")
     first = 16 if kill == "record_of_bar_100" else 18
-    for i in range(first, 19):
+    for i in range(first, 25):
         offer(w2, i)
         w2.process_bar(BarTick(100 + i - 15, float(B0 + i), float(B0 + i)))
         clock.t += BAR_S
     assert w2.health.cold_start_reason is None
     assert (w2.health.restored_from_bar, w2.health.restore_replayed_records) == (restored, replayed)
     assert w2.engine.export_state() == reference_worker.engine.export_state()
+    if kill == "record_of_bar_100":  # the checkpoint carried it: the new leader wrote it
+        assert w2.role == "leader" and 100 in cluster.features
+        assert orjson.loads(cluster.features[100])["producer"]["worker_id"] == "w1"
 
 
 def test_retention_keeps_the_records_after_the_last_checkpoint_across_a_jump(start: Start,
