@@ -113,3 +113,15 @@ def test_producer_clocks_and_all_rejected_assets_are_shown():
     text = console.export_text()
     assert "XRPUSDT: clock 10.2 s ahead, all pushes rejected" in text
     assert "ADAUSDT: producer clock 3.4 s behind" in text
+
+
+def test_changelog_stops_are_shown_by_reason():
+    doc = {**health_doc("w1", NOW), "changelog_stops": {"unreadable": 2, "gap": 1, "junk": "x"}}
+    r = evaluate([doc], None, {}, NOW)
+    assert r.workers[0].changelog_stops == {"gap": 1, "unreadable": 2}
+    assert evaluate([health_doc("w1", NOW)], None, {}, NOW).workers[0].changelog_stops == {}
+    from rich.console import Console
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(r))
+    assert "changelog catch-up stopped: gap=1, unreadable=2" in console.export_text()
