@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from obf_features_worker.service.bars import BarTick
 from obf_features_worker.service.worker import Worker
 from tests.fakes import FakeClock, FakeCluster, FakeGrid, Killed, WorkerFactory
 from tests.unit.test_worker_standby import B0, BAR_S, FEED, ClockedWorker, check_records, config, offer, tick
@@ -140,3 +141,86 @@ def test_a_crash_at_any_grid_call_of_the_bar_path_leaves_records_bit_identical(w
         except AssertionError as exc:
             raise AssertionError(f"killed entering call {op_number} {g1.ops[-1]} of bar {bar}: {exc}") from None
     assert checkpoint_kills >= 1  # one of the bars wrote a checkpoint, and a crash hit it
+
+
+# --- the first bars of a new bar numbering (scan count restarted at midnight, no field) -------
+
+RESTART_AT = 15  # feed index of the first bar of the new numbering (bar NEW0)
+NEW0 = 100
+NEW_KW: dict[str, Any] = {"clock": "scan", "checkpoint_every_bars": EVERY}
+
+
+def _numbered(i: int) -> BarTick:
+    bar = B0 + i if i < RESTART_AT else NEW0 + i - RESTART_AT
+    return BarTick(bar, float(B0 + i), float(B0 + i), new_epoch=(i == RESTART_AT))
+
+
+class _Restored(ClockedWorker):
+    """Keeps the state it adopted at its first bar (to compare with the uninterrupted run's)."""
+
+    adopted: dict[str, Any] | None = None
+
+    def _adopt_checkpoint(self, tick: BarTick) -> None:
+        first = self.succession.restore_pending
+        super()._adopt_checkpoint(tick)
+        if first and self.health.cold_start_reason is None:
+            self.adopted = self.engine.export_state()
+
+
+def test_a_crash_at_any_grid_call_after_the_numbering_restarts_loses_no_state(workers: WorkerFactory) -> None:
+    # The first bar of the new numbering writes its checkpoint before its record: a crash at any
+    # later call leaves a state a successor restores (the checkpoint of the new numbering plus its
+    # records), equal to the uninterrupted leader's at the last bar in the grid. Only a crash
+    # before that checkpoint is written leaves the old numbering's, refused (a cold start).
+    clock = FakeClock()
+    cluster = FakeCluster(clock)
+    ref, grid = workers(config("w1", **NEW_KW), FakeGrid(cluster), cls=ClockedWorker, fake_clock=clock)
+    ref.before_first_bar()
+    states: dict[int, dict[str, Any]] = {}
+    spans: dict[int, tuple[int, int]] = {}
+    for i in range(RESTART_AT + 3):
+        start = len(grid.ops)
+        offer(ref, i)
+        ref.process_bar(_numbered(i))
+        states[_numbered(i).bar_idx] = ref.engine.export_state()
+        spans[i] = (start, len(grid.ops))
+        clock.t += BAR_S
+    assert ref.role == "leader"
+    lo, hi = spans[RESTART_AT]
+    checkpoint_op = grid.ops.index(("put_checkpoint", NEW0), lo) + 1  # 1-based call number
+    assert grid.ops[lo:hi].index(("put_checkpoint", NEW0)) < grid.ops[lo:hi].index(("write_bar", NEW0))
+    warm = 0
+    for op_number in range(lo + 1, spans[RESTART_AT + 2][1] + 1):
+        clock = FakeClock()
+        cluster = FakeCluster(clock)
+        w1, g1 = workers(config("w1", **NEW_KW), FakeGrid(cluster), cls=ClockedWorker, fake_clock=clock)
+        w1.before_first_bar()
+        g1.kill_at_op = op_number
+        killed_at = None
+        for i in range(RESTART_AT + 3):
+            offer(w1, i)
+            try:
+                w1.process_bar(_numbered(i))
+            except Killed:
+                killed_at = i
+                break
+            clock.t += BAR_S
+        assert killed_at is not None and killed_at >= RESTART_AT, op_number
+        clock.t += 30
+        w2, _ = workers(config("w2", **NEW_KW), FakeGrid(cluster), cls=_Restored, fake_clock=clock)
+        w2.before_first_bar()
+        nxt = killed_at + 1
+        offer(w2, nxt)
+        w2.process_bar(_numbered(nxt))
+        assert isinstance(w2, _Restored)
+        where = f"killed entering call {op_number} {g1.ops[-1]}"
+        if op_number <= checkpoint_op:
+            assert w2.health.cold_start_reason == "from_future", where
+            continue
+        warm += 1
+        cp = json.loads(cluster.checkpoint.to_string())["body"]
+        newest = max([cp["bar_idx"], *(k for k in cluster.features if k < B0)])
+        assert w2.health.cold_start_reason is None, where
+        assert w2.health.restored_from_bar == newest, where
+        assert w2.adopted == states[newest], where
+    assert warm >= 10
