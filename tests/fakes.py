@@ -123,6 +123,9 @@ class FakeGrid:
         self.ops: list[tuple[str, int | None]] = []  # every grid call, in order: (name, bar or None)
         self.kill_at_op: int | None = None  # raise Killed on entering the grid call numbered so (1-based)
         self.offline = False
+        # Bars whose next write is applied and then reported failed (a timeout while partitions
+        # migrate: the caller cannot tell whether it landed).
+        self.ambiguous_writes: set[int] = set()
         self.connected = False  # as the real Grid before connect(); tests driving process_bar need not connect
         self.closed = False
         self.listener_errors = 0
@@ -206,6 +209,9 @@ class FakeGrid:
         self.write_calls.append(bar_idx)
         self.c.features[bar_idx] = record_json
         self.c.writes[bar_idx] += 1
+        if bar_idx in self.ambiguous_writes:
+            self.ambiguous_writes.discard(bar_idx)
+            raise GridError("write_bar", "OperationTimeoutError: applied, but no answer in time")
 
     def put_bar_if_absent(self, bar_idx: int, record_json: str) -> bool:
         self._op("write_bar", bar_idx)

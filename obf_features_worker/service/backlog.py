@@ -25,12 +25,15 @@ class PendingRecord:
     whose ``payload`` is then fixed). term: my lease epoch when I computed it (None: not leading,
     or no lease); a record of my current term is written with ``set``, any other only if the key
     is absent. payload / epoch: the JSON text, serialised with ``producer.epoch = epoch``.
+    attempted: a write of it failed, and may still have been applied (a timeout while partitions
+    migrate): the next attempt must not write it a second time.
     """
 
     record: dict[str, Any] | None
     term: int | None
     payload: str | None = None
     epoch: int | None = None
+    attempted: bool = False
 
     def payload_for(self, epoch: int | None) -> str:
         """The JSON text to write under lease ``epoch`` (None: no lease); cached per epoch. A

@@ -63,7 +63,7 @@ from obf_features_worker.logs import RateLimiter, setup_logging
 from obf_features_worker.service.backlog import PendingRecord, WriteBacklog
 from obf_features_worker.service.bars import BarClock, BarTick, IntervalClock, ScanClock
 from obf_features_worker.service.config import WorkerConfig
-from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, WorkerGrid
+from obf_features_worker.service.grid import Grid, GridClosed, GridError, UnreadableValue, WorkerGrid, json_text
 from obf_features_worker.service.health import HealthStats
 from obf_features_worker.service.lease import LeaderLease
 from obf_features_worker.service.metrics import WorkerMetrics
@@ -585,12 +585,15 @@ class Worker:
             payload = entry.payload_for(epoch)
             overwrite = self.lease is None or (entry.term is not None and entry.term == epoch)
             try:
-                if overwrite:
+                if overwrite and entry.attempted:
+                    ok = self._write_again(bar_idx, payload)
+                elif overwrite:
                     self.grid.write_bar(bar_idx, payload)
                     ok = True
                 else:
                     ok = self.grid.put_bar_if_absent(bar_idx, payload)
             except GridError as exc:
+                entry.attempted = True
                 self.health.write_failures += 1
                 if not self._write_outage:
                     self._write_outage = True
@@ -615,6 +618,16 @@ class Worker:
             log.warning("bar writes resumed flushed=%d last_bar_idx=%s write_failures=%d", flushed,
                         written[-1] if written else None, self.health.write_failures)
         return written
+
+    def _write_again(self, bar_idx: int, payload: str) -> bool:
+        """Write a record of my term whose earlier write failed but may have been applied: only if
+        absent, or if what the key holds is not this record (another numbering's bar), so readers
+        never see my bar written twice. Raises GridError."""
+        if self.grid.put_bar_if_absent(bar_idx, payload):
+            return True
+        if json_text(self.grid.get_records([bar_idx]).get(bar_idx)) != payload:
+            self.grid.write_bar(bar_idx, payload)
+        return True
 
     def _retain(self, newest: int) -> None:
         # Below: older than retain_bars. Above: keys left from another numbering (a scan count

@@ -95,6 +95,31 @@ def test_writes_fail_into_a_backlog_and_flush_in_order(make_worker):
     assert w.health.bars_written == 5 and not w.backlog
 
 
+def test_a_write_that_failed_but_landed_is_not_written_twice(make_worker):
+    # A timeout while partitions migrate: the member applied the write, the worker saw an error.
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
+    grid.ambiguous_writes = {B0}
+    w.process_bar(tick(B0))
+    assert w.health.write_failures == 1 and w.backlog.bars() == [B0] and grid.c.writes[B0] == 1
+    w.process_bar(tick(B0 + 1))
+    # Retried only if absent: readers see bar B0 written once, with the worker's record.
+    assert grid.c.writes[B0] == 1 and grid.c.writes[B0 + 1] == 1 and not w.backlog
+    assert w.health.bars_written == 2
+
+
+def test_a_retried_write_replaces_another_record_under_its_key(make_worker):
+    # The failed write did not land and the key holds a record of another numbering: replaced.
+    w, grid = make_worker()
+    w.book.offer("asset_AAAUSDT_ob", payload(B0, 1))
+    grid.failing = True
+    w.process_bar(tick(B0))
+    grid.failing = False
+    grid.c.features[B0] = '{"bar_idx": 0, "other": "numbering"}'
+    w.process_bar(tick(B0 + 1))
+    assert grid.bars[B0]["bar_idx"] == B0 and grid.c.writes[B0] == 1 and not w.backlog
+
+
 def test_backlog_is_bounded_by_retain_bars(make_worker):
     w, grid = make_worker(retain_bars=2)
     grid.failing = True
