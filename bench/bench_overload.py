@@ -7,8 +7,8 @@ on a free port and stopped at the end; its log is then checked for OutOfMemoryEr
 event-queue overload warnings).
 
 A leader worker and a standby worker (2 s bars, defaults otherwise, each its own process) run
-against this run's maps while ``--publishers`` publisher processes (this script in
-``--publish-child`` mode, each a share of the assets) offer ``assets x rate`` snapshot events per
+against this run's maps while ``--publishers`` publisher processes (``bench/publisher.py --first``,
+each a share of the assets) offer ``assets x rate`` snapshot events per
 second (default 3,000 x 20 Hz = 60,000/s, twice the ceiling measured in bench_ingest) for
 ``--seconds`` after a warm-up. Everything shares this machine's cores. Measured over the window:
 
@@ -41,7 +41,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -64,62 +63,6 @@ TargetRow = dict[str, Any]  # {"target": str, "current": str, "met": bool | None
 
 def row(target: str, current: str, met: bool | None, note: str = "") -> TargetRow:
     return {"target": target, "current": current, "met": met, "note": note}
-
-
-# -- the publisher child ----------------------------------------------------------------------------
-
-
-def publish_child(args: argparse.Namespace) -> int:
-    """Publish assets ``[first, first + count)`` at ``rate`` Hz for ``duration`` s (one put_all per
-    tick; a late tick goes out at once, never skipped); JSON progress lines as bench/publisher.py."""
-    import hazelcast
-    from hazelcast.config import IntType
-    from publisher import VARIANTS, book_fragments
-
-    from obf_contract.timestamps import format_timestamp
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    keys = [f"asset_P{i:05d}USDT_ob" for i in range(args.first, args.first + args.count)]
-    frags = book_fragments(args.count, 10, seed=11 + args.first)
-    client = hazelcast.HazelcastClient(cluster_name=args.cluster, cluster_members=args.members.split(","),
-                                       default_int_type=IntType.LONG)
-    m = client.get_map(args.map).blocking()
-    seq_base = int(time.time() * 1e6)
-    published = ticks = 0
-    late = 0.0
-
-    def report(**extra: object) -> None:
-        sys.stdout.write(json.dumps({"t": time.time(), "published": published, "ticks": ticks, "late_s": late,
-                                     **extra}) + "\n")
-        sys.stdout.flush()
-
-    report(ready=True)
-    start = time.time()
-    next_report = start
-    end = start + args.duration
-    try:
-        while not stop.is_set() and time.time() < end:
-            now = time.time()
-            due = start + ticks / args.rate
-            if due > now:
-                stop.wait(due - now)
-                continue
-            late = now - due
-            iso = format_timestamp(time.time())
-            seq = seq_base + ticks + 1
-            v = ticks % VARIANTS
-            m.put_all({key: f'{{"timestamp":"{iso}",{fr[v]},"_pushed_at":"{iso}","_push_seq":{seq}}}'
-                       for key, fr in zip(keys, frags, strict=True)})
-            published += len(keys)
-            ticks += 1
-            if time.time() >= next_report:
-                next_report += 0.25
-                report()
-    finally:
-        report(done=True)
-        client.shutdown()
-    return 0
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -241,9 +184,9 @@ def _run(args: argparse.Namespace) -> list[TargetRow]:
                         first, count = p * share, min(share, n - p * share)
                         if count <= 0:
                             break
-                        procs.append(pubs.enter_context(H.progress_process("bench_overload.py", [
-                            "--publish-child", "--members", ",".join(cluster.members), "--cluster", cluster.name,
-                            "--map", "DOLPHIN_FEATURES" + suffix, "--first", str(first), "--count", str(count),
+                        procs.append(pubs.enter_context(H.progress_process("publisher.py", [
+                            "--members", ",".join(cluster.members), "--cluster", cluster.name,
+                            "--map", "DOLPHIN_FEATURES" + suffix, "--first", str(first), "--assets", str(count),
                             "--rate", str(rate), "--duration", str(WARM_S + window_s)], log_dir)))
                     H.wait_until(lambda: all((q.progress() or {}).get("published", 0) > 0 for q in procs), 60,
                                  "every publisher's first tick")
@@ -421,17 +364,6 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--publish-child" in argv:
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--publish-child", action="store_true")
-        for name in ("--members", "--cluster", "--map"):
-            ap.add_argument(name, required=True)
-        ap.add_argument("--first", type=int, required=True)
-        ap.add_argument("--count", type=int, required=True)
-        ap.add_argument("--rate", type=float, required=True)
-        ap.add_argument("--duration", type=float, required=True)
-        return publish_child(ap.parse_args(argv))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
     run(ap.parse_args(argv))

@@ -37,8 +37,8 @@ from obf_contract.timestamps import format_timestamp
 VARIANTS = 8  # pre-built books per asset, cycled
 
 
-def symbols(n: int) -> list[str]:
-    return [f"P{i:05d}USDT" for i in range(n)]
+def symbols(n: int, first: int = 0) -> list[str]:
+    return [f"P{i:05d}USDT" for i in range(first, first + n)]
 
 
 def book_fragments(n_assets: int, levels: int, seed: int = 11) -> list[list[str]]:
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--map", required=True, help="input map name (suffix included)")
     ap.add_argument("--assets", type=int, required=True)
+    ap.add_argument("--first", type=int, default=0,
+                    help="index of the first asset (P{first:05d}USDT): publishers sharing a universe take a range each")
     ap.add_argument("--rate", type=float, default=10.0, help="ticks (snapshots per asset) per second; 0 = max")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
     ap.add_argument("--levels", type=int, default=10, help="bands per side")
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    keys = [f"asset_{s}_ob" for s in symbols(args.assets)]
-    frags = book_fragments(args.assets, args.levels)
+    keys = [f"asset_{s}_ob" for s in symbols(args.assets, args.first)]
+    frags = book_fragments(args.assets, args.levels, seed=11 + args.first)
     client = hazelcast.HazelcastClient(cluster_name=args.cluster, cluster_members=args.members.split(","),
                                        default_int_type=IntType.LONG)
     m = client.get_map(args.map).blocking()
