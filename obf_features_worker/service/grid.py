@@ -287,9 +287,11 @@ class Grid:
     Overload (events offered faster than the events reactor decodes them): the member queues the
     surplus for this connection (in its heap, without bound) and every event arrives later. The
     events connection also listens to this worker's own health entry (written on ``bars`` every
-    bar): its ``updated_at`` against the arrival time is the events backlog, in seconds
-    (``events_lag_s``); a document written more than ``shed_lag_s`` (one bar) ago whose event has
-    not come back shows the same without waiting for it. Past ``shed_lag_s`` a supervisor thread
+    bar): the time from the write's acknowledgement to its event's arrival (``time.monotonic()``)
+    is the events backlog, in seconds (``events_lag_s``; ``updated_at`` only matches the event to
+    its write). Two documents acknowledged more than ``shed_lag_s`` (one bar) ago whose events
+    have not come back show a backlog past ``shed_lag_s`` without waiting for it (one alone may be
+    a lost event: delivered at most once); then a supervisor thread
     drops the events connection (the member discards its queue), waits ``shed_cooldown_s``
     (doubled for each shed within a cool-down of listening again, up to ``shed_cooldown_max_s``)
     and listens again on a new one; meanwhile ``events_live()`` is False and the worker re-reads
@@ -342,8 +344,11 @@ class Grid:
         self._retired_disconnects = 0  # of events connections replaced after a shed
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
-        # updated_at of the health documents written whose probe event has not come back yet
-        self._unechoed: deque[float] = deque(maxlen=256)
+        # The health documents written whose probe event has not come back yet, oldest first, each
+        # [updated_at (only the key an echo is matched by), acked (time.monotonic() the write
+        # returned; None until then)]. Appended BEFORE the write: its echo may come back on the
+        # events reactor before the write's answer reaches the bar thread.
+        self._unechoed: deque[list[float | None]] = deque(maxlen=256)
 
     # --- connections -------------------------------------------------------------------
 
@@ -450,8 +455,12 @@ class Grid:
         log.warning("events listener back after shedding sheds=%d", self.events_sheds)
 
     def _check_backlog(self) -> None:
-        # A health document written more than shed_lag_s ago whose event has not come back: the
-        # events are at least that far behind (found without waiting for the backlog to drain).
+        # Health documents acknowledged more than shed_lag_s ago whose events have not come back:
+        # the events are at least that far behind (found without waiting for the backlog to
+        # drain). Judged from the acknowledgement (time.monotonic()), not from updated_at: a slow
+        # write (a migration, a member GC pause) is not an events backlog. Two such documents, not
+        # one: an event is delivered at most once, and a single lost probe event is no backlog
+        # (the next document's echo clears it).
         events = self.events
         if not events.connected or events.disconnects != self._events_disconnects_seen:
             # Away or reconnected: writes made meanwhile have no event to come (the client
@@ -461,29 +470,34 @@ class Grid:
             with self._lock:
                 self._unechoed.clear()
             return
+        now = time.monotonic()
         with self._lock:
-            oldest = self._unechoed[0] if self._unechoed else None
-        if (oldest is not None and self.events_live() and time.time() - oldest > self.shed_lag_s
-                and time.monotonic() - self._listening_since > self.shed_grace_s):
-            self.events_lag_s = max(self.events_lag_s or 0.0, time.time() - oldest)
+            overdue = [acked for _, acked in self._unechoed if acked is not None and now - acked > self.shed_lag_s]
+        if (len(overdue) >= 2 and self.events_live()
+                and now - self._listening_since > self.shed_grace_s):
+            self.events_lag_s = max(self.events_lag_s or 0.0, now - overdue[0])
             self._shed.set()
 
     def _on_probe(self, event: Any) -> None:
         # Events reactor: this worker's own health document came back through the events
-        # connection; how late it is = how far the events are behind.
+        # connection; how long after its write was acknowledged = how far the events are behind
+        # (measured only; _check_backlog alone decides to shed).
+        arrived = time.monotonic()
         text = json_text(event.value)
         if text is None:
             return
         updated_at = orjson.loads(text).get("updated_at")
         if not isinstance(updated_at, (int, float)):
             return
-        self.events_lag_s = lag = time.time() - float(updated_at)
+        acked: float | None = None
         with self._lock:
-            while self._unechoed and self._unechoed[0] <= updated_at:
-                self._unechoed.popleft()
-        if (lag > self.shed_lag_s and not self._shed.is_set() and self._supervisor is not None
-                and time.monotonic() - self._listening_since > self.shed_grace_s):
-            self._shed.set()
+            # Older documents whose events never came (at most once) go with it.
+            while self._unechoed and (key := self._unechoed[0][0]) is not None and key <= updated_at:
+                entry = self._unechoed.popleft()
+                if key == updated_at:
+                    acked = entry[1]
+        # Echoed before its write's answer reached the bar thread: no backlog at all.
+        self.events_lag_s = 0.0 if acked is None else max(arrived - acked, 0.0)
 
     # --- listeners -------------------------------------------------------------------
 
@@ -638,17 +652,21 @@ class Grid:
 
     def put_health(self, doc_json: str) -> None:
         """``health_map[worker_id] = doc`` with TTL ``config.health_ttl_s``."""
-        fut = self.bars._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
-                                                     ttl=self.config.health_ttl_s)
-        self.bars._wait(fut, "write health")
+        probe: list[float | None] | None = None
         if self._supervisor is not None and self.events_live():  # its event is the overload probe
             try:
                 updated_at = orjson.loads(doc_json).get("updated_at")
             except (orjson.JSONDecodeError, AttributeError):
-                return
+                updated_at = None
             if isinstance(updated_at, (int, float)):
-                with self._lock:
-                    self._unechoed.append(float(updated_at))
+                probe = [float(updated_at), None]
+                with self._lock:  # before the write: its echo may beat the write's answer
+                    self._unechoed.append(probe)
+        fut = self.bars._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
+                                                     ttl=self.config.health_ttl_s)
+        self.bars._wait(fut, "write health")
+        if probe is not None:
+            probe[1] = time.monotonic()  # judged from here (a failed write stays unjudged)
 
 
 class BoundedMap:

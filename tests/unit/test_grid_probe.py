@@ -1,0 +1,145 @@
+"""The overload probe of ``service.grid.Grid`` (review 2, finding 1): the events backlog is judged
+from the bars write's acknowledgement on a monotonic clock, never from ``updated_at``; the probe is
+recorded before the write (its echo may come first); a single lost probe event never sheds.
+
+Pure logic: the Grid's probe methods driven directly, with a fake clock (the module's ``time``)
+and a fake health map on the bars connection (no member, no threads started)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from hazelcast.future import Future
+
+import obf_features_worker.service.grid as grid_mod
+from obf_features_worker.service.config import WorkerConfig
+from obf_features_worker.service.grid import Grid
+
+
+class FakeTime:
+    """Stands in for the ``time`` module inside grid.py: both clocks advance only when told."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, s: float) -> None:
+        self.mono += s
+        self.wall += s
+
+
+class Event:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.key = "w"
+
+
+class HealthMap:
+    """The bars connection's health map: ``set`` runs ``during`` (a slow write, an early echo)
+    and answers at once."""
+
+    def __init__(self) -> None:
+        self.during: Any = None
+        self.docs: list[str] = []
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> Future[Any]:
+        self.docs.append(value.to_string())
+        if self.during is not None:
+            self.during(value.to_string())
+        fut: Future[Any] = Future()
+        fut.set_result(None)
+        return fut
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(grid_mod, "time", fake)
+    return fake
+
+
+@pytest.fixture()
+def grid(clock: FakeTime) -> tuple[Grid, HealthMap]:
+    g = Grid(WorkerConfig(worker_id="w"))
+    health = HealthMap()
+    g.bars._maps[g.config.health_map] = health
+    g.events._connected.set()  # listening, past the grace period
+    g._supervisor = threading.Thread(target=lambda: None)  # never started: only "shedding is on"
+    g._listening_since = -float("inf")
+    return g, health
+
+
+def write(g: Grid, clock: FakeTime, stamped_ago: float = 0.0) -> str:
+    doc = orjson.dumps({"worker_id": "w", "updated_at": clock.wall - stamped_ago}).decode()
+    g.put_health(doc)
+    return doc
+
+
+def test_a_slow_bars_write_is_not_an_events_backlog(grid, clock) -> None:
+    g, health = grid
+    # The document was stamped, then its write took 3 bars (a migration, a member GC pause); the
+    # echo comes back right after the answer: the events are not behind at all.
+    health.during = lambda _doc: clock.advance(3 * g.shed_lag_s)
+    doc = write(g, clock)
+    g._on_probe(Event(doc))
+    assert g.events_lag_s == 0.0
+    clock.advance(0.5)
+    g._check_backlog()
+    assert not g._shed.is_set()
+
+
+def test_an_echo_that_beats_the_write_answer_is_matched(grid, clock) -> None:
+    g, health = grid
+    health.during = lambda doc: g._on_probe(Event(doc))  # the events reactor was faster
+    for _ in range(5):  # a bar each: every echo came back, nothing is pending
+        write(g, clock)
+        clock.advance(g.shed_lag_s * 1.5)
+        g._check_backlog()
+    assert not g._unechoed
+    assert not g._shed.is_set()
+
+
+def test_a_single_lost_probe_event_never_sheds(grid, clock) -> None:
+    g, _ = grid
+    write(g, clock)  # its event is lost (delivered at most once)
+    clock.advance(g.shed_lag_s * 1.5)
+    g._check_backlog()
+    assert not g._shed.is_set()
+    doc = write(g, clock)
+    clock.advance(0.01)
+    g._on_probe(Event(doc))  # the next one comes back at once: clears the lost one too
+    assert not g._unechoed
+    clock.advance(g.shed_lag_s * 3)
+    g._check_backlog()
+    assert not g._shed.is_set()
+
+
+def test_a_real_backlog_sheds_and_reports_its_lag(grid, clock) -> None:
+    g, _ = grid
+    write(g, clock)
+    clock.advance(1.0)
+    write(g, clock)
+    clock.advance(g.shed_lag_s * 0.5)
+    g._check_backlog()
+    assert not g._shed.is_set()  # the second is not overdue yet
+    clock.advance(g.shed_lag_s)
+    g._check_backlog()
+    assert g._shed.is_set()
+    assert g.events_lag_s == pytest.approx(1.0 + 1.5 * g.shed_lag_s)
+
+
+def test_a_late_echo_measures_the_lag_from_the_acknowledgement(grid, clock) -> None:
+    g, _ = grid
+    doc = write(g, clock, stamped_ago=5.0)  # stamped long before (a slow bar): not counted
+    clock.advance(0.4)
+    g._on_probe(Event(doc))
+    assert g.events_lag_s == pytest.approx(0.4)
