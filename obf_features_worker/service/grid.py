@@ -125,6 +125,9 @@ class _Connection:
         self._maps: dict[str, Any] = {}
         self.map_names: tuple[str, ...] = ()  # proxies opened once connected
         self.disconnects = 0
+        # Listener registration ids by name: each registered once per connection however often a
+        # registration is retried (the client re-registers them itself after a reconnect).
+        self.listeners: dict[str, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -515,14 +518,12 @@ class Grid:
         on_entry = self._on_entry
         assert on_entry is not None  # noqa: S101 - set by add_asset_listener before any call
         handler = self._guard("asset listener", lambda e: on_entry(e.key, e.value, time.time()))
-        m = conn._map(self.config.input_map)
-        fut = m.add_entry_listener(include_value=True, predicate=P.regex("__key", self._asset_regex),
-                                   added_func=handler, updated_func=handler)
-        conn._wait(fut, "add asset listener")
+        _register(conn, "asset listener", self.config.input_map,
+                  include_value=True, predicate=P.regex("__key", self._asset_regex),
+                  added_func=handler, updated_func=handler)
         probe = self._guard("events probe", self._on_probe)
-        fut = conn._map(self.config.health_map).add_entry_listener(
-            include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
-        conn._wait(fut, "add events probe")
+        _register(conn, "events probe", self.config.health_map,
+                  include_value=True, key=self.config.worker_id, added_func=probe, updated_func=probe)
         self._events_disconnects_seen = conn.disconnects
         # The grace period is for the process's first bars; listening again after a shed the
         # process is warm, and a flood that returns must be shed as fast as the first time.
@@ -667,6 +668,29 @@ class Grid:
         self.bars._wait(fut, "write health")
         if probe is not None:
             probe[1] = time.monotonic()  # judged from here (a failed write stays unjudged)
+
+
+def _register(conn: _Connection, name: str, map_name: str, **listener: Any) -> None:
+    """Add an entry listener to ``map_name`` on ``conn`` unless ``name`` is registered there
+    already (a retry after a later step failed). A registration that fails here but lands after
+    all (the wait timed out) is removed when it lands, so a retry never leaves two."""
+    if name in conn.listeners:
+        return
+    m = conn._map(map_name)
+    fut = m.add_entry_listener(**listener)
+    try:
+        conn.listeners[name] = conn._wait(fut, f"add {name}")
+    except GridError:
+        def drop_late(f: Future[Any]) -> None:
+            # Reactor thread: fire and forget, never raise.
+            try:
+                if f.is_success():
+                    m.remove_entry_listener(f.result())
+            except Exception:  # noqa: BLE001,S110 - nothing to remove, or the client is gone
+                pass
+
+        fut.add_done_callback(drop_late)
+        raise
 
 
 class BoundedMap:

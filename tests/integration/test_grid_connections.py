@@ -35,8 +35,12 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
     grid = _grid(hz_cluster, map_suffix, "t-conn" + map_suffix)
     got: dict[str, str] = {}
     cond = threading.Condition()
+    hold, held = threading.Event(), threading.Event()
 
     def on_entry(key: Any, value: Any, received_at: float) -> None:
+        if key == "asset_HOLDUSDT_ob" and not hold.is_set():
+            held.set()
+            hold.wait(60)  # the events reactor stays busy: every event behind this one waits
         with cond:
             got[key] = value
             cond.notify_all()
@@ -56,11 +60,18 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
         assert grid.events_lag_s is not None and 0 <= grid.events_lag_s < 1.0
         assert grid.events_live() and grid.events_sheds == 0
 
-        # A backlog past shed_lag_s (here: a health document 5 s old) drops the events connection.
+        # A real backlog past shed_lag_s (one bar, 2 s): the events reactor is held inside a
+        # callback, so the health writes acknowledged on the bar path do not come back.
         grid.shed_cooldown_s = 1.0
         grid.shed_grace_s = 0.0  # (5 bars normally: the first bars stall the whole process)
-        grid.put_health(_health(time.time() - 5.0))
-        wait_for(lambda: grid.events_sheds == 1, 10, "the shed")
+        inputs.put("asset_HOLDUSDT_ob", '{"v": 0}')
+        assert held.wait(10)
+        grid.put_health(_health(time.time()))
+        grid.put_health(_health(time.time()))
+        try:
+            wait_for(lambda: grid.events_sheds == 1, 15, "the shed")
+        finally:
+            hold.set()
         assert "asset_AAAUSDT_ob" in grid.read_assets()  # pulled on the bar path's connection meanwhile
         states = grid.connection_states()
         assert not grid.closed and grid.connected  # the worker carries on: bars still go out
@@ -76,13 +87,46 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
             assert cond.wait_for(lambda: got.get("asset_AAAUSDT_ob") == '{"v": 2}', 10)
         assert grid.listener_errors == 0
 
-        # A health document written 5 s ago whose event has not come back (the events queue is
-        # that far behind) sheds without waiting for the event.
+        # Two health documents acknowledged 5 s ago whose events have not come back (the events
+        # queue is that far behind) shed again without waiting for the events.
         with grid._lock:
-            grid._unechoed.append(time.time() - 5.0)
+            grid._unechoed.extend([[1.0, time.monotonic() - 5.0], [2.0, time.monotonic() - 5.0]])
         wait_for(lambda: grid.events_sheds == 2, 10, "the second shed")
         wait_for(grid.events_live, 20, "listening again")
         assert grid.listener_errors == 0 and not grid.closed
     finally:
         grid.shutdown()
     assert grid.closed and not grid.connected
+
+
+def test_listening_again_on_a_connection_never_registers_twice(hz_cluster: HzCluster, hz_client: Any,
+                                                               map_suffix: str) -> None:
+    """review 2, finding 2: a retried registration (the worker's subscribe retry, the re-listen
+    loop) must not add a second asset listener on the same connection: every event would be
+    decoded twice (half the ingest ceiling; the copies counted as stale_seq rejects)."""
+    grid = _grid(hz_cluster, map_suffix, "t-once" + map_suffix)
+    seen: list[str] = []
+    cond = threading.Condition()
+
+    def on_entry(key: Any, value: Any, received_at: float) -> None:
+        with cond:
+            seen.append(value)
+            cond.notify_all()
+
+    inputs = hz_client.get_map("DOLPHIN_FEATURES" + map_suffix).blocking()
+    try:
+        assert grid.connect(threading.Event())
+        grid.add_asset_listener(on_entry)
+        grid._listen(grid.events)  # a retry after a later step failed
+        registrations = grid.events._client._listener_service._active_registrations
+        assert len(registrations) == 2  # the asset listener and the probe, once each
+        for v in range(1, 4):
+            inputs.put("asset_ONCEUSDT_ob", f'{{"v": {v}}}')
+        with cond:  # events of one key arrive in order: the copies of v1, v2 would come before v3's last
+            assert cond.wait_for(lambda: '{"v": 3}' in seen, 10)
+        inputs.put("asset_ONCEUSDT_ob", '{"v": 4}')
+        with cond:
+            assert cond.wait_for(lambda: '{"v": 4}' in seen, 10)
+        assert seen == ['{"v": 1}', '{"v": 2}', '{"v": 3}', '{"v": 4}']
+    finally:
+        grid.shutdown()

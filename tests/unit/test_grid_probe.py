@@ -143,3 +143,61 @@ def test_a_late_echo_measures_the_lag_from_the_acknowledgement(grid, clock) -> N
     clock.advance(0.4)
     g._on_probe(Event(doc))
     assert g.events_lag_s == pytest.approx(0.4)
+
+
+class ListenerMap:
+    """A map proxy of the events connection: ``add_entry_listener`` answers with the next of
+    ``answers`` (a registration id, an exception, or None: no answer yet)."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.added: list[Future[Any]] = []
+        self.removed: list[str] = []
+
+    def add_entry_listener(self, **_listener: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            fut.set_exception(answer)
+        elif answer is not None:
+            fut.set_result(answer)
+        self.added.append(fut)
+        return fut
+
+    def remove_entry_listener(self, registration_id: str) -> Future[Any]:
+        self.removed.append(registration_id)
+        fut: Future[Any] = Future()
+        fut.set_result(True)
+        return fut
+
+
+def _listening_grid(inputs: ListenerMap, health: ListenerMap) -> Grid:
+    g = Grid(WorkerConfig(worker_id="w"))
+    g.events._maps = {g.config.input_map: inputs, g.config.health_map: health}
+    g.events.op_timeout_s = 0.0  # an answer not there yet is a timeout at once
+    g._on_entry = lambda key, value, received_at: None
+    return g
+
+
+def test_a_retried_registration_never_adds_the_asset_listener_twice() -> None:
+    # review 2, finding 2: the probe's registration failed after the asset listener's succeeded.
+    inputs, health = ListenerMap(["asset-1"]), ListenerMap([RuntimeError("member busy"), "probe-1"])
+    g = _listening_grid(inputs, health)
+    with pytest.raises(grid_mod.GridError):
+        g._listen(g.events)
+    g._listen(g.events)  # the retry
+    assert len(inputs.added) == 1 and len(health.added) == 2
+    assert g.events.listeners == {"asset listener": "asset-1", "events probe": "probe-1"}
+    g._listen(g.events)  # and again (the re-listen path): nothing new
+    assert len(inputs.added) == 1 and len(health.added) == 2
+
+
+def test_a_registration_that_lands_after_its_timeout_is_removed() -> None:
+    inputs, health = ListenerMap([None, "asset-2"]), ListenerMap(["probe-1"])
+    g = _listening_grid(inputs, health)
+    with pytest.raises(grid_mod.GridError):
+        g._listen(g.events)  # no answer within op_timeout_s
+    g._listen(g.events)  # the retry registers a new one
+    inputs.added[0].set_result("asset-late")  # the first lands after all
+    assert inputs.removed == ["asset-late"]
+    assert g.events.listeners["asset listener"] == "asset-2"
