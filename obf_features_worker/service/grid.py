@@ -370,7 +370,9 @@ class Grid:
     def disconnects(self) -> int:
         """Connections lost since start, both clients together (a reconnect may follow a member
         that restarted empty)."""
-        return self.bars.disconnects + self._retired_disconnects + self.events.disconnects
+        with self._lock:  # the events connection and its retired count change together (a shed)
+            events = self._retired_disconnects + self.events.disconnects
+        return self.bars.disconnects + events
 
     def events_live(self) -> bool:
         """The asset events are coming: the events connection is up and not shed."""
@@ -379,8 +381,10 @@ class Grid:
     def connection_states(self) -> dict[str, dict[str, Any]]:
         """Per connection: ``bars`` ``{"connected", "disconnects"}``; ``events`` also ``"sheds"``
         (dropped for overload) and ``"lag_s"`` (its backlog at the last probe, s; None before one)."""
-        events = self.events.state()
-        events.update(connected=self.events_live(), disconnects=self._retired_disconnects + events["disconnects"],
+        with self._lock:
+            events = self.events.state()
+            retired = self._retired_disconnects
+        events.update(connected=self.events_live(), disconnects=retired + events["disconnects"],
                       sheds=self.events_sheds,
                       lag_s=None if self.events_lag_s is None else round(self.events_lag_s, 3))
         return {"bars": self.bars.state(), "events": events}
@@ -434,11 +438,12 @@ class Grid:
                     "member discards its queue); every asset re-read at bar close for cooldown_s=%g sheds=%d",
                     self.events_lag_s or math.nan, self.shed_lag_s, self._cooldown_s, self.events_sheds)
         old.shutdown()
-        self._retired_disconnects += old.disconnects
+        with self._lock:  # one step: its disconnects are never counted twice (nor go down)
+            self._retired_disconnects += old.disconnects
+            self.events = self._new_events()  # started after the cool-down
         if self._stopping.wait(self._cooldown_s):
             return
-        new = self._new_events()
-        self.events = new
+        new = self.events
         new.start()
         if not new.wait_connected(self._stopping):  # GridClosed: the worker sees ``closed`` and exits
             return

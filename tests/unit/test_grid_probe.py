@@ -201,3 +201,15 @@ def test_a_registration_that_lands_after_its_timeout_is_removed() -> None:
     inputs.added[0].set_result("asset-late")  # the first lands after all
     assert inputs.removed == ["asset-late"]
     assert g.events.listeners["asset listener"] == "asset-2"
+
+
+def test_a_shed_never_counts_the_events_disconnects_twice() -> None:
+    # review 2, finding 3: the retired connection's disconnects were added while it was still
+    # the current one, so Grid.disconnects (a Prometheus counter) went up, then down.
+    g = Grid(WorkerConfig(worker_id="w"))
+    g.events.disconnects = 2
+    g.bars.disconnects = 1
+    g._stopping.set()  # return right after dropping the connection (in the cool-down)
+    g._shed_and_relisten()
+    assert g.disconnects == 3
+    assert g.connection_states()["events"]["disconnects"] == 2
