@@ -562,9 +562,11 @@ class Grid:
     # --- reads -----------------------------------------------------------------------
 
     def read_assets(self) -> dict[Any, Any]:
-        """Every current ``asset_*_ob`` entry (same server-side filter as the listener): on the
-        events connection (the initial read), on the bar path's while the events are shed."""
-        conn = self.events if self.events_live() else self.bars
+        """Every current ``asset_*_ob`` entry (same server-side filter as the listener): the
+        initial read (before the asset listener) on the events connection, every later one (the
+        bar path's pull while the events are shed) on the bar path's: never behind a flood of
+        events, even on a connection listening again since the pull was decided."""
+        conn = self.events if self._on_entry is None else self.bars
         fut = conn._map(self.config.input_map).entry_set(P.regex("__key", self._asset_regex))
         return dict(conn._wait(fut, "read assets"))
 

@@ -213,3 +213,29 @@ def test_a_shed_never_counts_the_events_disconnects_twice() -> None:
     g._shed_and_relisten()
     assert g.disconnects == 3
     assert g.connection_states()["events"]["disconnects"] == 2
+
+
+class EntrySetMap:
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def entry_set(self, _predicate: Any) -> Future[Any]:
+        self.calls.append(self.name)
+        fut: Future[Any] = Future()
+        fut.set_result([("asset_AAAUSDT_ob", "{}")])
+        return fut
+
+
+def test_only_the_initial_read_goes_over_the_events_connection() -> None:
+    # review 2, finding 4: a pull decided while shed must not go over an events connection that
+    # listens again in the meantime (its full entry_set would wait behind a flood of events).
+    g = Grid(WorkerConfig(worker_id="w"))
+    calls: list[str] = []
+    g.events._maps[g.config.input_map] = EntrySetMap("events", calls)
+    g.bars._maps[g.config.input_map] = EntrySetMap("bars", calls)
+    g.events._connected.set()
+    g.read_assets()  # the initial read
+    g._on_entry = lambda key, value, received_at: None  # listening (add_asset_listener)
+    assert g.events_live()
+    g.read_assets()  # the bar path's pull
+    assert calls == ["events", "bars"]
