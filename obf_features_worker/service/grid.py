@@ -398,8 +398,13 @@ class Grid:
         return self.bars.wait_connected(stop) and self.events.wait_connected(stop)
 
     def shutdown(self) -> None:
-        """Disconnect both (idempotent): events first (no more input), then the bar path."""
+        """Disconnect both (idempotent): events first (no more input), then the bar path.
+
+        The events connection is shut down before the supervisor is joined (a supervisor waiting
+        on it returns at once), and again after: one the supervisor swapped in meanwhile is shut
+        down too (and a supervisor that starts one after ``_stopping`` shuts it down itself)."""
         self._stopping.set()
+        self.events.shutdown()
         supervisor = self._supervisor
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(self.op_timeout_s + 1.0)
@@ -408,21 +413,24 @@ class Grid:
 
     # --- overload: shedding the events connection -------------------------------------
 
+    # Between failed attempts of the supervisor (a new events connection that did not listen).
+    _RETRY_S = 1.0
+
     def _supervise(self) -> None:
         """Supervisor thread: on a shed request, drop the events connection, wait the cool-down,
-        listen again on a new one (the same callback). Never raises."""
+        listen again on a new one (the same callback). Never raises: an error is logged
+        (rate-limited) and the loop goes on after ``_RETRY_S``."""
         while not self._stopping.is_set():
-            if not self._shed.wait(0.25):
-                self._check_backlog()
-                continue
-            if self._stopping.is_set():
-                continue
             try:
-                self._shed_and_relisten()
-            except Exception as exc:  # noqa: BLE001 - the thread must survive; the next probe retries
-                log.error("events connection restart failed error=%r", exc)
-                self._shedding = False
-                self._shed.clear()
+                if not self._shed.wait(0.25):
+                    self._check_backlog()
+                elif not self._stopping.is_set():
+                    self._shed_and_relisten()
+            except Exception as exc:  # noqa: BLE001 - the thread must survive, or no shedding ever again
+                suppressed = self._limiter.allow("supervisor")
+                if suppressed is not None:
+                    log.error("events supervisor failed error=%r suppressed_since_last=%d", exc, suppressed)
+                self._stopping.wait(self._RETRY_S)
 
     def _shed_and_relisten(self) -> None:
         old = self.events
@@ -437,23 +445,44 @@ class Grid:
         log.warning("events listener behind lag_s=%.1f > shed_lag_s=%.1f: dropping the events connection (the "
                     "member discards its queue); every asset re-read at bar close for cooldown_s=%g sheds=%d",
                     self.events_lag_s or math.nan, self.shed_lag_s, self._cooldown_s, self.events_sheds)
-        old.shutdown()
+        self._retire(old)
+        delay = self._cooldown_s
+        while not self._stopping.wait(delay):
+            if self._relisten():
+                return
+            delay = self._RETRY_S
+
+    def _retire(self, conn: _Connection) -> None:
+        """Shut ``conn`` down and put a new (not started) events connection in its place."""
+        conn.shutdown()
         with self._lock:  # one step: its disconnects are never counted twice (nor go down)
-            self._retired_disconnects += old.disconnects
-            self.events = self._new_events()  # started after the cool-down
-        if self._stopping.wait(self._cooldown_s):
-            return
+            self._retired_disconnects += conn.disconnects
+            self.events = self._new_events()  # started when listening again
+
+    def _relisten(self) -> bool:
+        """Start the new events connection and listen on it: True once listening (or when the
+        client gave up: GridClosed, the worker sees ``closed`` and exits); False to try again on
+        a fresh connection (this one is shut down: no half-registered listeners stay) or when
+        stopping. Stays shed until it returns True."""
         new = self.events
-        new.start()
-        if not new.wait_connected(self._stopping):  # GridClosed: the worker sees ``closed`` and exits
-            return
-        while not self._stopping.is_set():
-            try:
-                self._listen(new)
-                break
-            except GridError as exc:
-                log.warning("events listener registration failed, retrying error=%s", exc)
-                self._stopping.wait(1.0)
+        try:
+            new.start()
+            if self._stopping.is_set():  # shutdown() may have passed this connection already
+                new.shutdown()
+                return False
+            if not new.wait_connected(self._stopping):
+                new.shutdown()
+                return False
+            self._listen(new)
+        except GridClosed as exc:
+            log.error("events connection gave up error=%s", exc)
+            self._shedding = False  # ``closed`` is True now: the worker exits
+            self._shed.clear()
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure: a fresh connection, after _RETRY_S
+            log.warning("listening again failed, retrying on a new events connection error=%r", exc)
+            self._retire(new)
+            return False
         self.events_lag_s = None
         with self._lock:
             self._unechoed.clear()  # written while shed: no event will come for them
@@ -461,6 +490,7 @@ class Grid:
         self._shedding = False
         self._shed.clear()
         log.warning("events listener back after shedding sheds=%d", self.events_sheds)
+        return True
 
     def _check_backlog(self) -> None:
         # Health documents acknowledged more than shed_lag_s ago whose events have not come back:

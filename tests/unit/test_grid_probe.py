@@ -239,3 +239,102 @@ def test_only_the_initial_read_goes_over_the_events_connection() -> None:
     assert g.events_live()
     g.read_assets()  # the bar path's pull
     assert calls == ["events", "bars"]
+
+
+class ConnectingClient:
+    """Stands in for HazelcastClient: connected as soon as built (its lifecycle listener told),
+    maps that register listeners (or raise, for the clients ``failing`` names)."""
+
+    made: list[ConnectingClient] = []
+    failing: set[int] = set()  # indexes in ``made`` whose listener registration raises
+
+    def __init__(self, **settings: Any) -> None:
+        from hazelcast.config import Config
+        from hazelcast.lifecycle import LifecycleState
+        from hazelcast.serialization.service import SerializationServiceV1
+
+        self._serialization_service = SerializationServiceV1(Config())
+        self.index = len(ConnectingClient.made)
+        ConnectingClient.made.append(self)
+        self.shut_down = False
+        for listener in settings.get("lifecycle_listeners", []):
+            listener(LifecycleState.CONNECTED)
+
+    def get_map(self, name: str) -> Any:
+        client = self
+
+        class M:
+            def add_entry_listener(self, **_listener: Any) -> Future[Any]:
+                if client.index in ConnectingClient.failing:
+                    raise RuntimeError("registration exploded")  # not a GridError
+                fut: Future[Any] = Future()
+                fut.set_result(f"reg-{client.index}-{name}")
+                return fut
+
+        return M()
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+@pytest.fixture()
+def connecting() -> type[ConnectingClient]:
+    ConnectingClient.made = []
+    ConnectingClient.failing = set()
+    return ConnectingClient
+
+
+def test_the_supervisor_survives_an_error_of_its_backlog_check() -> None:
+    # review 2, finding 5: an exception in _check_backlog killed the thread silently.
+    g = Grid(WorkerConfig(worker_id="w"))
+    g._RETRY_S = 0.0
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("boom")
+        g._stopping.set()
+
+    g._check_backlog = check  # type: ignore[method-assign]
+    g._supervise()  # returns (stopping) instead of raising
+    assert len(calls) == 2
+
+
+def test_a_failed_relisten_stays_shed_and_retries_on_a_fresh_connection(connecting) -> None:
+    # review 2, finding 5: a registration that raised (not a GridError) left the grid "listening"
+    # on a connection with half its listeners.
+    g = Grid(WorkerConfig(worker_id="w"), client_factory=connecting)
+    g._on_entry = lambda key, value, received_at: None
+    g.shed_cooldown_s, g._RETRY_S = 0.0, 0.0
+    connecting.failing = {0}  # the first new events connection fails to listen
+    g._shed_and_relisten()
+    first, second = connecting.made
+    assert first.shut_down and not second.shut_down  # the failed one is gone, no half listeners
+    assert g.events._client is second and g.events.listeners == {
+        "asset listener": f"reg-1-{g.config.input_map}", "events probe": f"reg-1-{g.config.health_map}"}
+    assert g.events_live() and g.events_sheds == 1 and not g._shed.is_set()
+
+
+def test_a_connection_started_after_shutdown_began_is_shut_down(connecting) -> None:
+    # review 2, finding 6: the supervisor started a client nobody would shut down.
+    g = Grid(WorkerConfig(worker_id="w"), client_factory=connecting)
+    g._on_entry = lambda key, value, received_at: None
+    g._stopping.set()
+    assert g._relisten() is False
+    assert [c.shut_down for c in connecting.made] == [True]
+
+
+def test_shutdown_closes_the_events_connection_before_joining_the_supervisor() -> None:
+    # review 2, finding 6: a supervisor waiting on the events connection held shutdown up.
+    g = Grid(WorkerConfig(worker_id="w"))
+    seen: list[bool] = []
+
+    class Supervisor:
+        def join(self, timeout: float | None = None) -> None:
+            seen.append(g.events.closed)
+            g.events = g._new_events()  # swapped in meanwhile: shut down too
+
+    g._supervisor = Supervisor()  # type: ignore[assignment]
+    g.shutdown()
+    assert seen == [True] and g.events.closed and g.bars.closed
