@@ -337,7 +337,7 @@ class Grid:
         # No shedding this long after (re)listening: the first bars stall the whole process (numba
         # compiles, the initial read), which delays the probe without any event backlog.
         self.shed_grace_s = max(5.0 * float(config.bar_seconds), 10.0)
-        self._listening_since = math.inf  # time.monotonic() the current listener was registered
+        self._no_shed_before = math.inf  # time.monotonic(): never before listening, then the grace
         self._events_disconnects_seen = 0  # of the current events connection, at the last check
         self.events_sheds = 0
         self.events_lag_s: float | None = None  # the last probe's backlog, s
@@ -504,7 +504,7 @@ class Grid:
             # Away or reconnected: writes made meanwhile have no event to come (the client
             # re-registers its listeners after reconnecting); start the grace period again.
             self._events_disconnects_seen = events.disconnects
-            self._listening_since = time.monotonic()
+            self._no_shed_before = time.monotonic() + self.shed_grace_s
             with self._lock:
                 self._unechoed.clear()
             return
@@ -512,7 +512,7 @@ class Grid:
         with self._lock:
             overdue = [acked for _, acked in self._unechoed if acked is not None and now - acked > self.shed_lag_s]
         if (len(overdue) >= 2 and self.events_live()
-                and now - self._listening_since > self.shed_grace_s):
+                and now >= self._no_shed_before):
             self.events_lag_s = max(self.events_lag_s or 0.0, now - overdue[0])
             self._shed.set()
 
@@ -562,7 +562,7 @@ class Grid:
         self._events_disconnects_seen = conn.disconnects
         # The grace period is for the process's first bars; listening again after a shed the
         # process is warm, and a flood that returns must be shed as fast as the first time.
-        self._listening_since = time.monotonic() if self.events_sheds == 0 else -math.inf
+        self._no_shed_before = time.monotonic() + self.shed_grace_s if self.events_sheds == 0 else -math.inf
         log.info("listening map=%s key_regex=%s connection=events", self.config.input_map, self._asset_regex)
 
     def add_scan_listener(self, on_update: Callable[[Any, float], None]) -> None:

@@ -63,7 +63,7 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
         # A real backlog past shed_lag_s (one bar, 2 s): the events reactor is held inside a
         # callback, so the health writes acknowledged on the bar path do not come back.
         grid.shed_cooldown_s = 1.0
-        grid.shed_grace_s = 0.0  # (5 bars normally: the first bars stall the whole process)
+        grid._no_shed_before = 0.0  # no grace (5 bars normally: the first bars stall the whole process)
         inputs.put("asset_HOLDUSDT_ob", '{"v": 0}')
         assert held.wait(10)
         grid.put_health(_health(time.time()))

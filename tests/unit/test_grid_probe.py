@@ -74,7 +74,7 @@ def grid(clock: FakeTime) -> tuple[Grid, HealthMap]:
     g.bars._maps[g.config.health_map] = health
     g.events._connected.set()  # listening, past the grace period
     g._supervisor = threading.Thread(target=lambda: None)  # never started: only "shedding is on"
-    g._listening_since = -float("inf")
+    g._no_shed_before = -float("inf")
     return g, health
 
 
@@ -338,3 +338,16 @@ def test_shutdown_closes_the_events_connection_before_joining_the_supervisor() -
     g._supervisor = Supervisor()  # type: ignore[assignment]
     g.shutdown()
     assert seen == [True] and g.events.closed and g.bars.closed
+
+
+def test_no_shedding_before_the_grace_deadline(grid, clock) -> None:
+    g, _ = grid
+    g._no_shed_before = clock.mono + 10.0  # just listening (the first bars stall the process)
+    write(g, clock)
+    write(g, clock)
+    clock.advance(5.0)
+    g._check_backlog()
+    assert not g._shed.is_set()
+    clock.advance(5.0)
+    g._check_backlog()
+    assert g._shed.is_set()
