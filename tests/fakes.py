@@ -245,7 +245,7 @@ class FakeGrid:
         self._op("put_latest", next(iter(docs.values()))["bar_idx"] if docs else None)
         self.latest.update(docs)
 
-    def put_health(self, doc_json: str) -> None:
+    def put_health(self, doc_json: str, updated_at: float | None = None) -> None:
         self._op("put_health")
         self.health.append(json.loads(doc_json))
 

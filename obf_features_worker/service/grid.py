@@ -273,7 +273,7 @@ class WorkerGrid(Protocol):
     def bar_keys_between(self, low_exclusive: int, high_exclusive: int) -> list[int]: ...
     def remove_bars_outside(self, low_exclusive: int, high_inclusive: int) -> None: ...
     def put_latest(self, entries: Mapping[str, str]) -> None: ...
-    def put_health(self, doc_json: str) -> None: ...
+    def put_health(self, doc_json: str, updated_at: float | None = None) -> None: ...
 
 
 class Grid:
@@ -688,18 +688,14 @@ class Grid:
             values = {k: HazelcastJsonValue(v) for k, v in entries.items()}
             self.bars._wait(self.bars._map(self.config.latest_map).put_all(values), "write latest")
 
-    def put_health(self, doc_json: str) -> None:
-        """``health_map[worker_id] = doc`` with TTL ``config.health_ttl_s``."""
+    def put_health(self, doc_json: str, updated_at: float | None = None) -> None:
+        """``health_map[worker_id] = doc`` with TTL ``config.health_ttl_s``. ``updated_at``: the
+        document's ``updated_at`` (unix s), which makes this write an overload probe (None: not one)."""
         probe: list[float | None] | None = None
-        if self._supervisor is not None and self.events_live():  # its event is the overload probe
-            try:
-                updated_at = orjson.loads(doc_json).get("updated_at")
-            except (orjson.JSONDecodeError, AttributeError):
-                updated_at = None
-            if isinstance(updated_at, (int, float)):
-                probe = [float(updated_at), None]
-                with self._lock:  # before the write: its echo may beat the write's answer
-                    self._unechoed.append(probe)
+        if updated_at is not None and self._supervisor is not None and self.events_live():
+            probe = [float(updated_at), None]
+            with self._lock:  # before the write: its echo may beat the write's answer
+                self._unechoed.append(probe)
         fut = self.bars._map(self.config.health_map).set(self.config.worker_id, HazelcastJsonValue(doc_json),
                                                      ttl=self.config.health_ttl_s)
         self.bars._wait(fut, "write health")

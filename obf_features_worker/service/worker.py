@@ -750,7 +750,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.update_from_health(doc)
         try:
-            self.grid.put_health(orjson.dumps(doc).decode())
+            self.grid.put_health(orjson.dumps(doc).decode(), doc["updated_at"])
         except GridError as exc:
             self._warn("health", "health write failed error=%s", exc)
 

@@ -27,8 +27,8 @@ def _grid(cluster: HzCluster, suffix: str, worker_id: str) -> Grid:
     return Grid(cfg)
 
 
-def _health(updated_at: float) -> str:
-    return orjson.dumps({"worker_id": "w", "updated_at": updated_at}).decode()
+def _health(updated_at: float) -> tuple[str, float]:
+    return orjson.dumps({"worker_id": "w", "updated_at": updated_at}).decode(), updated_at
 
 
 def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: Any, map_suffix: str) -> None:
@@ -55,7 +55,7 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
             assert cond.wait_for(lambda: got.get("asset_AAAUSDT_ob") == '{"v": 1}', 10)
 
         # The probe: a health write on the bar path comes back through the events connection.
-        grid.put_health(_health(time.time()))
+        grid.put_health(*_health(time.time()))
         wait_for(lambda: grid.events_lag_s is not None, 10, "the probe's first event")
         assert grid.events_lag_s is not None and 0 <= grid.events_lag_s < 1.0
         assert grid.events_live() and grid.events_sheds == 0
@@ -66,8 +66,8 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
         grid._no_shed_before = 0.0  # no grace (5 bars normally: the first bars stall the whole process)
         inputs.put("asset_HOLDUSDT_ob", '{"v": 0}')
         assert held.wait(10)
-        grid.put_health(_health(time.time()))
-        grid.put_health(_health(time.time()))
+        grid.put_health(*_health(time.time()))
+        grid.put_health(*_health(time.time()))
         try:
             wait_for(lambda: grid.events_sheds == 1, 15, "the shed")
         finally:

@@ -79,8 +79,9 @@ def grid(clock: FakeTime) -> tuple[Grid, HealthMap]:
 
 
 def write(g: Grid, clock: FakeTime, stamped_ago: float = 0.0) -> str:
-    doc = orjson.dumps({"worker_id": "w", "updated_at": clock.wall - stamped_ago}).decode()
-    g.put_health(doc)
+    updated_at = clock.wall - stamped_ago
+    doc = orjson.dumps({"worker_id": "w", "updated_at": updated_at}).decode()
+    g.put_health(doc, updated_at)
     return doc
 
 
@@ -351,3 +352,11 @@ def test_no_shedding_before_the_grace_deadline(grid, clock) -> None:
     clock.advance(5.0)
     g._check_backlog()
     assert g._shed.is_set()
+
+
+def test_only_a_write_given_its_updated_at_is_a_probe(grid, clock) -> None:
+    g, _ = grid
+    g.put_health('{"worker_id": "w", "updated_at": 5.0}')  # not parsed again: no probe
+    assert not g._unechoed
+    g.put_health('{"worker_id": "w", "updated_at": 5.0}', 5.0)
+    assert [key for key, _ in g._unechoed] == [5.0]
