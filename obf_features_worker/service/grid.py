@@ -379,12 +379,15 @@ class Grid:
         return self.events.connected and not self._shedding
 
     def connection_states(self) -> dict[str, dict[str, Any]]:
-        """Per connection: ``bars`` ``{"connected", "disconnects"}``; ``events`` also ``"sheds"``
-        (dropped for overload) and ``"lag_s"`` (its backlog at the last probe, s; None before one)."""
+        """Per connection: ``bars`` ``{"connected", "disconnects"}``; ``events`` also ``"shed"``
+        (True while dropped on purpose for overload: ``connected`` stays True then, a designed state
+        is not a lost connection), ``"sheds"`` (drops so far) and ``"lag_s"`` (its backlog at the
+        last probe, s; None before one)."""
         with self._lock:
             events = self.events.state()
             retired = self._retired_disconnects
-        events.update(connected=self.events_live(), disconnects=retired + events["disconnects"],
+        shed = self._shedding
+        events.update(connected=events["connected"] or shed, shed=shed, disconnects=retired + events["disconnects"],
                       sheds=self.events_sheds,
                       lag_s=None if self.events_lag_s is None else round(self.events_lag_s, 3))
         return {"bars": self.bars.state(), "events": events}

@@ -78,14 +78,18 @@ class _TotalsCollector(Collector):
                                       "Snapshots taken from a map read, not an event (initial read; bar-close "
                                       "re-read of stale assets: events never delivered or late)",
                                       value=self.read_refreshed)
-            connected = GaugeMetricFamily("obf_connection_up", "1 while the client connection is up",
-                                          labels=["connection"])
+            connected = GaugeMetricFamily("obf_connection_up", "1 while the client connection is up (or dropped "
+                                          "on purpose: obf_connection_shed)", labels=["connection"])
+            shed = GaugeMetricFamily("obf_connection_shed", "1 while the connection is dropped on purpose "
+                                     "(events overload: every asset re-read at bar close)", labels=["connection"])
             lost = CounterMetricFamily("obf_connection_disconnects", "Client connections lost since start",
                                        labels=["connection"])
             for name, conn in sorted(self.connections.items()):
                 connected.add_metric([name], 1.0 if conn.get("connected") else 0.0)
+                shed.add_metric([name], 1.0 if conn.get("shed") else 0.0)
                 lost.add_metric([name], int(conn.get("disconnects", 0) or 0))
             yield connected
+            yield shed
             yield lost
             rejected = CounterMetricFamily("obf_events_rejected", "Snapshot events rejected, by reason",
                                            labels=["reason"])

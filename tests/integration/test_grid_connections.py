@@ -76,6 +76,7 @@ def test_two_connections_probe_and_shedding(hz_cluster: HzCluster, hz_client: An
         states = grid.connection_states()
         assert not grid.closed and grid.connected  # the worker carries on: bars still go out
         assert states["events"]["sheds"] == 1 and states["bars"]["connected"] is True
+        assert states["events"]["shed"] is True and states["events"]["connected"] is True  # on purpose
         grid.write_bar(7, '{"bar_idx": 7}')  # the bar path works while the events are shed
         assert hz_client.get_map("DOLPHIN_OBF_FEATURES" + map_suffix).blocking().get(7).to_string() == '{"bar_idx": 7}'
 

@@ -360,3 +360,16 @@ def test_only_a_write_given_its_updated_at_is_a_probe(grid, clock) -> None:
     assert not g._unechoed
     g.put_health('{"worker_id": "w", "updated_at": 5.0}', 5.0)
     assert [key for key, _ in g._unechoed] == [5.0]
+
+
+def test_a_shed_is_reported_apart_from_a_lost_connection() -> None:
+    # review 2, complexity: events "connected" was False while shed, so obf_connection_up paged.
+    g = Grid(WorkerConfig(worker_id="w"))
+    g._stopping.set()
+    g._shed_and_relisten()  # dropped on purpose, in the cool-down
+    events = g.connection_states()["events"]
+    assert (events["connected"], events["shed"], events["sheds"]) == (True, True, 1)
+    assert not g.events_live()  # the worker pulls meanwhile
+    g._shedding = False  # listening again, but the connection is lost
+    events = g.connection_states()["events"]
+    assert (events["connected"], events["shed"]) == (False, False)

@@ -141,12 +141,17 @@ def test_coalescing_reread_and_connections_from_health(served):
     m.update_from_health({
         "events": {"received": 90, "accepted": 80, "superseded": 60, "read_refreshed": 4, "rejected": {}},
         "connections": {"bars": {"connected": True, "disconnects": 0},
-                        "events": {"connected": False, "disconnects": 3}},
+                        "events": {"connected": False, "disconnects": 3},
+                        "spare": {"connected": True, "shed": True, "disconnects": 0}},
     })
     s = scrape(port)
     assert s[("obf_events_superseded_total", ())] == 60
     assert s[("obf_events_read_refreshed_total", ())] == 4
     assert s[("obf_connection_up", (("connection", "bars"),))] == 1
     assert s[("obf_connection_up", (("connection", "events"),))] == 0
+    # Dropped on purpose (overload): up, and shed (alerts on "up" never page on a designed state).
+    assert s[("obf_connection_up", (("connection", "spare"),))] == 1
+    assert s[("obf_connection_shed", (("connection", "spare"),))] == 1
+    assert s[("obf_connection_shed", (("connection", "events"),))] == 0
     assert s[("obf_connection_disconnects_total", (("connection", "events"),))] == 3
     assert s[("obf_connection_disconnects_total", (("connection", "bars"),))] == 0
