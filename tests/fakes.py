@@ -134,6 +134,7 @@ class FakeGrid:
         self.inputs: dict[str, Any] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self.health: list[dict[str, Any]] = []
+        self.health_probes: list[float | None] = []  # put_health's updated_at (the overload probe)
         self.get_calls: list[list[str]] = []
         self.write_calls: list[int] = []
         self.asset_listeners: list[Callable[[Any, Any, float], None]] = []
@@ -248,6 +249,7 @@ class FakeGrid:
     def put_health(self, doc_json: str, updated_at: float | None = None) -> None:
         self._op("put_health")
         self.health.append(json.loads(doc_json))
+        self.health_probes.append(updated_at)
 
     def get_checkpoint(self) -> Any:
         self._op("get_checkpoint")

@@ -205,6 +205,8 @@ def test_health_counts_coalesced_and_re_read_snapshots_and_shows_connections(mak
     events = grid.health[-1]["events"]
     assert (events["superseded"], events["read_refreshed"]) == (3, 1)
     assert set(grid.health[-1]["connections"]) == {"bars", "events"}
+    # The grid's overload probe gets the document's updated_at without parsing it again.
+    assert grid.health_probes[-1] == grid.health[-1]["updated_at"]
 
 
 def test_while_the_events_are_shed_every_asset_is_re_read_at_bar_close(make_worker):
