@@ -530,14 +530,17 @@ class Grid:
         updated_at = orjson.loads(text).get("updated_at")
         if not isinstance(updated_at, (int, float)):
             return
-        acked: float | None = None
+        matched: list[float | None] | None = None
         with self._lock:
             # Older documents whose events never came (at most once) go with it.
             while self._unechoed and (key := self._unechoed[0][0]) is not None and key <= updated_at:
                 entry = self._unechoed.popleft()
                 if key == updated_at:
-                    acked = entry[1]
-        # Echoed before its write's answer reached the bar thread: no backlog at all.
+                    matched = entry
+        if matched is None:  # not a probe (written before listening, or while shed)
+            return
+        acked = matched[1]
+        # None: echoed before its write's answer reached the bar thread, no backlog at all.
         self.events_lag_s = 0.0 if acked is None else max(arrived - acked, 0.0)
 
     # --- listeners -------------------------------------------------------------------
