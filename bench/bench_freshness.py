@@ -283,15 +283,11 @@ def run(args: argparse.Namespace) -> list[T.Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.add_cluster_args(ap, worker=True)
-    P.add_args(ap)
-    configure(ap)
-    ap.add_argument("--quick", action="store_true", help="fewer bars per size (~1 min per tree)")
-    ap.add_argument("--sizes", dest="fresh_sizes", default=None, help=argparse.SUPPRESS)  # the old spelling
-    rows = run(ap.parse_args(argv))
-    T.print_rows(rows)
-    return 0
+    def old_spelling(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--sizes", dest="fresh_sizes", default=None, help=argparse.SUPPRESS)
+
+    return P.bench_main(argv, __doc__, configure, run, quick_help="fewer bars per size (~1 min per tree)",
+                        worker=True, extra=old_spelling)
 
 
 if __name__ == "__main__":

@@ -334,14 +334,8 @@ def run(args: argparse.Namespace) -> list[T.Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.add_cluster_args(ap, worker=True)
-    P.add_args(ap)
-    configure(ap)
-    ap.add_argument("--quick", action="store_true", help="shorter windows, fewer levels (~1 min per tree)")
-    rows = run(ap.parse_args(argv))
-    T.print_rows(rows)
-    return 0
+    return P.bench_main(argv, __doc__, configure, run, worker=True,
+                        quick_help="shorter windows, fewer levels (~1 min per tree)")
 
 
 if __name__ == "__main__":

@@ -312,14 +312,7 @@ def run(args: argparse.Namespace) -> list[T.Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.add_cluster_args(ap)
-    P.add_args(ap)
-    configure(ap)
-    ap.add_argument("--quick", action="store_true", help="fewer bars")
-    rows = run(ap.parse_args(argv))
-    T.print_rows(rows)
-    return 0
+    return P.bench_main(argv, __doc__, configure, run, quick_help="fewer bars")
 
 
 if __name__ == "__main__":

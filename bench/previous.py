@@ -153,3 +153,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def bench_main(argv: list[str] | None, doc: str, configure: Any, run: Any, *, quick_help: str,
+               worker: bool = False, extra: Any = None) -> int:
+    """The command line of a side-by-side benchmark script: cluster options (``worker``: also the
+    worker experiment flags), this module's tree options, the script's ``configure(parser)``,
+    ``--quick``, then ``run(args)``'s target rows printed."""
+    import harness as H
+    import targets as T
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    H.add_cluster_args(ap, worker=worker)
+    add_args(ap)
+    configure(ap)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    if extra is not None:
+        extra(ap)
+    T.print_rows(run(ap.parse_args(argv)))
+    return 0
